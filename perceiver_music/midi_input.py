@@ -38,6 +38,13 @@ class MidiLimits:
 
 
 DEFAULT_LIMITS = MidiLimits()
+MB = 1024 * 1024
+
+# What the parser's bare exceptions mean for a MIDI file.
+_DAMAGE_REASONS = {
+    EOFError: "the file ends in the middle of a chunk",
+    ZeroDivisionError: "its header gives 0 ticks per beat",
+}
 
 
 def _describe(source: Any) -> str:
@@ -57,7 +64,7 @@ def read_midi_bytes(path: str | os.PathLike, limits: MidiLimits = DEFAULT_LIMITS
         size = path.stat().st_size
         if size > limits.max_bytes:
             raise BadMidiError(
-                f"{name} is {size / 1e6:.1f} MB; MIDI files over {limits.max_bytes / 1e6:.0f} MB are not accepted"
+                f"{name} is {size / MB:.1f} MB; MIDI files over {limits.max_bytes / MB:.0f} MB are not accepted"
             )
         return path.read_bytes()
     except PermissionError:
@@ -73,17 +80,17 @@ def parse_midi_bytes(data: bytes, name: str = "the MIDI input", limits: MidiLimi
     if len(data) == 0:
         raise BadMidiError(f"{name} is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise BadMidiError(f"{name} is {len(data) / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB")
+        raise BadMidiError(f"{name} is {len(data) / MB:.1f} MB; the limit is {limits.max_bytes / MB:.0f} MB")
     if not data.startswith(b"MThd"):
         start = data[:12].decode("latin-1")
-        printable = "".join(c if c.isprintable() else "." for c in start)
+        printable = "".join(c if 32 <= ord(c) < 127 else "." for c in start)
         raise BadMidiError(f"{name} is not a MIDI file (it starts with {printable!r}, not 'MThd')")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pretty_midi.PrettyMIDI(io.BytesIO(data))
     except Exception as error:  # mido and pretty_midi raise many types for damaged files
-        reason = str(error).strip() or type(error).__name__
+        reason = _DAMAGE_REASONS.get(type(error), str(error).strip() or type(error).__name__)
         raise BadMidiError(f"{name} is damaged or truncated and cannot be read as MIDI ({reason})") from None
 
 

@@ -75,6 +75,7 @@ class EncodeReport:
     programs: list[int] = field(default_factory=list)
     instruments: int = 0
     had_sustain_pedal: bool = False
+    restrikes_trimmed: int = 0
     duration_seconds: float = 0.0
     tokens: int = 0
 
@@ -95,31 +96,56 @@ def to_piano_sequence(ns):
     piano = music_pb2.NoteSequence()
     piano.ticks_per_quarter = ns.ticks_per_quarter or 220
     piano.tempos.add(qpm=120.0)
-    kept = drums = 0
+    drums = 0
     programs, instruments = set(), set()
-    for note in sorted(folded.notes, key=lambda n: (n.start_time, n.pitch)):
+    notes = []
+    for note in folded.notes:
         if note.is_drum:
             drums += 1
             continue
         programs.add(int(note.program))
         instruments.add(int(note.instrument))
+        start = max(0.0, note.start_time)
+        notes.append([start, max(start, note.end_time), note.pitch, max(1, min(127, note.velocity))])
+    trimmed = _trim_nested_restrikes(notes)
+    # Same-pitch notes with one onset go shortest first, so note-seq's first-in-first-out
+    # pairing of NOTE_ON and NOTE_OFF gives each its own offset back.
+    notes.sort(key=lambda n: (n[0], n[2], n[1]))
+    for start, end, pitch, velocity in notes:
         out = piano.notes.add()
-        out.pitch = note.pitch
-        out.velocity = max(1, min(127, note.velocity))
-        out.start_time = max(0.0, note.start_time)
-        out.end_time = max(out.start_time, note.end_time)
-        kept += 1
+        out.start_time, out.end_time, out.pitch, out.velocity = start, end, pitch, velocity
     piano.total_time = max((n.end_time for n in piano.notes), default=0.0)
     report = EncodeReport(
         notes_in=len(ns.notes),
-        notes_kept=kept,
+        notes_kept=len(notes),
         drum_notes_dropped=drums,
         programs=sorted(programs),
         instruments=len(instruments),
         had_sustain_pedal=had_pedal,
+        restrikes_trimmed=trimmed,
         duration_seconds=round(piano.total_time, 3),
     )
     return piano, report
+
+
+def _trim_nested_restrikes(notes: list[list]) -> int:
+    """End a note where the same key is struck again, if the new note ends first.
+
+    Performance events cannot tell a note struck inside a longer note of the same pitch from two
+    staggered ones (NOTE_ONs and NOTE_OFFs pair first in, first out). A piano cannot sound one key
+    twice either: the earlier note ends at the re-strike. Staggered overlaps are kept as they are.
+    Notes are [start, end, pitch, velocity]; returns how many were trimmed.
+    """
+    trimmed = 0
+    by_pitch: dict[int, list[list]] = {}
+    for note in sorted(notes, key=lambda n: (n[0], n[1])):
+        sounding = by_pitch.setdefault(note[2], [])
+        for earlier in sounding:
+            if earlier[0] < note[0] and earlier[1] > note[1]:
+                earlier[1] = note[0]
+                trimmed += 1
+        sounding[:] = [n for n in sounding if n[1] > note[0]] + [note]
+    return trimmed
 
 
 def _event_to_id(event) -> int:

@@ -27,5 +27,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"dropped:     {report.drum_notes_dropped:,} drum notes (channel 10)")
     print(f"programs:    {programs} in {report.instruments} instrument(s), merged to piano")
     print(f"pedal:       {'sustain folded into durations' if report.had_sustain_pedal else 'none'}")
+    if report.restrikes_trimmed:
+        print(f"re-strikes:  {report.restrikes_trimmed} notes end where the same key is struck again")
     print(f"tokens:      {report.tokens:,}")
     return 0
