@@ -15,6 +15,10 @@ from perceiver_music import __version__
 # verb -> (module under app.commands, one-line help)
 COMMANDS = {
     "inspect": ("inspect", "describe a MIDI file: notes, duration, programs, tokens, what is dropped"),
+    "render": ("render", "render a MIDI file to audio (wav, flac, ...) with fluidsynth"),
+    "prepare": ("prepare", "turn MIDI folders or the music21 corpus into token shards for training"),
+    "train": ("train", "train or fine-tune a model on prepared data (resumes a killed run)"),
+    "eval": ("eval", "NLL of a checkpoint on held-out data, and NLL by context length"),
 }
 
 EXIT_USER_ERROR = 2

@@ -61,12 +61,14 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """`fsync=False` for caches that can be rebuilt: still never torn, but not forced to disk."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
     return Path(path)
 
 

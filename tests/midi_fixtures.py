@@ -98,3 +98,24 @@ def corpus_midi_bytes(name: str) -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+CHORALES = ["bach/bwv66.6", "bach/bwv4.8", "bach/bwv7.7", "bach/bwv10.7", "bach/bwv11.6", "bach/bwv13.6",
+            "bach/bwv14.5", "bach/bwv16.6", "bach/bwv17.7", "bach/bwv18.5-lz", "bach/bwv19.7", "bach/bwv20.7"]
+
+
+def write_tiny_corpus(folder: Path, with_bad_files: bool = True) -> Path:
+    """A small real corpus on disk: Bach chorales and two longer piano pieces, in nested
+    folders, plus a few broken files that preparation must skip."""
+    (folder / "chorales").mkdir(parents=True, exist_ok=True)
+    (folder / "piano" / "nested").mkdir(parents=True, exist_ok=True)
+    for name in CHORALES:
+        write(folder / "chorales" / (name.split("/")[1] + ".mid"), corpus_midi_bytes(name))
+    write(folder / "piano" / "clara.MID", corpus_midi_bytes("schumann_clara/opus17/movement3"))
+    write(folder / "piano" / "nested" / "maple leaf.midi", corpus_midi_bytes("joplin/maple_leaf_rag"))
+    if with_bad_files:
+        write(folder / "broken.mid", corpus_midi_bytes("bach/bwv66.6")[:40])
+        write(folder / "notes.txt.mid", b"not a midi file at all")
+        write(folder / "piano" / "empty.mid", b"")
+    (folder / "readme.txt").write_text("ignored: not a MIDI suffix")
+    return folder
