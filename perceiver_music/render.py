@@ -1,0 +1,545 @@
+"""MIDI to audio with fluidsynth, in process: the music as written, at one fixed loudness.
+
+How a render works:
+
+- Each instrument plays on its own channel with its own program; drums play on channel 10
+  (index 9) from bank 128. Sustain pedal (CC64) and every other control change and pitch bend
+  go to fluidsynth at their times. Notes, controls and bends are sent in time order and the gap
+  between two event times is rendered in one call, straight into a preallocated buffer.
+- Time 0 of the audio is time 0 of the music, so a primer and its continuation line up.
+- The release tail is rendered, not cut: after the last event the pedals are lifted and the synth
+  keeps playing until the sound (notes and reverb) falls below -80 dBFS, at most TAIL_MAX_SECONDS.
+
+Loudness: every clip is rendered with the same fixed gain (GAIN), never normalised by its own
+peak. A primer and its continuation rendered separately therefore sound equally loud, and a
+quiet passage stays quiet. GAIN is set so that a fortissimo ten-note piano chord with the pedal
+down just reaches full scale with FluidR3; typical piano peaks around -10 dBFS. Louder material
+(many instruments, loud organs) is caught by a soft limiter that leaves every sample under
+LIMIT_KNEE untouched and bends only the samples above it smoothly towards full scale, so nothing
+clips and nothing quieter changes. fluidsynth writes floats for us (`fluid_synth_write_float`),
+so the limiter sees the true peaks rather than 16-bit samples already clipped by the synth.
+
+Speed: loaded synths are kept in a small lock-protected pool keyed by (soundfont file, sample
+rate); a render checks one out, so a synth is never shared between threads, and the pool resets
+it (voices, controllers, reverb buffers) before the next render. Chorus is off: GM pianos do not
+send to it and it costs time; reverb stays on (a dry piano sounds boxed in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import io
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import BadRequestError, FluidsynthMissingError, OutputPathError, SoundfontError
+
+DEFAULT_SAMPLE_RATE = 44100
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 96000  # fluidsynth's own range for synth.sample-rate
+SOUNDFONT_ENV = "PERCEIVER_MUSIC_SOUNDFONT"
+# Debian's fluid-soundfont-gm: better than the embedded TimGM6mb when present.
+SYSTEM_SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),)
+EMBEDDED_SOUNDFONT_NAME = "TimGM6mb.sf2"  # ships inside the pretty_midi wheel
+
+# fluidsynth renders voices on this many threads: measured 1.3x faster with 2 on this 2-core
+# machine even while it was busy with other work.
+CPU_CORES = max(1, min(4, os.cpu_count() or 1))
+GAIN = 0.4  # fluidsynth's synth.gain, the same for every clip (see the module docstring)
+LIMIT_KNEE = 0.9  # samples below this are never touched by the limiter
+TAIL_MAX_SECONDS = 4.0
+TAIL_BLOCK_SECONDS = 0.05
+TAIL_SILENCE = 1e-4  # -80 dBFS: about 3 steps of 16-bit audio
+END_FADE_SECONDS = 0.05  # only when the tail is cut at TAIL_MAX_SECONDS: no click at the end
+
+_MISSING_LIB = (
+    "libfluidsynth is not installed: run `sudo apt-get install libfluidsynth3` "
+    "(Debian/Ubuntu) or `brew install fluid-synth` (macOS), then try again"
+)
+
+# Events at the same sample: note-offs first (a repeated note re-strikes), then controls and
+# bends, then note-ons (a pedal pressed with a chord catches it).
+_NOTE_OFF, _CONTROL, _BEND, _NOTE_ON = 0, 1, 2, 3
+_DRUM_CHANNEL = 9
+_CHANNEL_TYPE_MELODIC, _CHANNEL_TYPE_DRUM = 0, 1
+_FLUID_LOG_LEVELS_TO_SILENCE = (1, 2, 3, 4)  # ERR, WARN, INFO, DBG: we report failures ourselves
+
+
+# ---- fluidsynth ----------------------------------------------------------------------------
+
+
+def _import_fluidsynth():
+    """Import pyfluidsynth, or say in one line how to install what is missing."""
+    try:
+        import fluidsynth
+    except ModuleNotFoundError as error:
+        if error.name == "fluidsynth":
+            raise FluidsynthMissingError(
+                "pyfluidsynth is not installed: run `.venv/bin/pip install pyfluidsynth`"
+            ) from None
+        raise FluidsynthMissingError(_MISSING_LIB) from None
+    except (ImportError, OSError):
+        # pyfluidsynth raises ImportError when it cannot find the library, OSError when the
+        # library it found cannot be loaded; pretty_midi reports both as "pyfluidsynth is not
+        # installed", which sends people to pip instead of apt.
+        raise FluidsynthMissingError(_MISSING_LIB) from None
+    return fluidsynth
+
+
+class _Lib:
+    """The few C functions pyfluidsynth does not wrap the way we need them."""
+
+    def __init__(self, fluidsynth):
+        from ctypes import c_int, c_void_p
+
+        cfunc = fluidsynth.cfunc
+        self.write_float = cfunc(
+            "fluid_synth_write_float", c_int,
+            ("synth", c_void_p, 1), ("len", c_int, 1),
+            ("lout", c_void_p, 1), ("loff", c_int, 1), ("lincr", c_int, 1),
+            ("rout", c_void_p, 1), ("roff", c_int, 1), ("rincr", c_int, 1),
+        )  # fmt: skip
+        self.set_channel_type = cfunc(
+            "fluid_synth_set_channel_type", c_int, ("synth", c_void_p, 1), ("chan", c_int, 1), ("type", c_int, 1)
+        )
+        self.set_log_function = cfunc(
+            "fluid_set_log_function", c_void_p, ("level", c_int, 1), ("fun", c_void_p, 1), ("data", c_void_p, 1)
+        )
+        self.noteon = fluidsynth.fluid_synth_noteon
+        self.noteoff = fluidsynth.fluid_synth_noteoff
+        self.cc = fluidsynth.fluid_synth_cc
+        self.pitch_bend = fluidsynth.fluid_synth_pitch_bend
+        if self.write_float is None:
+            raise FluidsynthMissingError("this libfluidsynth is too old (no fluid_synth_write_float); install 2.x")
+
+
+_lib_lock = threading.Lock()
+_lib: _Lib | None = None
+
+
+def _fluid() -> tuple[Any, _Lib]:
+    global _lib
+    fluidsynth = _import_fluidsynth()
+    with _lib_lock:
+        if _lib is None:
+            lib = _Lib(fluidsynth)
+            if lib.set_log_function is not None:
+                # fluidsynth prints warnings ("No preset found on channel 9") and errors to
+                # stderr; the CLI promises one line, and every failure is checked here anyway.
+                for level in _FLUID_LOG_LEVELS_TO_SILENCE:
+                    lib.set_log_function(level, None, None)
+            _lib = lib
+        return fluidsynth, _lib
+
+
+# ---- soundfonts ----------------------------------------------------------------------------
+
+
+def embedded_soundfont() -> Path | None:
+    """TimGM6mb.sf2 inside the installed pretty_midi, found without importing pretty_midi."""
+    spec = importlib.util.find_spec("pretty_midi")
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / EMBEDDED_SOUNDFONT_NAME
+    return path if path.is_file() else None
+
+
+def _check_soundfont(path: Path, where: str = "soundfont") -> Path:
+    """A readable SoundFont 2/3 file (RIFF....sfbk), or a one-line SoundfontError naming it."""
+    if not path.exists():
+        raise SoundfontError(f"{where} {path} does not exist")
+    if path.is_dir():
+        raise SoundfontError(f"{where} {path} is a folder, not a .sf2 file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except PermissionError:
+        raise SoundfontError(f"{where} {path} cannot be read: permission denied") from None
+    except OSError as error:
+        raise SoundfontError(f"{where} {path} cannot be read: {error.strerror or error}") from None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        raise SoundfontError(f"{where} {path} is not a SoundFont (.sf2/.sf3) file")
+    return path.resolve()
+
+
+def find_soundfont(explicit: str | os.PathLike | None = None) -> Path:
+    """The soundfont to use: `explicit`, else $PERCEIVER_MUSIC_SOUNDFONT, else FluidR3_GM when
+    installed, else the TimGM6mb that ships with pretty_midi."""
+    if explicit is not None and str(explicit) != "":
+        return _check_soundfont(Path(explicit).expanduser())
+    from_env = os.environ.get(SOUNDFONT_ENV, "").strip()
+    if from_env:
+        return _check_soundfont(Path(from_env).expanduser(), f"soundfont {SOUNDFONT_ENV}=")
+    for system in SYSTEM_SOUNDFONTS:
+        if system.is_file():
+            with contextlib.suppress(SoundfontError):  # a broken system file: use the embedded one
+                return _check_soundfont(system)
+    embedded = embedded_soundfont()
+    if embedded is None:
+        raise SoundfontError(f"no soundfont found: pass --soundfont PATH or set {SOUNDFONT_ENV}")
+    return _check_soundfont(embedded)
+
+
+# ---- synth pool ----------------------------------------------------------------------------
+
+
+@dataclass
+class _LoadedSynth:
+    synth: Any  # fluidsynth.Synth
+    sfid: int
+    sample_rate: int
+
+    @property
+    def ptr(self) -> int:
+        return self.synth.synth
+
+
+def _load_synth(soundfont: Path, sample_rate: int) -> _LoadedSynth:
+    fluidsynth, _ = _fluid()
+    synth = fluidsynth.Synth(
+        gain=GAIN,
+        samplerate=sample_rate,
+        **{
+            "synth.chorus.active": 0,
+            "synth.reverb.active": 1,
+            # A synth is used by one render at a time (the pool checks it out), so fluidsynth's
+            # own per-call mutex is not needed.
+            "synth.threadsafe-api": 0,
+            "synth.cpu-cores": CPU_CORES,
+        },
+    )
+    sfid = synth.sfload(str(soundfont))
+    if sfid < 0:
+        synth.delete()
+        raise SoundfontError(f"fluidsynth cannot load the soundfont {soundfont}")
+    return _LoadedSynth(synth, sfid, sample_rate)
+
+
+def _reset_synth(loaded: _LoadedSynth, lib: _Lib) -> None:
+    """Back to a fresh state: no voices, default controllers, and an empty reverb.
+
+    system_reset only *releases* voices (they ring on); all_sounds_off after it stops them.
+    Neither clears the reverb's delay lines, so render that residue away (no voices: cheap).
+    """
+    loaded.synth.system_reset()
+    loaded.synth.all_sounds_off(-1)
+    block = np.zeros((max(1, int(loaded.sample_rate * 0.1)), 2), dtype=np.float32)
+    for _ in range(100):  # at most 10 s of audio; in practice about 1.5 s, a few ms of CPU
+        _write(lib, loaded, block, 0, len(block))
+        if float(np.abs(block).max()) < 1e-6:
+            return
+    raise RuntimeError("fluidsynth did not fall silent after a reset")
+
+
+class SynthPool:
+    """Loaded synths by (soundfont file, sample rate). Thread-safe: a render checks one out, so
+    no two threads ever share a synth; at most `max_idle` idle synths are kept per key."""
+
+    def __init__(self, max_idle: int = 2):
+        self.max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list[_LoadedSynth]] = {}
+
+    @staticmethod
+    def _key(soundfont: Path, sample_rate: int) -> tuple:
+        stat = soundfont.stat()  # a soundfont replaced on disk is loaded again
+        return (str(soundfont), stat.st_mtime_ns, stat.st_size, sample_rate)
+
+    @contextlib.contextmanager
+    def checkout(self, soundfont: Path, sample_rate: int) -> Iterator[_LoadedSynth]:
+        _, lib = _fluid()
+        key = self._key(soundfont, sample_rate)
+        with self._lock:
+            idle = self._idle.get(key)
+            loaded = idle.pop() if idle else None
+        if loaded is None:
+            loaded = _load_synth(soundfont, sample_rate)  # slow: outside the lock
+        try:
+            yield loaded
+            _reset_synth(loaded, lib)
+        except BaseException:
+            loaded.synth.delete()  # its state is unknown: never hand it out again
+            raise
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle:
+                idle.append(loaded)
+                return
+        loaded.synth.delete()
+
+    def clear(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for synths in idle.values():
+            for loaded in synths:
+                loaded.synth.delete()
+
+
+SYNTH_POOL = SynthPool()
+
+
+def clear_synth_cache() -> None:
+    """Free every idle synth (and the soundfont samples it holds)."""
+    SYNTH_POOL.clear()
+
+
+# ---- rendering -----------------------------------------------------------------------------
+
+
+def _write(lib: _Lib, loaded: _LoadedSynth, buffer: np.ndarray, start: int, count: int) -> None:
+    """Render `count` frames into rows [start, start+count) of a C-contiguous (n, 2) float32 buffer."""
+    if count <= 0:
+        return
+    address = buffer.ctypes.data + start * 2 * 4
+    # Left samples at even floats, right at odd ones: interleaved stereo in place, no copies.
+    lib.write_float(loaded.ptr, count, address, 0, 2, address, 1, 2)
+
+
+@dataclass(frozen=True)
+class _Channels:
+    by_track: dict[tuple, int]  # (instrument, program, is_drum) -> channel
+    presets: dict[int, tuple[int, int, bool]]  # channel -> (bank, program, is_drum)
+
+
+def _assign_channels(ns, channel_count: int) -> _Channels:
+    """One channel per (instrument, program, drum) track; drums on 9 (then 25, 41, ...)."""
+    tracks = sorted(
+        {(item.instrument, item.program, bool(item.is_drum)) for group in (ns.notes, ns.control_changes, ns.pitch_bends) for item in group}
+    )
+    free = {
+        False: iter([c for c in range(channel_count) if c % 16 != _DRUM_CHANNEL]),
+        True: iter(range(_DRUM_CHANNEL, channel_count, 16)),
+    }
+    by_track: dict[tuple, int] = {}
+    presets: dict[int, tuple[int, int, bool]] = {}
+    first_with_sound: dict[tuple[int, bool], int] = {}
+    for track in tracks:
+        _, program, is_drum = track
+        channel = next(free[is_drum], None)
+        if channel is None:  # more tracks than channels: share with a track of the same sound
+            channel = first_with_sound.get((program, is_drum), _DRUM_CHANNEL if is_drum else 0)
+        first_with_sound.setdefault((program, is_drum), channel)
+        by_track[track] = channel
+        presets.setdefault(channel, (128 if is_drum else 0, program, is_drum))
+    return _Channels(by_track, presets)
+
+
+def _select_presets(loaded: _LoadedSynth, lib: _Lib, channels: _Channels) -> None:
+    synth = loaded.synth
+    for channel, (bank, program, is_drum) in channels.presets.items():
+        if lib.set_channel_type is not None:
+            lib.set_channel_type(loaded.ptr, channel, _CHANNEL_TYPE_DRUM if is_drum else _CHANNEL_TYPE_MELODIC)
+        # A small soundfont lacks some presets: fall back to the bank's first, then a piano.
+        for bank_try, program_try in ((bank, program), (bank, 0), (0, 0)):
+            if synth.program_select(channel, loaded.sfid, bank_try, program_try) == 0:
+                break
+
+
+def _events(ns, channels: _Channels, sample_rate: int) -> list[tuple[int, int, int, int, int]]:
+    """(sample, kind, channel, a, b), sorted: the whole performance as synth calls."""
+    events = []
+    track = channels.by_track
+    for note in ns.notes:
+        if note.velocity <= 0 or not 0 <= note.pitch <= 127:
+            continue
+        channel = track[(note.instrument, note.program, bool(note.is_drum))]
+        start = round(note.start_time * sample_rate)
+        end = max(round(note.end_time * sample_rate), start + 1)  # the off always after the on
+        events.append((start, _NOTE_ON, channel, note.pitch, min(127, note.velocity)))
+        events.append((end, _NOTE_OFF, channel, note.pitch, 0))
+    for change in ns.control_changes:
+        channel = track[(change.instrument, change.program, bool(change.is_drum))]
+        number, value = change.control_number, change.control_value
+        if 0 <= number <= 127:
+            events.append((round(change.time * sample_rate), _CONTROL, channel, number, min(127, max(0, value))))
+    for bend in ns.pitch_bends:
+        channel = track[(bend.instrument, bend.program, bool(bend.is_drum))]
+        value = min(16383, max(0, bend.bend + 8192))  # NoteSequence bends are -8192..8191
+        events.append((round(bend.time * sample_rate), _BEND, channel, value, 0))
+    events.sort()
+    return events
+
+
+def _soft_limit(audio: np.ndarray) -> np.ndarray:
+    """Identity below LIMIT_KNEE; above it a tanh curve that approaches full scale (in place)."""
+    if audio.size == 0 or (audio.max() <= LIMIT_KNEE and audio.min() >= -LIMIT_KNEE):
+        return audio  # the usual case, checked without a temporary the size of the clip
+    over = np.abs(audio) > LIMIT_KNEE
+    room = 1.0 - LIMIT_KNEE
+    excess = np.abs(audio[over]) - LIMIT_KNEE
+    audio[over] = np.sign(audio[over]) * (LIMIT_KNEE + room * np.tanh(excess / room))
+    return audio
+
+
+def _check_sample_rate(sample_rate: int) -> int:
+    if int(sample_rate) != sample_rate or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise BadRequestError(
+            f"sample rate {sample_rate} is not supported (use {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz)"
+        )
+    return int(sample_rate)
+
+
+def _as_note_sequence(midi: Any):
+    from .midi_input import load_note_sequence
+
+    if isinstance(midi, (list, tuple, np.ndarray)):  # token ids from the model
+        from .tokenizer import decode
+
+        midi = decode(midi)
+    return load_note_sequence(midi)
+
+
+def render(midi: Any, soundfont: str | os.PathLike | None = None, sample_rate: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
+    """Render MIDI to float32 stereo audio of shape (frames, 2), at the project's fixed gain.
+
+    `midi` is a path, MIDI bytes, a PrettyMIDI, a NoteSequence or a list of token ids. Raises
+    BadMidiError, SoundfontError, FluidsynthMissingError or BadRequestError (sample rate).
+    """
+    sample_rate = _check_sample_rate(sample_rate)
+    ns = _as_note_sequence(midi)
+    soundfont_path = find_soundfont(soundfont)
+    _, lib = _fluid()
+    with SYNTH_POOL.checkout(soundfont_path, sample_rate) as loaded:
+        return _render_loaded(ns, loaded, lib)
+
+
+def _render_loaded(ns, loaded: _LoadedSynth, lib: _Lib) -> np.ndarray:
+    sample_rate = loaded.sample_rate
+    channels = _assign_channels(ns, int(loaded.synth.get_setting("synth.midi-channels") or 16))
+    _select_presets(loaded, lib, channels)
+    events = _events(ns, channels, sample_rate)
+    music_end = events[-1][0] if events else 0
+    tail_max = int(TAIL_MAX_SECONDS * sample_rate)
+    audio = np.zeros((music_end + tail_max, 2), dtype=np.float32)
+
+    synth, noteon, noteoff, cc, bend = loaded.ptr, lib.noteon, lib.noteoff, lib.cc, lib.pitch_bend
+    position = 0
+    for sample, kind, channel, a, b in events:
+        if sample > position:  # the whole gap up to this event in one call
+            _write(lib, loaded, audio, position, sample - position)
+            position = sample
+        if kind == _NOTE_ON:
+            noteon(synth, channel, a, b)
+        elif kind == _NOTE_OFF:
+            noteoff(synth, channel, a)
+        elif kind == _CONTROL:
+            cc(synth, channel, a, b)
+        else:
+            bend(synth, channel, a)
+
+    # The music has ended: lift the pedals (sustain, sostenuto) so the notes release naturally,
+    # then render the tail until it is silent.
+    for channel in channels.presets:
+        cc(synth, channel, 64, 0)
+        cc(synth, channel, 66, 0)
+    block = max(1, int(TAIL_BLOCK_SECONDS * sample_rate))
+    end = len(audio)
+    while position < end:
+        count = min(block, end - position)
+        _write(lib, loaded, audio, position, count)
+        position += count
+        if float(np.abs(audio[position - count : position]).max()) < TAIL_SILENCE:
+            break
+    else:
+        fade = min(position, int(END_FADE_SECONDS * sample_rate))
+        audio[position - fade : position] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
+    return _soft_limit(audio[:position])
+
+
+def duration_seconds(audio: np.ndarray, sample_rate: int) -> float:
+    return len(audio) / float(sample_rate)
+
+
+# ---- writers -------------------------------------------------------------------------------
+
+# suffix -> (libsndfile format, subtype)
+AUDIO_FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def available_audio_formats() -> list[str]:
+    """The suffixes this machine's libsndfile can write (wav and flac always; ogg, mp3 maybe)."""
+    import soundfile
+
+    formats = soundfile.available_formats()
+    usable = []
+    for suffix, (fmt, subtype) in AUDIO_FORMATS.items():
+        if fmt in formats and subtype in soundfile.available_subtypes(fmt):
+            usable.append(suffix)
+    return usable
+
+
+def audio_format(path: str | os.PathLike, format: str | None = None) -> tuple[str, str]:
+    """(libsndfile format, subtype) for a path's suffix or an explicit format, or OutputPathError."""
+    path = Path(path)
+    name = (format or path.suffix.lstrip(".")).lower()
+    available = available_audio_formats()
+    if name not in available:
+        what = f"format {name!r}" if name else "no suffix"
+        raise OutputPathError(f"cannot write {path.name}: {what}; audio formats here are {', '.join(available)}")
+    return AUDIO_FORMATS[name]
+
+
+def _pcm_ready(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim not in (1, 2):
+        raise ValueError(f"audio must be (frames,) or (frames, channels), not {audio.shape}")
+    if audio.size and (audio.max() > 1.0 or audio.min() < -1.0):
+        # libsndfile wraps (not clips) floats beyond full scale when it converts to integers.
+        audio = np.clip(audio, -1.0, 1.0)
+    return audio
+
+
+def write_audio(
+    path: str | os.PathLike, audio: np.ndarray, sample_rate: int, format: str | None = None
+) -> Path:
+    """Write audio atomically; the format comes from `format` or the suffix (wav, flac, ogg, mp3)."""
+    import soundfile
+
+    from .atomic_io import atomic_path
+
+    path = Path(path)
+    fmt, subtype = audio_format(path, format)
+    data = _pcm_ready(audio)
+    with atomic_path(path) as tmp:
+        try:
+            soundfile.write(str(tmp), data, int(sample_rate), format=fmt, subtype=subtype)
+        except (RuntimeError, soundfile.SoundFileError) as error:  # disk full, codec failure
+            raise OutputPathError(f"cannot write {path}: {error}") from None
+    return path
+
+
+def audio_to_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM WAV in memory, for a browser or a notebook player."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, _pcm_ready(audio), int(sample_rate), format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+__all__: Sequence[str] = (
+    "DEFAULT_SAMPLE_RATE",
+    "GAIN",
+    "SYNTH_POOL",
+    "SynthPool",
+    "audio_format",
+    "audio_to_wav_bytes",
+    "available_audio_formats",
+    "clear_synth_cache",
+    "duration_seconds",
+    "embedded_soundfont",
+    "find_soundfont",
+    "render",
+    "write_audio",
+)
