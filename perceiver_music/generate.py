@@ -1,0 +1,308 @@
+"""Continue a sequence of ids with a PerceiverAR: sampling, caches, stop rules.
+
+One schedule of latent counts serves every backend (DESIGN.md, "Generation with caches"):
+
+* a **reset** is a full forward over the current window (the last max_context ids) with
+  R = reset_latents latents; it refills the caches. The prefill is a reset.
+* each following **step** adds one token and one latent: its cross-attend K/V join the input
+  cache, its query attends to the whole window, every self-attention layer appends its K/V.
+* when N latents are cached, the next token triggers a reset again.
+
+So while the window has not slid, step k after a reset predicts exactly what
+`model(window, num_latents=R + k)` predicts. Past max_context the window slides (the oldest
+cross-attend K/V drop out); cached latents then still carry a trace of what slid out, and
+exactness holds again at every reset. Positions restart at 0 at each reset (RoPE is relative,
+so this changes nothing in exact arithmetic) and so stay below max_context + N.
+
+Backends: "eager" (KVCache, the readable reference), "static" (the fixed-shape ring-buffer step
+of decode_graph.py, run eagerly), "graph" (that step captured in a CUDA graph; chosen by
+"auto" on CUDA), and `use_cache=False`: the same schedule with a full forward per token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .model import KVCache, PerceiverAR
+from .tokenizer import EOS, PAD, SOS, STEPS_PER_ID, STEPS_PER_SECOND, VOCAB_SIZE
+
+ProgressFn = Callable[[float, float], None]
+
+# With only max_seconds as a limit, a model that never emits TIME_SHIFT would run forever;
+# dense piano needs ~40 ids per second of music, so 400 per second (+256) is a safe cap.
+MAX_IDS_PER_SECOND = 400
+PROGRESS_INTERVAL_S = 0.1
+
+
+def default_reset_latents(num_latents: int) -> int:
+    """R = N - 128 latents at a reset, but at least N/2: a reset every min(128, N/2) tokens."""
+    return max(num_latents - 128, (num_latents + 1) // 2)
+
+
+# ---- sampling -----------------------------------------------------------------------------------
+
+
+def sample_next(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Next ids (B,) from logits (B, vocab). PAD and SOS are never chosen; temperature 0 is argmax.
+
+    Filters apply after the temperature, in order: top-k (exactly k ids), top-p (the smallest
+    set of most likely ids whose probability reaches top_p), min-p (ids at least min_p times
+    as likely as the most likely one).
+    """
+    logits = logits.float().clone()
+    logits[:, PAD] = logits[:, SOS] = float("-inf")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.size(-1):
+        keep = torch.full_like(logits, float("-inf")).scatter_(1, logits.topk(top_k, dim=-1).indices, 0.0)
+        logits = logits + keep
+    probs = logits.softmax(dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely ids
+        drop_sorted = before >= top_p  # the first id always stays (before == 0)
+        probs = probs.masked_fill(drop_sorted.scatter(1, order, drop_sorted), 0.0)
+    if min_p > 0.0:
+        probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+# ---- the input window ---------------------------------------------------------------------------
+
+
+class TokenWindow:
+    """The last max_context ids of every variation, on the model's device, O(1) per append."""
+
+    def __init__(self, prompt: Sequence[int], batch: int, max_context: int, device: torch.device) -> None:
+        self.max_context = max_context
+        self.buf = torch.empty(batch, 2 * max_context, dtype=torch.long, device=device)
+        self.buf[:, : len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
+        self.start, self.end = 0, len(prompt)
+
+    def append(self, tokens: Tensor) -> None:
+        if self.end == self.buf.size(1):  # buffer full: move the window to the front
+            kept = self.end - self.start
+            self.buf[:, :kept] = self.buf[:, self.start : self.end].clone()
+            self.start, self.end = 0, kept
+        self.buf[:, self.end] = tokens
+        self.end += 1
+        self.start = max(self.start, self.end - self.max_context)
+
+    def view(self) -> Tensor:
+        return self.buf[:, self.start : self.end]
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+# ---- backends: reset(window, n) and step(tokens, window) both return next-token logits (B, V) ----
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    # cache_enabled=False: autocast's weight cache must not outlive a CUDA-graph capture.
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+class EagerDecoder:
+    """The reference: growable views over preallocated caches (model.KVCache)."""
+
+    def __init__(self, model: PerceiverAR, dtype: torch.dtype | None = None) -> None:
+        self.model, self.dtype = model, dtype
+        self.cache = KVCache(model.config)
+
+    def reset(self, window: Tensor, num_latents: int) -> Tensor:
+        with autocast(window.device, self.dtype):
+            return self.model(window, num_latents, cache=self.cache, last_only=True)[:, -1].float()
+
+    def step(self, tokens: Tensor, window: Tensor) -> Tensor:
+        with autocast(tokens.device, self.dtype):
+            return self.model.decode_step(tokens, self.cache).float()
+
+
+class NaiveDecoder:
+    """No cache: a full forward with the schedule's latent count for every token (the baseline)."""
+
+    def __init__(self, model: PerceiverAR, dtype: torch.dtype | None = None) -> None:
+        self.model, self.dtype = model, dtype
+        self.latents = 0
+
+    def reset(self, window: Tensor, num_latents: int) -> Tensor:
+        self.latents = num_latents
+        with autocast(window.device, self.dtype):
+            return self.model(window, num_latents, last_only=True)[:, -1].float()
+
+    def step(self, tokens: Tensor, window: Tensor) -> Tensor:
+        self.latents += 1
+        with autocast(window.device, self.dtype):
+            return self.model(window, self.latents, last_only=True)[:, -1].float()
+
+
+def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: str, dtype: torch.dtype | None):
+    device = next(model.parameters()).device
+    if backend not in ("auto", "eager", "static", "graph"):
+        raise ValueError(f"backend must be auto, eager, static or graph, not {backend!r}")
+    if not use_cache:
+        return NaiveDecoder(model, dtype)
+    if backend == "auto":
+        graphable = device.type == "cuda" and model.config.attention == "softmax"
+        backend = "graph" if graphable else "eager"
+    if backend == "eager":
+        return EagerDecoder(model, dtype)
+    from .decode_graph import GraphDecoder
+
+    return GraphDecoder(model, batch, dtype=dtype, capture=backend == "graph")
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+def generate(
+    model: PerceiverAR,
+    prompt_ids: Sequence[int] | Tensor,
+    *,
+    max_new_tokens: int | None = None,
+    max_seconds: float | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    seed: int | None = None,
+    num_variations: int = 1,
+    reset_latents: int | None = None,
+    use_cache: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    backend: str = "auto",
+    dtype: torch.dtype | None = None,
+) -> list[list[int]]:
+    """Continue `prompt_ids`; returns the new ids of each variation (EOS left out).
+
+    Give max_new_tokens, max_seconds (music time counted through TIME_SHIFT ids) or both. A
+    variation stops at EOS, at max_new_tokens, or at the first TIME_SHIFT that would pass
+    max_seconds (left out; one landing exactly on it is kept), while the others go on.
+    Variations run as one batch. `cancel` (a threading.Event) stops within one step and
+    returns what exists. `progress(done, total)` is called at least every 0.1 s between
+    steps and at the end, counting ids when max_new_tokens is given, else music seconds.
+    `dtype` runs the model under autocast (torch.bfloat16 on CUDA); `backend` picks the
+    decoder (module docstring). An empty prompt starts from SOS.
+    """
+    cfg = model.config
+    prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, Tensor) else prompt_ids)]
+    _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations)
+    prompt = (prompt or [SOS])[-cfg.max_context :]
+    N = cfg.num_latents
+    R = default_reset_latents(N) if reset_latents is None else int(reset_latents)
+    if not 1 <= R <= N:
+        raise ValueError(f"reset_latents must be between 1 and num_latents ({N})")
+    limit_ids = max_new_tokens if max_new_tokens is not None else int(MAX_IDS_PER_SECOND * max_seconds) + 256
+    limit_steps = None if max_seconds is None else round(max_seconds * STEPS_PER_SECOND)
+
+    device = next(model.parameters()).device
+    B = num_variations
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            decoder = make_decoder(model, B, use_cache=use_cache, backend=backend, dtype=dtype)
+            window = TokenWindow(prompt, B, cfg.max_context, device)
+            results: list[list[int]] = [[] for _ in range(B)]
+            music_steps = [0] * B
+            done = [False] * B
+
+            steps = 0  # ids sampled per variation so far
+
+            def report(final: bool = False) -> None:
+                if progress is None:
+                    return
+                if max_new_tokens is not None:
+                    total, now = float(max_new_tokens), float(steps)
+                else:
+                    total = float(max_seconds)
+                    now = min(total if d else s / STEPS_PER_SECOND for d, s in zip(done, music_steps))
+                progress(total if final and all(done) else min(now, total), total)
+
+            last_report = time.monotonic()
+            report()
+            if limit_ids == 0:
+                done = [True] * B
+                report(final=True)
+                return results
+            latents = min(R, len(window))
+            logits = decoder.reset(window.view(), latents)
+            for _ in range(limit_ids + 1):
+                tokens = sample_next(
+                    logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator
+                )
+                steps += 1
+                for i, token in enumerate(tokens.tolist()):
+                    if not done[i]:
+                        done[i] = _take(token, results[i], music_steps, i, limit_steps, limit_ids)
+                if all(done) or (cancel is not None and cancel.is_set()):
+                    break
+                if time.monotonic() - last_report >= PROGRESS_INTERVAL_S:
+                    report()
+                    last_report = time.monotonic()
+                window.append(tokens)
+                if latents >= N:  # the latent cache is full: reset over the current window
+                    latents = min(R, len(window))
+                    logits = decoder.reset(window.view(), latents)
+                else:
+                    latents += 1
+                    logits = decoder.step(tokens, window.view())
+            report(final=True)
+            return results
+    finally:
+        model.train(was_training)
+
+
+def _take(token: int, out: list[int], music_steps: list[int], i: int, limit_steps: int | None, limit_ids: int) -> bool:
+    """Record one sampled id for variation i; True once that variation is finished."""
+    if token == EOS:
+        return True
+    shift = int(STEPS_PER_ID[token])
+    if limit_steps is not None and music_steps[i] + shift > limit_steps:
+        return True
+    out.append(token)
+    music_steps[i] += shift
+    return len(out) >= limit_ids or (limit_steps is not None and music_steps[i] >= limit_steps and shift > 0)
+
+
+def _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations) -> None:
+    if max_new_tokens is None and max_seconds is None:
+        raise ValueError("give max_new_tokens, max_seconds or both")
+    if max_new_tokens is not None and max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError("max_seconds must be > 0")
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0 (0 is greedy)")
+    if top_k < 0 or not 0 < top_p <= 1 or not 0 <= min_p <= 1:
+        raise ValueError("need top_k >= 0, 0 < top_p <= 1 and 0 <= min_p <= 1")
+    if num_variations < 1:
+        raise ValueError("num_variations must be >= 1")
+    bad = [t for t in prompt if not 0 <= t < VOCAB_SIZE]
+    if bad:
+        raise ValueError(f"prompt ids outside the vocabulary of {VOCAB_SIZE}: {bad[:5]}")
