@@ -36,13 +36,15 @@ Rope = tuple[Tensor, Tensor]  # (cos, sin), each (B or 1, L, 1, rotated_dims / 2
 
 @dataclass
 class PerceiverARConfig:
+    """Hyper-parameters; the defaults are the product's model (`default_config`)."""
+
     vocab_size: int = VOCAB_SIZE
     max_context: int = 4096  # T: inputs the cross-attend sees
     num_latents: int = 512  # N: the last N positions, processed by the deep stack
     d_model: int = 384
     n_heads: int = 6  # self-attention heads
     cross_heads: int = 6  # cross-attend heads
-    n_layers: int = 8  # self-attention blocks over the latents
+    n_layers: int = 6  # self-attention blocks over the latents
     mlp_ratio: int = 4
     rope_fraction: float = 0.5  # share of each head's dims that RoPE rotates
     rope_base: float = 10000.0
@@ -76,17 +78,16 @@ class PerceiverARConfig:
 
 
 def default_config() -> PerceiverARConfig:
-    """The product's model: ~16 M parameters, fast enough on a laptop CPU.
+    """The product's model: 12.7 M parameters, chosen to run fast on a laptop CPU.
 
-    Why these numbers (bench/generate.py, BENCHMARKS.md): the cached decode step costs about
-    the same for 256 or 512 latents, but a reset is a full forward with R = N - 128 latents
-    every 128 tokens, so its amortised cost grows with N: 512 latents keep CPU generation
-    well above 200 tokens/s at a 4096 context while giving the stack the paper's N/T ratio
-    of 1/8. d_model 384 x 8 layers keeps the weights (64 MB in fp32) near the L3 cache.
+    Why (figures in BENCHMARKS.md, from bench/generate.py): at batch 1 on a CPU a cached step
+    is bound by memory traffic (every weight and the window's K/V are read once per token),
+    so the weights stay small: d_model 384 and 6 self-attention layers (8 layers cost ~25 %
+    more per step). The step costs about the same with 256 or 512 latents, and a reset
+    (R = 384 latents every 129 ids) adds ~15 % over 256 latents, for twice the positions in
+    the deep stack. The cross-attend sees 4096 ids (about 100 s of piano).
     """
-    return PerceiverARConfig(
-        max_context=4096, num_latents=512, d_model=384, n_heads=6, cross_heads=6, n_layers=8
-    )
+    return PerceiverARConfig()
 
 
 # ---- positions: RoPE on part of each head ---------------------------------------------------

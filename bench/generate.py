@@ -1,0 +1,315 @@
+"""Generation and training speed of the Perceiver AR, measured against baselines in one run.
+
+Prints one JSON object:
+  generation  per context: tokens/s at batch 1 with the caches vs the naive loop (a full
+              forward per token, same latent schedule) vs a dense decoder of the same size
+              with a KV cache; the ratios; reset and step times.
+  candidates  reset/step times of a few model sizes at context 4096 (why default_config).
+  batch64     tokens/s in all with 64 variations (CUDA only).
+  training    forward + backward + AdamW step, Perceiver AR vs the dense decoder.
+  peak_memory per phase (CUDA: max_memory_allocated; CPU: ru_maxrss so far, it only grows).
+
+    python bench/generate.py --device cpu            # the CPU figures in BENCHMARKS.md
+    python bench/generate.py --device cuda --dtype bfloat16
+    python bench/generate.py --quick                 # small sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dense_baseline import DenseKVCache, DenseTransformer  # noqa: E402
+
+from perceiver_music.generate import default_reset_latents, generate, sample_next  # noqa: E402
+from perceiver_music.model import KVCache, PerceiverAR, PerceiverARConfig, default_config  # noqa: E402
+from perceiver_music.tokenizer import EOS, VOCAB_SIZE  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def bench_model(cfg: PerceiverARConfig, device: torch.device) -> PerceiverAR:
+    """Random weights that never sample EOS, so every run generates as many ids as asked.
+
+    Feature 0 of the final LayerNorm is a constant that only the EOS row of the head reads,
+    with a large negative weight; the other rows are small random weights.
+    """
+    torch.manual_seed(0)
+    model = PerceiverAR(cfg)
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.02)
+        model.head.weight[:, 0] = 0.0
+        model.norm.weight[0], model.norm.bias[0] = 0.0, 10.0
+        model.head.weight[EOS, 0] = -10.0
+    return model.to(device).eval()
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    import contextlib
+
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: int) -> dict:
+    """One reset (a full forward with R latents over `context` ids) and cached steps, timed apart."""
+    cfg = model.config
+    R = default_reset_latents(cfg.num_latents)
+    ids = torch.randint(3, VOCAB_SIZE, (1, context), device=device)
+    tok = torch.randint(3, VOCAB_SIZE, (1,), device=device)
+    cache = KVCache(cfg)
+    steps = min(steps, cfg.num_latents - R)
+    with torch.inference_mode(), autocast(device, dtype):
+        model(ids, R, cache=cache, last_only=True)  # warm-up
+        reset_s = min(timed(lambda: model(ids, R, cache=cache, last_only=True), device) for _ in range(2))
+        step_s = timed(lambda: [model.decode_step(tok, cache) for _ in range(steps)], device) / steps
+    cycle = cfg.num_latents - R + 1  # ids per reset cycle: N - R steps and one reset
+    per_token = (reset_s + (cycle - 1) * step_s) / cycle
+    return {
+        "reset_ms": round(reset_s * 1e3, 2),
+        "step_ms": round(step_s * 1e3, 3),
+        "reset_every": cycle,
+        "estimated_tokens_per_s": round(1 / per_token, 1),
+    }
+
+
+def generation_rate(model, prompt, new_tokens, device, **kw) -> tuple[float, float]:
+    """(tokens/s over the whole call, tokens/s after subtracting the prefill)."""
+    cfg = model.config
+    R = default_reset_latents(cfg.num_latents)
+    window = torch.tensor([prompt[-cfg.max_context :]], device=device)
+    with torch.inference_mode(), autocast(device, kw.get("dtype")):
+        prefill_s = timed(lambda: model(window, min(R, window.size(1)), last_only=True), device)
+    out: list = []
+    total_s = timed(lambda: out.extend(generate(model, prompt, max_new_tokens=new_tokens, seed=0, **kw)), device)
+    made = sum(len(o) for o in out)
+    assert made == new_tokens * kw.get("num_variations", 1), "a bench run stopped early"
+    return made / total_s, made / max(total_s - prefill_s, 1e-9)
+
+
+def dense_rate(cfg, context, new_tokens, device, dtype, real_prefill: bool) -> dict:
+    dense = DenseTransformer.matching(cfg, context + new_tokens + 1).to(device).eval()
+    cache_dtype = dtype or next(dense.parameters()).dtype
+    cache = DenseKVCache(dense, 1, context + new_tokens + 1, device, cache_dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    with torch.inference_mode(), autocast(device, dtype):
+        if real_prefill:
+            ids = torch.randint(3, VOCAB_SIZE, (1, context), device=device)
+            prefill_s = timed(lambda: dense(ids, cache, last_only=True), device)
+        else:
+            cache.fill_random(context)
+            prefill_s = None
+        tok = torch.randint(3, VOCAB_SIZE, (1,), device=device)
+
+        def run():
+            nonlocal tok
+            for _ in range(new_tokens):
+                tok = sample_next(dense.decode_step(tok, cache).float(), generator=g)
+                tok.tolist()  # the same per-step host sync generate() does
+
+        decode_s = timed(run, device)
+    return {
+        "dense_parameters": dense.num_parameters(),
+        "dense_kv_tokens_per_s": round(new_tokens / decode_s, 1),
+        "dense_prefill_s": None if prefill_s is None else round(prefill_s, 3),
+    }
+
+
+def train_step_s(model, ids, device, dtype, repeats: int) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        with autocast(device, dtype):
+            out = model.loss(ids)
+        loss = out[0] if isinstance(out, tuple) else out
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    return min(timed(step, device) for _ in range(repeats))
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run in about a minute")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--contexts", default=None, help="comma-separated, default 1024,4096,16384")
+    ap.add_argument("--new-tokens", type=int, default=None, help="cached ids per measurement")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    gpu = device.type == "cuda"
+    base = default_config()
+    if args.quick:
+        base = replace(base, d_model=128, n_heads=4, cross_heads=4, n_layers=2, num_latents=128)
+    contexts = [int(c) for c in (args.contexts or ("512,1024" if args.quick else "1024,4096,16384")).split(",")]
+    new_tokens = args.new_tokens or (2048 if gpu else 100 if args.quick else 600)
+    report: dict = {
+        "command": "python bench/generate.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "device": str(device),
+        "dtype": args.dtype,
+        "model": {**base.to_dict(), "parameters": PerceiverAR(base).num_parameters()},
+        "reset_latents": default_reset_latents(base.num_latents),
+        "peak_memory_mb": {},
+    }
+
+    # -- batch 1: cached vs naive vs dense, per context --
+    rows = []
+    for context in contexts:
+        cfg = replace(base, max_context=context)
+        model = bench_model(cfg, device)
+        prompt = torch.randint(3, VOCAB_SIZE, (context,), generator=torch.Generator().manual_seed(1)).tolist()
+        reset_peak(device)
+        row = {"context": context, **reset_and_step_ms(model, context, device, dtype, steps=64)}
+        eager_all, eager = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="eager")
+        row["cached_tokens_per_s"] = round(eager, 1)
+        row["cached_tokens_per_s_with_prefill"] = round(eager_all, 1)
+        if gpu:
+            graph_all, graph = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="graph")
+            row["graph_tokens_per_s"] = round(graph, 1)
+            row["graph_tokens_per_s_with_prefill"] = round(graph_all, 1)
+        naive_tokens = max(3, (new_tokens // 16 if gpu else 24) * 4096 // max(context, 4096))
+        _, naive = generation_rate(model, prompt, naive_tokens, device, dtype=dtype, use_cache=False)
+        row["naive_tokens"] = naive_tokens
+        row["naive_tokens_per_s"] = round(naive, 2)
+        row["cached_over_naive"] = round(eager / naive, 1)
+        row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+        del model
+        real_prefill = gpu or context <= 4096
+        row.update(dense_rate(cfg, context, min(new_tokens, 256 if not gpu else new_tokens), device, dtype, real_prefill))
+        row["cached_over_dense_kv"] = round(eager / row["dense_kv_tokens_per_s"], 2)
+        if gpu:
+            row["graph_over_dense_kv"] = round(row["graph_tokens_per_s"] / row["dense_kv_tokens_per_s"], 2)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    report["generation"] = rows
+    report["cached_tokens"] = new_tokens
+
+    # -- model-size candidates at context 4096 (CPU: why default_config is what it is) --
+    if not args.quick and not gpu:
+        candidates = {
+            "d384_L6_N512 (default)": replace(base, num_latents=512, n_layers=6),
+            "d384_L8_N512": replace(base, num_latents=512, n_layers=8),
+            "d384_L6_N256": replace(base, num_latents=256, n_layers=6),
+            "d384_L8_N256": replace(base, num_latents=256, n_layers=8),
+        }
+        report["candidates"] = {
+            name: {"parameters": PerceiverAR(c).num_parameters(), **reset_and_step_ms(bench_model(c, device), 4096, device, dtype, 64)}
+            for name, c in candidates.items()
+        }
+
+    # -- batch 64 (CUDA) --
+    if gpu:
+        cfg = replace(base, max_context=4096)
+        model = bench_model(cfg, device)
+        prompt = torch.randint(3, VOCAB_SIZE, (4096,), generator=torch.Generator().manual_seed(1)).tolist()
+        reset_peak(device)
+        b64_all, b64 = generation_rate(model, prompt, 1024, device, dtype=dtype, num_variations=64)
+        report["batch64"] = {
+            "context": 4096,
+            "tokens_per_s_all_variations": round(b64, 1),
+            "with_prefill": round(b64_all, 1),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+        }
+        del model
+    else:
+        report["batch64"] = None
+
+    # -- training step: Perceiver AR vs dense, same parameter count --
+    train_cfg = base if gpu else replace(base, d_model=128, n_heads=4, cross_heads=4, n_layers=3, num_latents=256)
+    train_contexts = [512, 1024] if args.quick else [4096, 16384]
+    batch = 4 if gpu else 1
+    training = []
+    for context in train_contexts:
+        cfg = replace(train_cfg, max_context=context)
+        ids = torch.randint(3, VOCAB_SIZE, (batch, context + 1), device=device)
+        reset_peak(device)
+        perceiver = PerceiverAR(cfg).to(device)
+        p_s = train_step_s(perceiver, ids, device, dtype, repeats=2)
+        p_mem = peak_memory_mb(device)
+        del perceiver
+        reset_peak(device)
+        dense = DenseTransformer.matching(cfg, context + 1).to(device)
+        d_s = train_step_s(dense, ids, device, dtype, repeats=2)
+        d_mem = peak_memory_mb(device)
+        del dense
+        row = {
+            "context": context,
+            "batch": batch,
+            "model": {k: getattr(cfg, k) for k in ("d_model", "n_layers", "num_latents", "cross_attend_dropout")},
+            "perceiver_step_s": round(p_s, 4),
+            "dense_step_s": round(d_s, 4),
+            "dense_over_perceiver": round(d_s / p_s, 2),
+            "perceiver_peak_memory_mb": round(p_mem, 1),
+            "dense_peak_memory_mb": round(d_mem, 1),
+        }
+        training.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    report["training"] = training
+    report["machine"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    report["peak_memory_mb"]["process"] = round(peak_memory_mb(device), 1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
