@@ -19,6 +19,7 @@ COMMANDS = {
     "prepare": ("prepare", "turn MIDI folders or the music21 corpus into token shards for training"),
     "train": ("train", "train or fine-tune a model on prepared data (resumes a killed run)"),
     "eval": ("eval", "NLL of a checkpoint on held-out data, and NLL by context length"),
+    "export": ("export", "write a checkpoint to ship: weights only, in float16"),
 }
 
 EXIT_USER_ERROR = 2

@@ -49,16 +49,23 @@ class Checkpoint:
         return self.model.config
 
 
-def save_checkpoint(model, folder: str | os.PathLike, metadata: dict | None = None) -> str:
+def save_checkpoint(model, folder: str | os.PathLike, metadata: dict | None = None, dtype=None) -> str:
     """Write the three files (each atomically); returns the weights' sha256.
 
-    The digest is written last: a folder whose digest is missing or stale is incomplete.
+    `dtype` (e.g. torch.float16) stores floating weights smaller for shipping; loading casts
+    them back to the model's float32. The digest is written last: a folder whose digest is
+    missing or stale is incomplete.
     """
     from safetensors.torch import save_file
 
     folder = ensure_output_dir(folder)
     module = getattr(model, "module", model)  # unwrap DDP
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in module.state_dict().items()}
+    state = {}
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[name] = tensor.contiguous()
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(folder / CONFIG, {"model": module.config.to_dict(), "metadata": metadata or {}})

@@ -68,24 +68,48 @@ def _typed(cls, values: dict, section: str):
     return cls(**values)
 
 
-def load_run_config(path: str | os.PathLike | None) -> RunConfig:
-    """A TOML file with [model], [train] and [augment] tables; every key is optional."""
-    if path is None:
-        return RunConfig()
+def _toml():
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    path = Path(path)
+    return tomllib
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    """`table.key=value`, the value in TOML syntax (numbers, true/false, "strings")."""
+    tomllib = _toml()
+    name, sep, value = override.partition("=")
+    table, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise UserFacingError(f"--set wants TABLE.KEY=VALUE, got {override!r}")
     try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as error:
-        raise UserFacingError(f"cannot read config {path}: {error.strerror or error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UserFacingError(f"config {path} is not valid TOML: {error}") from None
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word: take it as a string
+    raw.setdefault(table, {})[key] = parsed
+
+
+def load_run_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RunConfig:
+    """A TOML file with [model], [train] and [augment] tables (every key optional), then
+    `table.key=value` overrides."""
+    tomllib = _toml()
+    raw: dict = {}
+    name = "the settings"
+    if path is not None:
+        path = Path(path)
+        name = path.name
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as error:
+            raise UserFacingError(f"cannot read config {path}: {error.strerror or error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise UserFacingError(f"config {path} is not valid TOML: {error}") from None
+    for override in overrides:
+        _apply_override(raw, override)
     unknown = set(raw) - {"model", "train", "augment"}
     if unknown:
-        raise UserFacingError(f"unknown table(s) in {path.name}: {', '.join(sorted(unknown))}")
+        raise UserFacingError(f"unknown table(s) in {name}: {', '.join(sorted(unknown))}")
     from .model import PerceiverARConfig
 
     model = raw.get("model", {})

@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints and metrics; resumed if present")
     parser.add_argument("--init", metavar="CHECKPOINT", help="fine-tune: start from this checkpoint's weights")
     parser.add_argument("--steps", type=int, help="override [train] steps")
+    parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                        help="override one setting, e.g. --set model.attention='\"linear\"' or --set train.lr=3e-4")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     parser.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from perceiver_music.train import load_run_config, train
 
-    config = load_run_config(args.config)
+    config = load_run_config(args.config, overrides=args.set)
     if args.steps is not None:
         config.train.steps = args.steps
     summary = train(config, args.data, args.out, init=args.init, device=args.device,
