@@ -6,6 +6,7 @@ How a render works:
   (index 9) from bank 128. Sustain pedal (CC64) and every other control change and pitch bend
   go to fluidsynth at their times. Notes, controls and bends are sent in time order and the gap
   between two event times is rendered in one call, straight into a preallocated buffer.
+  (fluidsynth starts events on its 64-frame blocks: 1.5 ms at 44.1 kHz.)
 - Time 0 of the audio is time 0 of the music, so a primer and its continuation line up.
 - The release tail is rendered, not cut: after the last event the pedals are lifted and the synth
   keeps playing until the sound (notes and reverb) falls below -80 dBFS, at most TAIL_MAX_SECONDS.
@@ -13,29 +14,34 @@ How a render works:
 Loudness: every clip is rendered with the same fixed gain (GAIN), never normalised by its own
 peak. A primer and its continuation rendered separately therefore sound equally loud, and a
 quiet passage stays quiet. GAIN is set so that a fortissimo ten-note piano chord with the pedal
-down just reaches full scale with FluidR3; typical piano peaks around -10 dBFS. Louder material
-(many instruments, loud organs) is caught by a soft limiter that leaves every sample under
-LIMIT_KNEE untouched and bends only the samples above it smoothly towards full scale, so nothing
-clips and nothing quieter changes. fluidsynth writes floats for us (`fluid_synth_write_float`),
-so the limiter sees the true peaks rather than 16-bit samples already clipped by the synth.
+down just reaches full scale with FluidR3; a lively piano performance peaks around -10 dBFS.
+Louder material (many instruments, loud organs) is caught by a soft limiter that leaves every
+sample under LIMIT_KNEE untouched and bends only the samples above it smoothly towards full
+scale, so nothing clips and nothing quieter changes. fluidsynth writes floats for us
+(`fluid_synth_write_float`), so the limiter sees the true peaks, not 16-bit samples that the
+synth has already clipped.
 
-Speed: loaded synths are kept in a small lock-protected pool keyed by (soundfont file, sample
-rate); a render checks one out, so a synth is never shared between threads, and the pool resets
-it (voices, controllers, reverb buffers) before the next render. Chorus is off: GM pianos do not
-send to it and it costs time; reverb stays on (a dry piano sounds boxed in).
+Speed (bench/render.py, BENCHMARKS.md):
+- Loaded synths are kept in a small lock-protected pool keyed by (soundfont file, sample rate).
+  A render checks one out, so a synth is never shared between threads; the pool resets it to
+  the state of a new synth before the next render (see _reset_synth). `preload` loads one
+  ahead of time, in a thread if asked.
+- fluidsynth renders voices on CPU_CORES threads. Chorus is off (GM pianos do not send to it;
+  it costs time); reverb stays on, for about 10% of the time, because a dry piano sounds boxed in.
+- MIDI files are read with pretty_midi and checked with midi_input's checks, but not converted
+  to a NoteSequence: importing note_seq alone takes about 1.5 s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import io
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -48,8 +54,9 @@ SOUNDFONT_ENV = "PERCEIVER_MUSIC_SOUNDFONT"
 SYSTEM_SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),)
 EMBEDDED_SOUNDFONT_NAME = "TimGM6mb.sf2"  # ships inside the pretty_midi wheel
 
-# fluidsynth renders voices on this many threads: measured 1.3x faster with 2 on this 2-core
-# machine even while it was busy with other work.
+# fluidsynth renders voices on this many threads: 1.3x faster with 2 than 1 on the 2-core dev
+# machine, measured while it was busy with other work (more than 4 gains little: the threads
+# meet every 64 frames).
 CPU_CORES = max(1, min(4, os.cpu_count() or 1))
 GAIN = 0.4  # fluidsynth's synth.gain, the same for every clip (see the module docstring)
 LIMIT_KNEE = 0.9  # samples below this are never touched by the limiter
@@ -78,7 +85,9 @@ _FLUID_LOG_LEVELS_TO_SILENCE = (1, 2, 3, 4)  # ERR, WARN, INFO, DBG: we report f
 def _import_fluidsynth():
     """Import pyfluidsynth, or say in one line how to install what is missing."""
     try:
-        import fluidsynth
+        # pyfluidsynth prints where it found the library when $CI is set: not on our stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import fluidsynth
     except ModuleNotFoundError as error:
         if error.name == "fluidsynth":
             raise FluidsynthMissingError(
@@ -130,8 +139,8 @@ _lib: _Lib | None = None
 
 def _fluid() -> tuple[Any, _Lib]:
     global _lib
-    fluidsynth = _import_fluidsynth()
-    with _lib_lock:
+    with _lib_lock:  # also keeps the stdout redirection of the first import to one thread
+        fluidsynth = _import_fluidsynth()
         if _lib is None:
             lib = _Lib(fluidsynth)
             if lib.set_log_function is not None:
@@ -256,39 +265,83 @@ def _reset_synth(loaded: _LoadedSynth, lib: _Lib) -> None:
 
 class SynthPool:
     """Loaded synths by (soundfont file, sample rate). Thread-safe: a render checks one out, so
-    no two threads ever share a synth; at most `max_idle` idle synths are kept per key."""
+    no two threads ever share a synth; at most `max_idle` idle synths are kept per key.
+
+    `preload` loads one ahead of time (at app start, or while the CLI reads the MIDI file); a
+    checkout that finds a preload under way waits for it rather than loading a second copy.
+    """
 
     def __init__(self, max_idle: int = 2):
         self.max_idle = max_idle
-        self._lock = threading.Lock()
+        self.loads = 0  # synths created so far: for tests and benchmarks
+        self._lock = threading.Condition()
         self._idle: dict[tuple, list[_LoadedSynth]] = {}
+        self._preloading: dict[tuple, int] = {}
 
     @staticmethod
     def _key(soundfont: Path, sample_rate: int) -> tuple:
         stat = soundfont.stat()  # a soundfont replaced on disk is loaded again
         return (str(soundfont), stat.st_mtime_ns, stat.st_size, sample_rate)
 
+    def _load(self, soundfont: Path, sample_rate: int) -> _LoadedSynth:
+        loaded = _load_synth(soundfont, sample_rate)  # slow: never under the lock
+        with self._lock:
+            self.loads += 1
+        return loaded
+
+    def _put_back(self, key: tuple, loaded: _LoadedSynth) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle:
+                idle.append(loaded)
+                self._lock.notify_all()
+                return
+        loaded.synth.delete()
+
+    def preload(self, soundfont: Path, sample_rate: int, background: bool = False) -> None:
+        """Load a synth into the pool. In the background the intent is registered before this
+        returns, so a checkout that follows waits for this synth instead of loading another."""
+        key = self._key(soundfont, sample_rate)
+        with self._lock:
+            if self._idle.get(key):
+                return
+            self._preloading[key] = self._preloading.get(key, 0) + 1
+        if background:
+            threading.Thread(target=self._finish_preload, args=(key, soundfont, sample_rate, True), daemon=True).start()
+        else:
+            self._finish_preload(key, soundfont, sample_rate, False)
+
+    def _finish_preload(self, key: tuple, soundfont: Path, sample_rate: int, quiet: bool) -> None:
+        try:
+            loaded = self._load(soundfont, sample_rate)
+        except Exception:
+            if not quiet:
+                raise
+            return  # the checkout that follows loads again and reports the error itself
+        finally:
+            with self._lock:
+                self._preloading[key] -= 1
+                self._lock.notify_all()
+        self._put_back(key, loaded)
+
     @contextlib.contextmanager
     def checkout(self, soundfont: Path, sample_rate: int) -> Iterator[_LoadedSynth]:
         _, lib = _fluid()
         key = self._key(soundfont, sample_rate)
         with self._lock:
+            while not self._idle.get(key) and self._preloading.get(key, 0) > 0:
+                self._lock.wait()
             idle = self._idle.get(key)
             loaded = idle.pop() if idle else None
         if loaded is None:
-            loaded = _load_synth(soundfont, sample_rate)  # slow: outside the lock
+            loaded = self._load(soundfont, sample_rate)
         try:
             yield loaded
             _reset_synth(loaded, lib)
         except BaseException:
             loaded.synth.delete()  # its state is unknown: never hand it out again
             raise
-        with self._lock:
-            idle = self._idle.setdefault(key, [])
-            if len(idle) < self.max_idle:
-                idle.append(loaded)
-                return
-        loaded.synth.delete()
+        self._put_back(key, loaded)
 
     def clear(self) -> None:
         with self._lock:
@@ -299,6 +352,17 @@ class SynthPool:
 
 
 SYNTH_POOL = SynthPool()
+
+
+def preload(
+    soundfont: str | os.PathLike | None = None, sample_rate: int = DEFAULT_SAMPLE_RATE, background: bool = False
+) -> Path:
+    """Load a synth for this soundfont and rate into the pool now, so the next render starts at
+    once (the web app at start-up; the CLI while it reads the MIDI file). Returns the soundfont
+    it resolved to. With `background`, loading runs in a thread and errors surface at render."""
+    path = find_soundfont(soundfont)
+    SYNTH_POOL.preload(path, _check_sample_rate(sample_rate), background=background)
+    return path
 
 
 def clear_synth_cache() -> None:
@@ -325,10 +389,10 @@ class _Channels:
     presets: dict[int, tuple[int, int, bool]]  # channel -> (bank, program, is_drum)
 
 
-def _assign_channels(ns, channel_count: int) -> _Channels:
+def _assign_channels(music, channel_count: int) -> _Channels:
     """One channel per (instrument, program, drum) track; drums on 9 (then 25, 41, ...)."""
     tracks = sorted(
-        {(item.instrument, item.program, bool(item.is_drum)) for group in (ns.notes, ns.control_changes, ns.pitch_bends) for item in group}
+        {(item.instrument, item.program, bool(item.is_drum)) for group in (music.notes, music.control_changes, music.pitch_bends) for item in group}
     )
     free = {
         False: iter([c for c in range(channel_count) if c % 16 != _DRUM_CHANNEL]),
@@ -359,11 +423,11 @@ def _select_presets(loaded: _LoadedSynth, lib: _Lib, channels: _Channels) -> Non
                 break
 
 
-def _events(ns, channels: _Channels, sample_rate: int) -> list[tuple[int, int, int, int, int]]:
+def _events(music, channels: _Channels, sample_rate: int) -> list[tuple[int, int, int, int, int]]:
     """(sample, kind, channel, a, b), sorted: the whole performance as synth calls."""
     events = []
     track = channels.by_track
-    for note in ns.notes:
+    for note in music.notes:
         if note.velocity <= 0 or not 0 <= note.pitch <= 127:
             continue
         channel = track[(note.instrument, note.program, bool(note.is_drum))]
@@ -371,12 +435,12 @@ def _events(ns, channels: _Channels, sample_rate: int) -> list[tuple[int, int, i
         end = max(round(note.end_time * sample_rate), start + 1)  # the off always after the on
         events.append((start, _NOTE_ON, channel, note.pitch, min(127, note.velocity)))
         events.append((end, _NOTE_OFF, channel, note.pitch, 0))
-    for change in ns.control_changes:
+    for change in music.control_changes:
         channel = track[(change.instrument, change.program, bool(change.is_drum))]
         number, value = change.control_number, change.control_value
         if 0 <= number <= 127:
             events.append((round(change.time * sample_rate), _CONTROL, channel, number, min(127, max(0, value))))
-    for bend in ns.pitch_bends:
+    for bend in music.pitch_bends:
         channel = track[(bend.instrument, bend.program, bool(bend.is_drum))]
         value = min(16383, max(0, bend.bend + 8192))  # NoteSequence bends are -8192..8191
         events.append((round(bend.time * sample_rate), _BEND, channel, value, 0))
@@ -403,14 +467,80 @@ def _check_sample_rate(sample_rate: int) -> int:
     return int(sample_rate)
 
 
-def _as_note_sequence(midi: Any):
-    from .midi_input import load_note_sequence
+class _Note(NamedTuple):
+    instrument: int
+    program: int
+    is_drum: bool
+    pitch: int
+    velocity: int
+    start_time: float
+    end_time: float
+
+
+class _Control(NamedTuple):
+    instrument: int
+    program: int
+    is_drum: bool
+    time: float
+    control_number: int
+    control_value: int
+
+
+class _Bend(NamedTuple):
+    instrument: int
+    program: int
+    is_drum: bool
+    time: float
+    bend: int
+
+
+@dataclass
+class _Performance:
+    """A PrettyMIDI's notes, controls and bends under NoteSequence's field names."""
+
+    notes: list[_Note]
+    control_changes: list[_Control]
+    pitch_bends: list[_Bend]
+
+
+def _performance_from_pretty_midi(pm) -> _Performance:
+    notes, controls, bends = [], [], []
+    for index, inst in enumerate(pm.instruments):
+        track = (index, inst.program, bool(inst.is_drum))
+        notes += [_Note(*track, n.pitch, n.velocity, n.start, n.end) for n in inst.notes]
+        controls += [_Control(*track, c.time, c.number, c.value) for c in inst.control_changes]
+        bends += [_Bend(*track, b.time, b.pitch) for b in inst.pitch_bends]
+    return _Performance(notes, controls, bends)
+
+
+def _load_music(midi: Any):
+    """A validated NoteSequence, or for MIDI files, bytes and PrettyMIDIs a _Performance.
+
+    MIDI is checked with midi_input's own checks (size, header, damage, tempo, notes, length)
+    but not converted to a NoteSequence: importing note_seq costs about 1.5 s (it pulls in
+    bokeh, pandas and scipy), a quarter of the budget for rendering five minutes from the CLI.
+    """
+    from . import midi_input
 
     if isinstance(midi, (list, tuple, np.ndarray)):  # token ids from the model
         from .tokenizer import decode
 
         midi = decode(midi)
-    return load_note_sequence(midi)
+    limits = midi_input.DEFAULT_LIMITS
+    if isinstance(midi, (str, os.PathLike)):
+        name = Path(midi).name or str(midi)
+        pm = midi_input.parse_midi_bytes(midi_input.read_midi_bytes(midi, limits), name, limits)
+    elif isinstance(midi, (bytes, bytearray, memoryview)):
+        name = "the MIDI input"
+        pm = midi_input.parse_midi_bytes(bytes(midi), name, limits)
+    elif type(midi).__name__ == "PrettyMIDI":
+        name, pm = "the MIDI input", midi
+    else:  # a NoteSequence, or something load_note_sequence refuses in its own words
+        return midi_input.load_note_sequence(midi)
+    midi_input._check_tempo(pm, name, limits)
+    performance = _performance_from_pretty_midi(pm)
+    midi_input.check_sequence(performance, name, limits)
+    return performance
 
 
 def render(midi: Any, soundfont: str | os.PathLike | None = None, sample_rate: int = DEFAULT_SAMPLE_RATE) -> np.ndarray:
@@ -420,18 +550,18 @@ def render(midi: Any, soundfont: str | os.PathLike | None = None, sample_rate: i
     BadMidiError, SoundfontError, FluidsynthMissingError or BadRequestError (sample rate).
     """
     sample_rate = _check_sample_rate(sample_rate)
-    ns = _as_note_sequence(midi)
+    music = _load_music(midi)
     soundfont_path = find_soundfont(soundfont)
     _, lib = _fluid()
     with SYNTH_POOL.checkout(soundfont_path, sample_rate) as loaded:
-        return _render_loaded(ns, loaded, lib)
+        return _render_loaded(music, loaded, lib)
 
 
-def _render_loaded(ns, loaded: _LoadedSynth, lib: _Lib) -> np.ndarray:
+def _render_loaded(music, loaded: _LoadedSynth, lib: _Lib) -> np.ndarray:
     sample_rate = loaded.sample_rate
-    channels = _assign_channels(ns, int(loaded.synth.get_setting("synth.midi-channels") or 16))
+    channels = _assign_channels(music, int(loaded.synth.get_setting("synth.midi-channels") or 16))
     _select_presets(loaded, lib, channels)
-    events = _events(ns, channels, sample_rate)
+    events = _events(music, channels, sample_rate)
     music_end = events[-1][0] if events else 0
     tail_max = int(TAIL_MAX_SECONDS * sample_rate)
     audio = np.zeros((music_end + tail_max, 2), dtype=np.float32)
@@ -558,6 +688,7 @@ __all__: Sequence[str] = (
     "duration_seconds",
     "embedded_soundfont",
     "find_soundfont",
+    "preload",
     "render",
     "write_audio",
 )

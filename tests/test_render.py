@@ -114,7 +114,7 @@ def test_drums_play_on_channel_10_and_instruments_on_their_own_channels():
     violin = pretty_midi.Instrument(program=40)
     violin.notes.append(pretty_midi.Note(80, 76, 2.0, 2.5))
     pm.instruments += [drums, violin]
-    ns = R._as_note_sequence(pm)
+    ns = R._load_music(pm)
     channels = R._assign_channels(ns, 256)
     drum_channels = {c for (_, _, is_drum), c in channels.by_track.items() if is_drum}
     assert drum_channels == {9}
@@ -367,3 +367,31 @@ def test_cli_bad_midi_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: bad.mid") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and not (tmp_path / "out.wav").exists()
+
+
+def test_a_note_sequence_renders_like_its_midi():
+    """Files are read without note_seq (for speed); both ways must give the same music."""
+    from perceiver_music.midi_input import load_note_sequence
+
+    pm = piano_piece(2.0)
+    pm.instruments[0].pitch_bends.append(pretty_midi.PitchBend(1024, 1.0))
+    from_midi = R._load_music(pm)
+    from_sequence = load_note_sequence(pm)
+    channels = R._assign_channels(from_midi, 256)
+    assert R._events(from_midi, channels, SR) == R._events(from_sequence, channels, SR)
+    assert same_music(R.render(from_sequence, soundfont=TIMGM), R.render(pm, soundfont=TIMGM), 2.0)
+
+
+def test_preload_is_used_by_the_next_render():
+    R.clear_synth_cache()
+    loads = R.SYNTH_POOL.loads
+    R.preload(TIMGM, 32000, background=True)
+    R.render(piano_piece(1.0), soundfont=TIMGM, sample_rate=32000)  # waits for the preload
+    assert R.SYNTH_POOL.loads == loads + 1
+
+
+def test_a_failed_background_preload_is_reported_by_the_render(tmp_path):
+    damaged = fake_soundfont(tmp_path / "damaged.sf2")
+    R.preload(damaged, background=True)  # the header looks right; loading fails in the thread
+    with pytest.raises(SoundfontError, match="cannot load"):
+        R.render(piano_piece(1.0), soundfont=damaged)

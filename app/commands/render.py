@@ -23,12 +23,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from perceiver_music.atomic_io import ensure_output_dir
-    from perceiver_music.render import audio_format, duration_seconds, render, write_audio
+    from perceiver_music.render import audio_format, duration_seconds, preload, render, write_audio
 
-    # A bad suffix or an unwritable folder fails now, not after the render.
+    # A bad suffix, folder, soundfont or rate fails now, not after the render.
     audio_format(args.output)
     ensure_output_dir(Path(args.output).parent)
-    audio = render(args.midi, soundfont=args.soundfont, sample_rate=args.sample_rate)
+    # The soundfont loads (140 MB for FluidR3, in C, without the GIL) while the MIDI is read.
+    soundfont = preload(args.soundfont, args.sample_rate, background=True)
+    audio = render(args.midi, soundfont=soundfont, sample_rate=args.sample_rate)
     path = write_audio(args.output, audio, args.sample_rate)
     seconds = duration_seconds(audio, args.sample_rate)
     elapsed = time.perf_counter() - started
