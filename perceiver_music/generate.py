@@ -191,6 +191,7 @@ def generate(
     cancel: threading.Event | None = None,
     backend: str = "auto",
     dtype: torch.dtype | None = None,
+    stats: dict | None = None,
 ) -> list[list[int]]:
     """Continue `prompt_ids`; returns the new ids of each variation (EOS left out).
 
@@ -201,7 +202,8 @@ def generate(
     returns what exists. `progress(done, total)` is called at least every 0.1 s between
     steps and at the end, counting ids when max_new_tokens is given, else music seconds.
     `dtype` runs the model under autocast (torch.bfloat16 on CUDA); `backend` picks the
-    decoder (module docstring). An empty prompt starts from SOS.
+    decoder (module docstring). An empty prompt starts from SOS. `stats`, a dict, is kept up
+    to date with "ids" (ids sampled per variation so far), for a front end's tokens/s.
     """
     cfg = model.config
     prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, Tensor) else prompt_ids)]
@@ -257,6 +259,8 @@ def generate(
                     logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator
                 )
                 steps += 1
+                if stats is not None:
+                    stats["ids"] = steps
                 for i, token in enumerate(tokens.tolist()):
                     if not done[i]:
                         done[i] = _take(token, results[i], music_steps, i, limit_steps, limit_ids)

@@ -1,0 +1,426 @@
+"""The one engine every front end calls: `continue_midi(ContinueRequest) -> ContinueResult`.
+
+A request names a primer (or none), the part of it to continue from, how much music to add,
+the sampling settings, the seed, how many variations, the soundfont and the checkpoint. The
+result holds, for each variation, the full MIDI (primer window + continuation), the
+continuation alone, audio, a piano roll with the seam marked, statistics and provenance. With
+`output_dir`, every file is also written (atomically) into a folder of its own per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .atomic_io import ensure_output_dir, write_bytes, write_json
+from .checkpoint import DEFAULT_CHECKPOINT, Checkpoint, ModelCache
+from .errors import BadMidiError, BadRequestError, CheckpointError
+
+MAX_VARIATIONS = 4
+MAX_SECONDS = 600.0
+MAX_NEW_TOKENS = 30_000
+SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+AUDIO_FORMATS = ("wav", "flac")
+# A generated note whose NOTE_OFF never came still ends: a held key, not a drone.
+MAX_GENERATED_NOTE_SECONDS = 8.0
+
+
+@dataclass
+class ContinueRequest:
+    primer: str | os.PathLike | bytes | None = None  # a MIDI path or bytes; None starts from nothing
+    primer_name: str | None = None  # shown in messages and provenance (defaults to the file name)
+    window_seconds: float | None = None  # continue from the last S seconds of the primer
+    window_span: tuple[float, float] | None = None  # or from the span [a, b) in seconds
+    length_seconds: float | None = 20.0  # music to add; None with length_tokens set
+    length_tokens: int | None = None  # ids to add (a cap when length_seconds is set too)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.95
+    min_p: float = 0.0
+    seed: int | None = None  # None: a fresh random seed, reported in the result
+    variations: int = 1
+    soundfont: str | os.PathLike | None = None
+    sample_rate: int = 44100
+    audio_format: str = "wav"
+    render_audio: bool = True
+    checkpoint: str | os.PathLike | None = None  # None: the embedded default model
+    device: str = "auto"
+    output_dir: str | os.PathLike | None = None  # None: nothing is written to disk
+
+    def settings(self) -> dict:
+        """The settings that shape the music: provenance records them."""
+        return {
+            "window_seconds": self.window_seconds,
+            "window_span": list(self.window_span) if self.window_span else None,
+            "length_seconds": self.length_seconds,
+            "length_tokens": self.length_tokens,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "variations": self.variations,
+        }
+
+
+@dataclass
+class Progress:
+    stage: str  # "loading", "generating", "rendering", "done"
+    done: float
+    total: float
+    tokens_per_s: float = 0.0
+    message: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class Variation:
+    index: int  # 1-based
+    new_ids: list[int]
+    full_midi: bytes
+    continuation_midi: bytes
+    pianoroll_png: bytes
+    audio: np.ndarray | None  # float32 stereo (n, 2), primer window + continuation
+    sample_rate: int
+    stats: dict
+    provenance: dict
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class ContinueResult:
+    variations: list[Variation]
+    seed: int
+    primer_ids: list[int]
+    seam_seconds: float  # where the continuation starts in the full MIDI
+    cancelled: bool
+    elapsed_s: float
+    output_dir: Path | None = None
+
+
+@dataclass
+class PrimerPreview:
+    ids: list[int]
+    sequence: Any  # the primer window as a NoteSequence (starting at 0)
+    seconds: float
+    report: dict
+    budget: dict  # context, latents, primer tokens in the context, new tokens expected
+
+
+# ---- the shared model cache ---------------------------------------------------------------------
+
+_models = ModelCache()
+
+
+def model_cache() -> ModelCache:
+    """The process's model cache (one per process, explicit; front ends may pass their own)."""
+    return _models
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def load_model(checkpoint: str | os.PathLike | None, device: str = "auto", models: ModelCache | None = None) -> Checkpoint:
+    path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    if checkpoint is None and not (path / "model.safetensors").exists():
+        raise CheckpointError(f"the embedded model is missing from {path}; reinstall or pass a checkpoint")
+    return (models or _models).get(path, _device(device))
+
+
+# ---- request checks -----------------------------------------------------------------------------
+
+
+def check_request(request: ContinueRequest) -> None:
+    """Out-of-range settings are a one-line BadRequestError, before any work is done."""
+    r = request
+    if not 1 <= r.variations <= MAX_VARIATIONS:
+        raise BadRequestError(f"variations must be 1 to {MAX_VARIATIONS}, not {r.variations}")
+    if r.length_seconds is None and r.length_tokens is None:
+        raise BadRequestError("give a length in seconds or in tokens")
+    if r.length_seconds is not None and not 0 < r.length_seconds <= MAX_SECONDS:
+        raise BadRequestError(f"length must be more than 0 and at most {MAX_SECONDS:g} seconds")
+    if r.length_tokens is not None and not 0 < r.length_tokens <= MAX_NEW_TOKENS:
+        raise BadRequestError(f"length in tokens must be 1 to {MAX_NEW_TOKENS:,}")
+    if not 0 <= r.temperature <= 5:
+        raise BadRequestError(f"temperature must be 0 (greedy) to 5, not {r.temperature}")
+    if r.top_k < 0:
+        raise BadRequestError("top-k must be 0 (off) or more")
+    if not 0 < r.top_p <= 1:
+        raise BadRequestError("top-p must be more than 0 and at most 1")
+    if not 0 <= r.min_p < 1:
+        raise BadRequestError("min-p must be at least 0 and below 1")
+    if r.sample_rate not in SAMPLE_RATES:
+        raise BadRequestError(f"sample rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    if r.audio_format not in AUDIO_FORMATS:
+        raise BadRequestError(f"audio format must be one of {', '.join(AUDIO_FORMATS)}")
+    if r.window_seconds is not None and r.window_seconds <= 0:
+        raise BadRequestError("the primer window must be more than 0 seconds")
+    if r.window_span is not None:
+        a, b = r.window_span
+        if not 0 <= a < b:
+            raise BadRequestError(f"the primer span must satisfy 0 <= start < end, not [{a}, {b})")
+    if r.seed is not None and not 0 <= r.seed < 2**63:
+        raise BadRequestError("the seed must be a whole number from 0 to 2^63 - 1")
+
+
+# ---- the primer ---------------------------------------------------------------------------------
+
+
+def _primer_name(request: ContinueRequest) -> str:
+    if request.primer_name:
+        return request.primer_name
+    if isinstance(request.primer, (str, os.PathLike)):
+        return Path(request.primer).name
+    return "primer.mid" if request.primer is not None else "(none)"
+
+
+def prepare_primer(request: ContinueRequest, max_context: int | None = None, num_latents: int | None = None) -> PrimerPreview:
+    """The primer window as ids and notes, and how it fits the model's context."""
+    from .midi_input import load_note_sequence
+    from .tokenizer import (SOS, decode, last_seconds, piano_sequence_to_ids, seconds_of, to_piano_sequence,
+                            window_seconds)
+
+    if request.primer is None:
+        return PrimerPreview([], decode([]), 0.0, {}, _budget(0, max_context, num_latents, request))
+    name = _primer_name(request)
+    source = bytes(request.primer) if isinstance(request.primer, (bytes, bytearray)) else request.primer
+    piano, report = to_piano_sequence(load_note_sequence(source, name=name))
+    starts_at_beginning = True
+    if request.window_span is not None:
+        a, b = request.window_span
+        window = window_seconds(piano, a, b)
+        starts_at_beginning = a <= 0
+        if not window.notes:
+            raise BadMidiError(f"{name} has no notes between {a:g} s and {b:g} s")
+    elif request.window_seconds is not None:
+        end = piano.total_time
+        starts_at_beginning = request.window_seconds >= end
+        window = last_seconds(piano, request.window_seconds)
+    else:
+        window = piano
+    _drop_leading_silence(window)
+    ids = piano_sequence_to_ids(window)
+    # Training works begin with SOS; a window from the middle of a piece does not.
+    if starts_at_beginning:
+        ids = [SOS, *ids]
+    info = report.to_dict()
+    return PrimerPreview(ids, window, seconds_of(ids), info, _budget(len(ids), max_context, num_latents, request))
+
+
+def _drop_leading_silence(ns) -> None:
+    if not ns.notes:
+        return
+    first = min(n.start_time for n in ns.notes)
+    for note in ns.notes:
+        note.start_time -= first
+        note.end_time -= first
+    ns.total_time = max(n.end_time for n in ns.notes)
+
+
+def _budget(primer_tokens: int, max_context: int | None, num_latents: int | None, request: ContinueRequest) -> dict:
+    budget = {"primer_tokens": primer_tokens, "context": max_context, "latents": num_latents}
+    if max_context:
+        budget["primer_tokens_in_context"] = min(primer_tokens, max_context)
+        budget["primer_tokens_dropped"] = max(0, primer_tokens - max_context)
+    if request.length_tokens is not None:
+        budget["new_tokens"] = request.length_tokens
+    elif request.length_seconds is not None:
+        budget["new_tokens_estimate"] = int(round(request.length_seconds * 40))  # piano: ~40 ids per second
+    return budget
+
+
+def preview_primer(request: ContinueRequest, models: ModelCache | None = None) -> PrimerPreview:
+    """For the UI's primer preview: the window and the token budget of the chosen model."""
+    checkpoint = load_model(request.checkpoint, request.device, models)
+    return prepare_primer(request, checkpoint.config.max_context, checkpoint.config.num_latents)
+
+
+# ---- continuing -----------------------------------------------------------------------------------
+
+
+def continue_midi(
+    request: ContinueRequest,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    models: ModelCache | None = None,
+) -> ContinueResult:
+    """Continue the primer; see the module docstring. Bad input raises a UserFacingError."""
+    started = time.monotonic()
+    check_request(request)
+    notify = progress or (lambda event: None)
+    notify(Progress("loading", 0, 1, message="loading the model"))
+    checkpoint = load_model(request.checkpoint, request.device, models)
+    primer = prepare_primer(request, checkpoint.config.max_context, checkpoint.config.num_latents)
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    out_dir = _request_folder(request.output_dir) if request.output_dir is not None else None
+
+    generation_started = time.monotonic()
+    live: dict = {}
+
+    def on_progress(done: float, total: float) -> None:
+        elapsed = max(1e-6, time.monotonic() - generation_started)
+        notify(Progress("generating", done, total, live.get("ids", 0) * request.variations / elapsed))
+
+    new_ids = _generate(checkpoint.model, primer.ids, request, seed, on_progress, cancel, live)
+    generation_seconds = time.monotonic() - generation_started
+    cancelled = bool(cancel is not None and cancel.is_set())
+    seam = primer.seconds
+    variations = []
+    for index, ids in enumerate(new_ids, start=1):
+        notify(Progress("rendering", index - 1, len(new_ids), message=f"rendering variation {index}"))
+        variations.append(
+            _build_variation(index, ids, primer, seam, request, checkpoint, seed,
+                             sum(map(len, new_ids)) / max(1e-6, generation_seconds), cancelled, out_dir)
+        )
+    notify(Progress("done", 1, 1, sum(len(v) for v in new_ids) / max(1e-6, generation_seconds)))
+    return ContinueResult(variations, seed, primer.ids, seam, cancelled, time.monotonic() - started, out_dir)
+
+
+def _generate(model, prompt, request: ContinueRequest, seed: int, progress, cancel, live: dict) -> list[list[int]]:
+    import torch
+
+    from .generate import generate
+
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    return generate(
+        model,
+        prompt,
+        max_new_tokens=request.length_tokens,
+        max_seconds=request.length_seconds,
+        temperature=request.temperature,
+        top_k=request.top_k,
+        top_p=request.top_p,
+        min_p=request.min_p,
+        seed=seed,
+        num_variations=request.variations,
+        progress=progress,
+        cancel=cancel,
+        dtype=torch.bfloat16 if on_gpu else None,
+        stats=live,
+    )
+
+
+def _request_folder(root: str | os.PathLike) -> Path:
+    """A fresh folder per request: outputs of two users or two clicks never collide."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return ensure_output_dir(Path(root) / f"{stamp}-{uuid.uuid4().hex[:8]}")
+
+
+def _provenance(request, checkpoint: Checkpoint, seed: int, index: int, primer: PrimerPreview, stats: dict) -> dict:
+    primer_info: dict[str, Any] = {"name": _primer_name(request), "tokens": len(primer.ids),
+                                   "seconds": round(primer.seconds, 3)}
+    if isinstance(request.primer, (bytes, bytearray)):
+        primer_info["sha256"] = hashlib.sha256(request.primer).hexdigest()
+    elif request.primer is not None:
+        primer_info["sha256"] = hashlib.sha256(Path(request.primer).read_bytes()).hexdigest()
+    if request.window_span:
+        primer_info["span_seconds"] = list(request.window_span)
+    elif request.window_seconds:
+        primer_info["last_seconds"] = request.window_seconds
+    return {
+        "generator": "perceiver-music",
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(checkpoint.path), "sha256": checkpoint.sha256,
+                       "step": checkpoint.metadata.get("step")},
+        "seed": seed,
+        "variation": index,
+        "settings": request.settings(),
+        "primer": primer_info,
+        "stats": stats,
+    }
+
+
+def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir):
+    from .pianoroll import pianoroll_png
+    from .tokenizer import SOS, decode, seconds_of, to_midi_bytes
+
+    primer_body = [t for t in primer.ids if t != SOS]
+    full = decode(primer_body + list(ids), max_note_seconds=None)
+    continuation = decode(list(ids), max_note_seconds=MAX_GENERATED_NOTE_SECONDS)
+    _cap_generated_notes(full, seam)
+    stats = {
+        "new_tokens": len(ids),
+        "tokens_per_s": round(tokens_per_s, 1),  # all variations together: they run as one batch
+        "seconds_of_music": round(seconds_of(ids), 3),
+        "new_notes": len(continuation.notes),
+        "primer_tokens": len(primer.ids),
+        "cancelled": cancelled,
+    }
+    provenance = _provenance(request, checkpoint, seed, index, primer, stats)
+    text = json.dumps(provenance, separators=(",", ":"), sort_keys=True)
+    full_midi = to_midi_bytes(full, text=text)
+    continuation_midi = to_midi_bytes(continuation, text=text)
+    roll = pianoroll_png(full, seam_seconds=seam if primer.ids else None,
+                         title=f"variation {index} · seed {seed}")
+    audio = None
+    if request.render_audio:
+        from .render import render
+
+        audio = render(full, soundfont=request.soundfont, sample_rate=request.sample_rate)
+    variation = Variation(index, list(ids), full_midi, continuation_midi, roll, audio, request.sample_rate, stats,
+                          provenance)
+    if out_dir is not None:
+        variation.files = _write_variation(out_dir, variation, request.audio_format)
+    return variation
+
+
+def _cap_generated_notes(ns, seam: float) -> None:
+    for note in ns.notes:
+        if note.start_time >= seam - 1e-9 and note.end_time - note.start_time > MAX_GENERATED_NOTE_SECONDS:
+            note.end_time = note.start_time + MAX_GENERATED_NOTE_SECONDS
+    ns.total_time = max((n.end_time for n in ns.notes), default=0.0)
+
+
+def _write_variation(out_dir: Path, variation: Variation, audio_format: str) -> dict[str, Path]:
+    from .render import write_audio
+
+    stem = out_dir / f"variation-{variation.index}"
+    files = {
+        "full_midi": write_bytes(f"{stem}-full.mid", variation.full_midi),
+        "continuation_midi": write_bytes(f"{stem}-continuation.mid", variation.continuation_midi),
+        "pianoroll": write_bytes(f"{stem}-pianoroll.png", variation.pianoroll_png),
+        "provenance": write_json(f"{stem}.json", variation.provenance),
+    }
+    if variation.audio is not None:
+        path = Path(f"{stem}.{audio_format}")
+        write_audio(path, variation.audio, variation.sample_rate)
+        files["audio"] = path
+    return files
+
+
+def with_primer(request: ContinueRequest, primer: bytes, name: str) -> ContinueRequest:
+    """The same settings on another primer: "continue this output" in the front ends."""
+    return replace(request, primer=primer, primer_name=name, window_seconds=None, window_span=None)
+
+
+def result_summary(result: ContinueResult) -> dict:
+    """A JSON-friendly summary (for the API and the notebook's repr)."""
+    return {
+        "seed": result.seed,
+        "seam_seconds": round(result.seam_seconds, 3),
+        "cancelled": result.cancelled,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "output_dir": str(result.output_dir) if result.output_dir else None,
+        "variations": [{"index": v.index, **v.stats, "files": {k: str(p) for k, p in v.files.items()}}
+                       for v in result.variations],
+    }
+
