@@ -227,6 +227,11 @@ def _load_synth(soundfont: Path, sample_rate: int) -> _LoadedSynth:
             # own per-call mutex is not needed.
             "synth.threadsafe-api": 0,
             "synth.cpu-cores": CPU_CORES,
+            # Load only the samples of the programs a render selects (the piano, not all 140 MB
+            # of FluidR3: 0.04 s instead of 0.1 to 0.7 s), and do not mlock them: we render
+            # offline, so a page fault is no audible glitch.
+            "synth.dynamic-sample-loading": 1,
+            "synth.lock-memory": 0,
         },
     )
     sfid = synth.sfload(str(soundfont))
