@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense_baseline import DenseKVCache, DenseTransformer  # noqa: E402
 
-from perceiver_music.generate import default_reset_latents, generate, sample_next  # noqa: E402
-from perceiver_music.model import KVCache, PerceiverAR, PerceiverARConfig, default_config  # noqa: E402
+from perceiver_music.generate import EagerDecoder, default_reset_latents, generate, sample_next  # noqa: E402
+from perceiver_music.model import PerceiverAR, PerceiverARConfig, default_config  # noqa: E402
 from perceiver_music.tokenizer import EOS, VOCAB_SIZE  # noqa: E402
 
 
@@ -88,12 +88,12 @@ def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: in
     R = default_reset_latents(cfg.num_latents)
     ids = torch.randint(3, VOCAB_SIZE, (1, context), device=device)
     tok = torch.randint(3, VOCAB_SIZE, (1,), device=device)
-    cache = KVCache(cfg)
+    decoder = EagerDecoder(model, dtype)
     steps = min(steps, cfg.num_latents - R)
-    with torch.inference_mode(), autocast(device, dtype):
-        model(ids, R, cache=cache, last_only=True)  # warm-up
-        reset_s = min(timed(lambda: model(ids, R, cache=cache, last_only=True), device) for _ in range(2))
-        step_s = timed(lambda: [model.decode_step(tok, cache) for _ in range(steps)], device) / steps
+    with torch.inference_mode():
+        decoder.reset(ids, R)  # warm-up
+        reset_s = min(timed(lambda: decoder.reset(ids, R), device) for _ in range(2))
+        step_s = timed(lambda: [decoder.step(tok, ids) for _ in range(steps)], device) / steps
     cycle = cfg.num_latents - R + 1  # ids per reset cycle: N - R steps and one reset
     per_token = (reset_s + (cycle - 1) * step_s) / cycle
     return {
@@ -105,12 +105,13 @@ def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: in
 
 
 def generation_rate(model, prompt, new_tokens, device, **kw) -> tuple[float, float]:
-    """(tokens/s over the whole call, tokens/s after subtracting the prefill)."""
+    """(tokens/s over the whole call, tokens/s after subtracting the prefill's time)."""
     cfg = model.config
     R = default_reset_latents(cfg.num_latents)
     window = torch.tensor([prompt[-cfg.max_context :]], device=device)
-    with torch.inference_mode(), autocast(device, kw.get("dtype")):
-        prefill_s = timed(lambda: model(window, min(R, window.size(1)), last_only=True), device)
+    decoder = EagerDecoder(model, kw.get("dtype"))
+    with torch.inference_mode():
+        prefill_s = timed(lambda: decoder.reset(window, min(R, window.size(1))), device)
     out: list = []
     total_s = timed(lambda: out.extend(generate(model, prompt, max_new_tokens=new_tokens, seed=0, **kw)), device)
     made = sum(len(o) for o in out)
@@ -186,7 +187,13 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="CUDA only: autocast dtype (bfloat16 recommended). A CPU run measures float32 and "
+        "float16 Linear weights in batch-1 steps (generate(dtype=torch.float16))",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run in about a minute")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--contexts", default=None, help="comma-separated, default 1024,4096,16384")
@@ -196,8 +203,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     gpu = device.type == "cuda"
+    if not gpu and dtype is not None:
+        ap.error("on a CPU the bench measures float32 and float16-weight steps; --dtype is for CUDA")
     base = default_config()
     if args.quick:
         base = replace(base, d_model=128, n_heads=4, cross_heads=4, n_layers=2, num_latents=128)
@@ -224,6 +233,11 @@ def main() -> None:
         eager_all, eager = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="eager")
         row["cached_tokens_per_s"] = round(eager, 1)
         row["cached_tokens_per_s_with_prefill"] = round(eager_all, 1)
+        if not gpu:  # the product's CPU setting: float16 weights in batch-1 steps
+            half = reset_and_step_ms(model, context, device, torch.float16, steps=64)
+            row["fp16_weights_step_ms"] = half["step_ms"]
+            _, fast = generation_rate(model, prompt, new_tokens, device, dtype=torch.float16, backend="eager")
+            row["cached_fp16_weights_tokens_per_s"] = round(fast, 1)
         if gpu:
             graph_all, graph = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="graph")
             row["graph_tokens_per_s"] = round(graph, 1)
@@ -233,6 +247,8 @@ def main() -> None:
         row["naive_tokens"] = naive_tokens
         row["naive_tokens_per_s"] = round(naive, 2)
         row["cached_over_naive"] = round(eager / naive, 1)
+        if not gpu:
+            row["cached_fp16_weights_over_naive"] = round(fast / naive, 1)
         row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
         del model
         real_prefill = gpu or context <= 4096
@@ -276,7 +292,11 @@ def main() -> None:
         report["batch64"] = None
 
     # -- training step: Perceiver AR vs dense, same parameter count --
-    train_cfg = base if gpu else replace(base, d_model=128, n_heads=4, cross_heads=4, n_layers=3, num_latents=256)
+    # dropout 0: with attention dropout PyTorch's CPU SDPA falls back to the math kernel,
+    # which materialises T x T scores for the dense model (16k: gigabytes per layer).
+    train_cfg = replace(base, dropout=0.0)
+    if not gpu:
+        train_cfg = replace(train_cfg, d_model=128, n_heads=4, cross_heads=4, n_layers=3, num_latents=256)
     train_contexts = [512, 1024] if args.quick else [4096, 16384]
     batch = 4 if gpu else 1
     training = []
@@ -288,6 +308,10 @@ def main() -> None:
         p_s = train_step_s(perceiver, ids, device, dtype, repeats=2)
         p_mem = peak_memory_mb(device)
         del perceiver
+        # the same without cross-attend dropout: the architecture alone
+        full = PerceiverAR(replace(cfg, cross_attend_dropout=0.0)).to(device)
+        p0_s = train_step_s(full, ids, device, dtype, repeats=2)
+        del full
         reset_peak(device)
         dense = DenseTransformer.matching(cfg, context + 1).to(device)
         d_s = train_step_s(dense, ids, device, dtype, repeats=2)
@@ -296,10 +320,12 @@ def main() -> None:
         row = {
             "context": context,
             "batch": batch,
-            "model": {k: getattr(cfg, k) for k in ("d_model", "n_layers", "num_latents", "cross_attend_dropout")},
+            "model": {k: getattr(cfg, k) for k in ("d_model", "n_layers", "num_latents", "cross_attend_dropout", "dropout")},
             "perceiver_step_s": round(p_s, 4),
+            "perceiver_no_cross_dropout_step_s": round(p0_s, 4),
             "dense_step_s": round(d_s, 4),
             "dense_over_perceiver": round(d_s / p_s, 2),
+            "dense_over_perceiver_no_cross_dropout": round(d_s / p0_s, 2),
             "perceiver_peak_memory_mb": round(p_mem, 1),
             "dense_peak_memory_mb": round(d_mem, 1),
         }

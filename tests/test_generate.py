@@ -201,6 +201,23 @@ def test_linear_attention_generates_past_max_context():
     assert len(out[0]) == 3 * MAX_CONTEXT
 
 
+def test_float16_cpu_steps_are_close_and_leave_the_model_alone():
+    model = random_model()
+    half = gen.half_weight_copy(model)
+    assert half.tok_emb.weight is model.tok_emb.weight  # shared, not copied
+    assert isinstance(model.blocks[0].qkv, torch.nn.Linear) and model.blocks[0].qkv.weight.dtype == torch.float32
+    assert half.blocks[0].qkv.weight.dtype == torch.float16
+    exact, fast = EagerDecoder(model), EagerDecoder(model, torch.float16)
+    assert fast.step_model is not model
+    tokens = ids_stream(3 * MAX_CONTEXT, seed=8)
+    R = default_reset_latents(N)
+    with torch.inference_mode():
+        for (a, *_), (b, *_) in zip(replay_schedule(model, exact, tokens, 5, R), replay_schedule(model, fast, tokens, 5, R)):
+            torch.testing.assert_close(b, a, atol=0.05, rtol=0.01)
+    out = generate(model, [5], max_new_tokens=2 * MAX_CONTEXT, seed=0, dtype=torch.float16)
+    assert len(out[0]) == 2 * MAX_CONTEXT
+
+
 # ---- stop rules, cancel, progress ------------------------------------------------------------------
 
 
@@ -364,3 +381,55 @@ def test_model_mode_is_restored():
     model.train()
     generate(model, [5], max_new_tokens=3, seed=0)
     assert model.training
+
+
+# ---- CUDA only (skipped here; run on the GPU machine) ---------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_graph_decoder_matches_eager_cache():
+    model = random_model().cuda()
+    tokens = ids_stream(4 * MAX_CONTEXT, seed=5)
+    R = default_reset_latents(N)
+    eager, graph = EagerDecoder(model), GraphDecoder(model, 1, capture=True)
+    with torch.inference_mode():
+        for (a, *_), (b, *_) in zip(
+            replay_cuda(model, eager, tokens, 6, R), replay_cuda(model, graph, tokens, 6, R)
+        ):
+            torch.testing.assert_close(a, b.clone(), atol=1e-3, rtol=1e-3)
+
+
+def replay_cuda(model, decoder, tokens, prompt_len, R):
+    window = TokenWindow(tokens[:prompt_len], 1, model.config.max_context, torch.device("cuda"))
+    latents = min(R, len(window))
+    yield decoder.reset(window.view(), latents), latents
+    for t in tokens[prompt_len:]:
+        tok = torch.tensor([t], device="cuda")
+        window.append(tok)
+        if latents >= model.config.num_latents:
+            latents = min(R, len(window))
+            yield decoder.reset(window.view(), latents), latents
+        else:
+            latents += 1
+            yield decoder.step(tok, window.view()), latents
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_cuda_generation_graph_eager_and_batches(dtype):
+    model = random_model().cuda()
+    prompt = ids_stream(10)
+    graph = generate(model, prompt, max_new_tokens=3 * MAX_CONTEXT, temperature=0, dtype=dtype)
+    eager = generate(model, prompt, max_new_tokens=3 * MAX_CONTEXT, temperature=0, dtype=dtype, backend="eager")
+    if dtype is None:
+        assert graph == eager
+    else:  # bf16 rounding may flip a near-tie; the runs must agree for a good while
+        same = next((i for i, (a, b) in enumerate(zip(graph[0], eager[0])) if a != b), len(graph[0]))
+        assert same >= MAX_CONTEXT // 2
+    outs = generate(model, prompt, max_new_tokens=2 * MAX_CONTEXT, seed=0, num_variations=8, dtype=dtype)
+    assert [len(o) for o in outs] == [2 * MAX_CONTEXT] * 8 and len({tuple(o) for o in outs}) == 8
+    assert generate(model, prompt, max_new_tokens=50, seed=3, dtype=dtype) == generate(
+        model, prompt, max_new_tokens=50, seed=3, dtype=dtype
+    )

@@ -53,7 +53,7 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 def _ref_rope(t: torch.Tensor, pos: torch.Tensor, cfg: PerceiverARConfig) -> torch.Tensor:
     hd = t.shape[-1]
     r = max(2, int(hd * cfg.rope_fraction) // 2 * 2)
-    inv = cfg.rope_base ** -(torch.arange(0, r, 2, dtype=torch.float64) / r)
+    inv = cfg.rope_base ** -(torch.arange(0, r, 2, dtype=torch.float64, device=pos.device) / r)
     ang = pos[..., None].double() * inv  # (B, L, r/2)
     cos, sin = ang.cos().float()[:, :, None], ang.sin().float()[:, :, None]
     a, b = t[..., : r // 2], t[..., r // 2 : r]
@@ -77,8 +77,8 @@ def reference_logits(model: PerceiverAR, ids: torch.Tensor, n: int, kv_pos: torc
     cfg, B, T = model.config, ids.shape[0], ids.shape[1]
     linear = cfg.attention == "linear"
     x = model.tok_emb.weight[ids]
-    lat_pos = torch.arange(T - n, T).expand(B, n)
-    kv_pos = torch.arange(T).expand(B, T) if kv_pos is None else kv_pos
+    lat_pos = torch.arange(T - n, T, device=ids.device).expand(B, n)
+    kv_pos = torch.arange(T, device=ids.device).expand(B, T) if kv_pos is None else kv_pos
     inputs = torch.gather(x, 1, kv_pos[..., None].expand(-1, -1, cfg.d_model))
     lat = x[:, T - n :]
 
@@ -262,3 +262,21 @@ def test_default_config_size():
     params = PerceiverAR(cfg).num_parameters()
     assert 10e6 <= params <= 25e6
     assert cfg.vocab_size == VOCAB_SIZE and cfg.attention == "softmax"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention", ["softmax", "linear"])
+def test_cuda_kernels_match_the_reference(attention):
+    """On CUDA, causal_lower_right dispatches to flash / memory-efficient kernels."""
+    model = random_model(tiny_config(attention=attention)).cuda()
+    ids = random_ids(2, 64).cuda()
+    with torch.no_grad():
+        for n in (16, 64):
+            torch.testing.assert_close(model(ids, num_latents=n), reference_logits(model, ids, n), atol=2e-3, rtol=2e-3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = model(ids).float()
+        full = model(ids)
+        assert (half - full).abs().max() < 0.05 * full.abs().max() + 0.1
+        model.train()
+        loss, _ = model.loss(ids)
+        loss.backward()
