@@ -64,12 +64,16 @@ def works_in_folder(folder: Path) -> list[Work]:
     return works
 
 
-def music21_works(workers: int, progress: bool) -> tuple[list[Work], list[dict]]:
-    """The music21 corpus, converted to MIDI once into a cache (about 1 s per work)."""
+def music21_works(workers: int, progress: bool, convert: bool = True) -> tuple[list[Work], list[dict]]:
+    """The music21 corpus, converted to MIDI once into a cache (about 1 s per work).
+
+    `convert=False` takes only the files already in the cache."""
     from . import music21_corpus
 
     cache = music21_corpus.default_cache_dir()
     files = music21_corpus.corpus_files()
+    if not convert:
+        files = [f for f in files if music21_corpus.is_converted(f, cache)]
     files.sort(key=lambda f: -f.path.stat().st_size)  # big opus files first: a short tail
     works, failed = [], []
     records = _parallel_map(_convert_music21_file, [(f, cache) for f in files], workers, progress, "music21 → MIDI")
@@ -155,7 +159,8 @@ class PrepareStats:
         }
 
 
-def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0, progress: bool = True) -> PrepareStats:
+def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0, progress: bool = True,
+            convert_music21: bool = True) -> PrepareStats:
     """Folders of MIDI (recursive) and/or 'music21' to token shards in `out_dir`."""
     out = ensure_output_dir(out_dir)
     cache_dir = ensure_output_dir(out / ".cache")
@@ -165,7 +170,7 @@ def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0
     failed: list[dict] = []
     for source in sources:
         if source == MUSIC21:
-            found, broken = music21_works(workers, progress)
+            found, broken = music21_works(workers, progress, convert=convert_music21)
             works += found
             failed += broken
         else:

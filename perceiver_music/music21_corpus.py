@@ -14,10 +14,6 @@ from pathlib import Path
 
 from .atomic_io import write_bytes
 
-# Bumped when the converter rescues more works: records with failures from an older
-# revision are converted again, the rest of the cache stays valid.
-CONVERTER_REVISION = 2
-
 # Roman-numeral analyses are harmony sketches, not music to learn from.
 SKIPPED_SUFFIXES = {".rntxt"}
 
@@ -69,21 +65,27 @@ def _score_to_midi_bytes(score) -> bytes:
         return write(score.expandRepeats())
 
 
+def _record_path(item: CorpusFile, cache_dir: Path) -> Path:
+    return cache_dir / "records" / (item.rel + ".json")
+
+
+def is_converted(item: CorpusFile, cache_dir: Path) -> bool:
+    return _record_path(item, cache_dir).exists()
+
+
 def convert_file(item: CorpusFile, cache_dir: Path) -> dict:
     """Convert one corpus file (one or many works) into cached MIDI files.
 
     Returns the file's record: the works written and the failures with their reason.
-    A cached record is returned as is, unless an older converter revision failed on some works.
+    A cached record is returned as is (delete the cache folder to convert everything again).
     """
-    record_path = cache_dir / "records" / (item.rel + ".json")
+    record_path = _record_path(item, cache_dir)
     if record_path.exists():
-        record = json.loads(record_path.read_text())
-        if not record["failed"] or record.get("revision", 1) >= CONVERTER_REVISION:
-            return record
+        return json.loads(record_path.read_text())
 
     from music21 import converter, stream
 
-    record = {"file": item.rel, "works": [], "failed": [], "revision": CONVERTER_REVISION}
+    record = {"file": item.rel, "works": [], "failed": []}
     try:
         parsed = converter.parse(item.path)
         scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
