@@ -20,6 +20,9 @@ COMMANDS = {
     "train": ("train", "train or fine-tune a model on prepared data (resumes a killed run)"),
     "eval": ("eval", "NLL of a checkpoint on held-out data, and NLL by context length"),
     "export": ("export", "write a checkpoint to ship: weights only, in float16"),
+    "generate": ("generate", "continue one MIDI file (or start from scratch); optional audio and variations"),
+    "batch": ("batch", "continue every MIDI file in a folder tree: manifest, resume, shards, parallel rendering"),
+    "render-folder": ("render_folder", "render every MIDI file in a folder tree to audio, in parallel, resumable"),
 }
 
 EXIT_USER_ERROR = 2
