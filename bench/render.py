@@ -13,7 +13,9 @@ Each figure is a real-time factor from wall time (median and best of --repeats r
 seconds of audio per CPU second (all threads), which moves less when other jobs share the
 machine; the load average at start and end says how busy it was.
 
-Prints JSON. Usage: .venv/bin/python bench/render.py [--repeats N]
+With --settings it also measures, in process, what reverb and a second fluidsynth thread cost.
+
+Prints JSON. Usage: .venv/bin/python bench/render.py [--repeats N] [--settings]
 """
 
 from __future__ import annotations
@@ -164,6 +166,30 @@ def bench_piece(midi_path: Path, soundfont: Path, repeats: int, workdir: Path) -
     }
 
 
+def bench_settings(midi_path: Path, soundfont: Path, repeats: int) -> dict:
+    """What the synth settings cost, in the same run: the defaults against no reverb and one
+    fluidsynth thread, interleaved so that a busy moment hits all three alike."""
+    variants = {"default": {}, "no_reverb": {"REVERB": False}, "cpu_cores_1": {"CPU_CORES": 1}}
+    runs: dict[str, list] = {name: [] for name in variants}
+    audio_seconds = 0.0
+    for _ in range(repeats):
+        for name, settings in variants.items():
+            saved = {key: getattr(R, key) for key in settings}
+            for key, value in settings.items():
+                setattr(R, key, value)
+            R.clear_synth_cache()
+            try:
+                R.render(midi_path, soundfont=soundfont, sample_rate=SAMPLE_RATE)  # loads the synth
+                wall, cpu, audio = measured(lambda: R.render(midi_path, soundfont=soundfont, sample_rate=SAMPLE_RATE))
+            finally:
+                for key, value in saved.items():
+                    setattr(R, key, value)
+                R.clear_synth_cache()
+            audio_seconds = len(audio) / SAMPLE_RATE
+            runs[name].append((wall, cpu))
+    return {name: summary(audio_seconds, measured_runs) for name, measured_runs in runs.items()}
+
+
 def bench_pretty_midi_reference(pm, soundfont: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -174,6 +200,7 @@ def bench_pretty_midi_reference(pm, soundfont: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median and best reported)")
+    parser.add_argument("--settings", action="store_true", help="also measure no reverb and one fluidsynth thread")
     args = parser.parse_args()
 
     report = {
@@ -204,6 +231,8 @@ def main() -> None:
             for piece_name, path in pieces.items():
                 results[piece_name] = bench_piece(path, font, args.repeats, workdir)
             results["pretty_midi.fluidsynth reference, piano_5min"] = bench_pretty_midi_reference(piano, font)
+            if args.settings:
+                results["settings, in process, piano_5min"] = bench_settings(piano_path, font, args.repeats)
     report["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, indent=2))
 

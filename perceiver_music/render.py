@@ -58,6 +58,7 @@ EMBEDDED_SOUNDFONT_NAME = "TimGM6mb.sf2"  # ships inside the pretty_midi wheel
 # machine, measured while it was busy with other work (more than 4 gains little: the threads
 # meet every 64 frames).
 CPU_CORES = max(1, min(4, os.cpu_count() or 1))
+REVERB = True  # about 10% of render time (bench/render.py measures it); a dry piano sounds boxed in
 GAIN = 0.4  # fluidsynth's synth.gain, the same for every clip (see the module docstring)
 LIMIT_KNEE = 0.9  # samples below this are never touched by the limiter
 TAIL_MAX_SECONDS = 4.0
@@ -222,7 +223,7 @@ def _load_synth(soundfont: Path, sample_rate: int) -> _LoadedSynth:
         samplerate=sample_rate,
         **{
             "synth.chorus.active": 0,
-            "synth.reverb.active": 1,
+            "synth.reverb.active": int(REVERB),
             # A synth is used by one render at a time (the pool checks it out), so fluidsynth's
             # own per-call mutex is not needed.
             "synth.threadsafe-api": 0,
