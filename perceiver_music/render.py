@@ -397,9 +397,8 @@ class _Channels:
 
 def _assign_channels(music, channel_count: int) -> _Channels:
     """One channel per (instrument, program, drum) track; drums on 9 (then 25, 41, ...)."""
-    tracks = sorted(
-        {(item.instrument, item.program, bool(item.is_drum)) for group in (music.notes, music.control_changes, music.pitch_bends) for item in group}
-    )
+    groups = (music.notes, music.control_changes, music.pitch_bends)
+    tracks = sorted({(item.instrument, item.program, bool(item.is_drum)) for group in groups for item in group})
     free = {
         False: iter([c for c in range(channel_count) if c % 16 != _DRUM_CHANNEL]),
         True: iter(range(_DRUM_CHANNEL, channel_count, 16)),

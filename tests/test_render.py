@@ -262,7 +262,9 @@ def test_bad_midi_is_a_bad_midi_error(tmp_path):
         R.render(bad, soundfont=TIMGM)
 
 
-@pytest.mark.parametrize("failure", [ImportError("Couldn't find the FluidSynth library."), OSError("libfluidsynth.so.3")])
+@pytest.mark.parametrize(
+    "failure", [ImportError("Couldn't find the FluidSynth library."), OSError("libfluidsynth.so.3: cannot open")]
+)
 def test_missing_libfluidsynth_says_what_to_install(monkeypatch, failure):
     real_import = builtins.__import__
 
