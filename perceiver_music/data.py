@@ -259,6 +259,11 @@ class TokenData:
         path = self.root / f"{split}.index.json"
         return json.loads(path.read_text()) if path.exists() else []
 
+    def work_spans(self, split: str) -> np.ndarray:
+        """(offset, length) of every work of a split, as an int64 array of shape (n, 2)."""
+        spans = [(e["offset"], e["length"]) for e in self.index(split)]
+        return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
     def works(self, split: str) -> Iterator[tuple[str, np.ndarray]]:
         """Each work of a split as (name, ids with its SOS and EOS)."""
         tokens = self.tokens(split)
@@ -266,26 +271,42 @@ class TokenData:
             yield entry["work"], np.asarray(tokens[entry["offset"] : entry["offset"] + entry["length"]])
 
 
+def _crop_start(stream_length: int, raw_length: int, rng: np.random.Generator,
+                works: np.ndarray | None, long_share: float) -> int:
+    """Uniform over the packed stream; or, with probability `long_share`, inside one work long
+    enough to hold the whole crop, so that long context is context from the same piece."""
+    if long_share > 0 and works is not None and rng.random() < long_share:
+        fits = works[works[:, 1] >= raw_length]
+        if len(fits):
+            room = (fits[:, 1] - raw_length + 1).astype(np.float64)
+            i = int(rng.choice(len(fits), p=room / room.sum()))
+            return int(fits[i, 0] + rng.integers(0, int(room[i])))
+    return int(rng.integers(0, stream_length - raw_length + 1))
+
+
 def sample_crop(
-    stream: np.ndarray, length: int, rng: np.random.Generator, augment=None, max_tries: int = 8
+    stream: np.ndarray, length: int, rng: np.random.Generator, augment=None, max_tries: int = 8,
+    works: np.ndarray | None = None, long_share: float = 0.0,
 ) -> np.ndarray:
     """A random crop of `length` ids from a packed stream, augmented when `augment` is given.
 
-    Augmentation changes how many ids the music takes (tempo, added velocities), so it works on
-    a longer raw crop and keeps the first `length` ids of the result: the end of the raw crop,
-    where notes are cut off, is never used.
+    `works` ((offset, length) rows, from TokenData.work_spans) and `long_share` let a share of
+    the crops lie wholly inside long works (see _crop_start). Augmentation changes how many ids
+    the music takes (tempo, added velocities), so it works on a longer raw crop and keeps the
+    first `length` ids of the result: the end of the raw crop, where notes are cut off, is
+    never used.
     """
     if len(stream) < length:
         raise DataError(f"the data has {len(stream):,} tokens; a crop needs {length:,}")
     if augment is None or augment.is_identity:
-        start = int(rng.integers(0, len(stream) - length + 1))
+        start = _crop_start(len(stream), length, rng, works, long_share)
         return np.asarray(stream[start : start + length], dtype=np.int64)
     from .augment import augment_ids
 
     margin = 1.5
     for _ in range(max_tries):
         raw_length = min(len(stream), int(length * margin) + 64)
-        start = int(rng.integers(0, len(stream) - raw_length + 1))
+        start = _crop_start(len(stream), raw_length, rng, works, long_share)
         out = augment_ids(np.asarray(stream[start : start + raw_length]), rng, augment)
         if len(out) >= length:
             return np.asarray(out[:length], dtype=np.int64)

@@ -46,6 +46,9 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 0
     num_workers: int = 2  # data-loader processes per training process
+    # Share of crops drawn wholly inside works longer than a crop. Most corpus works are
+    # short folk tunes; without this the long context is mostly other pieces.
+    long_work_share: float = 0.0
     compile: bool = False
 
 
@@ -132,12 +135,13 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 # ---- data ----------------------------------------------------------------------------------------
 
 
-def batch_for_step(stream, crop: int, batch_size: int, step: int, seed: int, rank: int, augment) -> np.ndarray:
+def batch_for_step(stream, crop: int, cfg: TrainConfig, step: int, rank: int, augment, works=None) -> np.ndarray:
     """The batch of one step: seeded by (seed, rank, step), so a resumed run sees the same data."""
     from .data import sample_crop
 
-    rng = np.random.default_rng([seed, rank, step])
-    return np.stack([sample_crop(stream, crop, rng, augment) for _ in range(batch_size)])
+    rng = np.random.default_rng([cfg.seed, rank, step])
+    return np.stack([sample_crop(stream, crop, rng, augment, works=works, long_share=cfg.long_work_share)
+                     for _ in range(cfg.batch_size)])
 
 
 def _batches(data_dir, crop, cfg: TrainConfig, augment, rank: int, start_step: int):
@@ -151,9 +155,10 @@ def _batches(data_dir, crop, cfg: TrainConfig, augment, rank: int, start_step: i
         def __iter__(self):
             info = get_worker_info()
             worker, workers = (info.id, info.num_workers) if info else (0, 1)
-            stream = TokenData(data_dir).tokens("train")
+            data = TokenData(data_dir)
+            stream, works = data.tokens("train"), data.work_spans("train")
             for step in range(start_step + worker, cfg.steps, workers):
-                yield torch.from_numpy(batch_for_step(stream, crop, cfg.batch_size, step, cfg.seed, rank, augment))
+                yield torch.from_numpy(batch_for_step(stream, crop, cfg, step, rank, augment, works))
 
     workers = cfg.num_workers
     return iter(DataLoader(Steps(), batch_size=None, num_workers=workers, persistent_workers=False,

@@ -105,3 +105,15 @@ def test_music21_conversion_is_cached(tmp_path):
     midi.write_bytes(b"changed")  # a cached record is trusted: nothing is converted again
     assert music21_corpus.convert_file(item, tmp_path) == record
     assert midi.read_bytes() == b"changed"
+
+
+def test_long_work_crops_stay_inside_one_work(tiny_data):
+    data = TokenData(tiny_data)
+    stream, works = data.tokens("train"), data.work_spans("train")
+    assert works[:, 1].sum() == len(stream)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        crop = sample_crop(stream, 1024, rng, works=works, long_share=1.0)
+        assert (crop == tk.SOS).sum() <= 1 and (crop[1:] == tk.SOS).sum() == 0  # no second piece begins
+    mixed = [sample_crop(stream, 1024, rng, works=works, long_share=0.0) for _ in range(200)]
+    assert any((c[1:] == tk.SOS).any() for c in mixed)  # uniform crops do cross work boundaries

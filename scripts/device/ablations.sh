@@ -34,7 +34,8 @@ run_all "" "$slowest" "$minutes"
 : > "$results"
 for name in base linear short_context no_humanize; do
   for set in "$data:test" "$perf:test"; do
-    python3 -m app.cli eval "$root/$name" --data "${set%%:*}" --split "${set##*:}" --json \
+    # shellcheck disable=SC2086
+    python3 -m app.cli eval "$root/$name" --data "${set%%:*}" --split "${set##*:}" --json ${EVAL_ARGS:-} \
       | python3 -c "import json,sys; r=json.load(sys.stdin); r['ablation']='$name'; r['steps']=$slowest; print(json.dumps(r))" >> "$results"
   done
 done
