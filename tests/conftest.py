@@ -39,3 +39,91 @@ def random_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoint")
     save_checkpoint(model, folder, metadata={"step": 0, "note": "random weights for tests"})
     return folder
+
+
+# ---- the web app (tests/test_web_api.py, tests/test_web_browser.py) ----------------------------
+
+
+class WebServer:
+    """`python launch.py` running in a subprocess on a free port: the real server."""
+
+    def __init__(self, url: str, output_dir, log_path, process):
+        self.url, self.output_dir, self.log_path, self.process = url, output_dir, log_path, process
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def web_checkpoint(tmp_path_factory):
+    """The tiny random model of `random_checkpoint`, made never to stop by itself (EOS held at a
+    logit near -100), so a request runs to its length and a long one can be stopped."""
+    from perceiver_music.checkpoint import save_checkpoint
+    from perceiver_music.model import PerceiverAR, PerceiverARConfig
+    from perceiver_music.tokenizer import EOS
+
+    torch.manual_seed(0)
+    config = PerceiverARConfig(max_context=512, num_latents=64, d_model=64, n_heads=2, cross_heads=2, n_layers=2)
+    model = PerceiverAR(config)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight, std=0.5)
+        # Feature 0 of the final LayerNorm is a constant 10 that only the EOS row reads.
+        model.norm.weight[0], model.norm.bias[0] = 0.0, 10.0
+        model.head.weight[:, 0] = 0.0
+        model.head.weight[EOS, 0] = -10.0
+    folder = tmp_path_factory.mktemp("web-checkpoint")
+    save_checkpoint(model, folder, metadata={"step": 0, "note": "random weights for the web tests, no EOS"})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def web_server(web_checkpoint, tmp_path_factory):
+    """The web app (launch.py) on 127.0.0.1 with a tiny random checkpoint, its outputs and
+    Gradio's cache in temp folders; started once per test session, stopped at the end."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("web")
+    output_dir, log_path, port = root / "outputs", root / "server.log", _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(root / "gradio-cache"),
+           "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    repo = Path(__file__).resolve().parent.parent
+    command = [sys.executable, str(repo / "launch.py"), "--no-browser", "--port", str(port),
+               "--checkpoint", str(web_checkpoint), "--output-dir", str(output_dir)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = WebServer(f"http://127.0.0.1:{port}/", output_dir, log_path, process)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, never a proxy
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"launch.py exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            with opener.open(server.url, timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"launch.py did not serve {server.url} within 120 s:\n{server.log_tail()}")
+        time.sleep(0.5)
+    yield server
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -1,0 +1,184 @@
+"""The web app's API through gradio_client, against the real server (launch.py in a subprocess,
+a tiny random checkpoint, real fluidsynth): files that play and parse, errors as messages,
+two clients at once in separate folders, and no UI event in the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from midi_fixtures import midi_bytes, piano_performance
+
+# gradio_client reads these when a Client is made: no telemetry, no Hub.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Any connection the test process opens must go to this machine (the client must not try
+    the internet); attempts elsewhere are refused and listed."""
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
+            attempts.append(address)
+            raise OSError(f"the test refused a connection to {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield attempts
+    assert attempts == [], f"connections outside this machine: {attempts}"
+
+
+def client(server, tmp_path):
+    from gradio_client import Client
+
+    return Client(server.url, analytics_enabled=False, verbose=False, download_files=str(tmp_path / "downloads"))
+
+
+def primer_file(tmp_path, seed=1, seconds=8.0) -> Path:
+    path = tmp_path / f"primer-{seed}.mid"
+    path.write_bytes(midi_bytes(piano_performance(seed=seed, seconds=seconds)))
+    return path
+
+
+def continue_args(primer: Path, seed: int, length: float = 3.0, variations: int = 1):
+    from gradio_client import handle_file
+
+    # primer, primer_window_seconds, length_seconds, temperature, top_k, top_p, min_p, seed, variations
+    return (handle_file(str(primer)), 0, length, 1.0, 0, 0.95, 0.0, seed, variations)
+
+
+def test_only_continue_and_preview_are_in_the_api(web_server, tmp_path, loopback_only):
+    api = client(web_server, tmp_path).view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == {"/continue", "/preview"}
+    assert api["unnamed_endpoints"] == {}
+    names = [p["parameter_name"] for p in api["named_endpoints"]["/continue"]["parameters"]]
+    assert names == ["primer", "primer_window_seconds", "length_seconds", "temperature", "top_k", "top_p",
+                     "min_p", "seed", "variations"]
+
+
+def test_continue_returns_playable_audio_and_midi_our_tokenizer_reads(web_server, web_checkpoint, tmp_path,
+                                                                     loopback_only):
+    from perceiver_music.checkpoint import sha256_of
+    from perceiver_music.tokenizer import encode
+
+    primer = primer_file(tmp_path)
+    full, continuation, audio, summary = client(web_server, tmp_path).predict(
+        *continue_args(primer, seed=7), api_name="/continue")
+    assert len(full) == len(continuation) == len(audio) == 1
+
+    data, rate = soundfile.read(audio[0])
+    assert rate == 44100 and data.ndim == 2 and data.shape[1] == 2
+    assert len(data) / rate >= summary["seam_seconds"]  # the primer window plays, then the continuation
+    assert np.sqrt(np.mean(data**2)) > 1e-3, "the audio is silent"
+    assert Path(audio[0]).read_bytes()[:4] == b"RIFF"
+
+    full_ids, continuation_ids, primer_ids = encode(full[0]), encode(continuation[0]), encode(str(primer))
+    assert len(continuation_ids) > 0
+    assert len(full_ids) > len(continuation_ids)
+    assert len(full_ids) > len(primer_ids) // 2  # the primer is in the full MIDI
+
+    assert summary["seed"] == 7 and not summary["cancelled"]
+    assert 2.0 < summary["variations"][0]["seconds_of_music"] <= 3.0
+    provenance = summary["provenance"][0]
+    assert provenance["seed"] == 7 and provenance["settings"]["length_seconds"] == 3.0
+    assert provenance["checkpoint"]["sha256"] == sha256_of(web_checkpoint / "model.safetensors")
+    assert provenance["primer"]["sha256"]
+    # The files the client got are the ones the server keeps in its output folder.
+    on_server = summary["variations"][0]["files"]
+    assert Path(on_server["full_midi"]).read_bytes() == Path(full[0]).read_bytes()
+    assert Path(on_server["audio"]).is_relative_to(web_server.output_dir.resolve())
+    sidecar = json.loads(Path(on_server["provenance"]).read_text())
+    assert sidecar["seed"] == 7
+
+
+def test_preview_reports_the_token_budget(web_server, tmp_path, loopback_only):
+    from gradio_client import handle_file
+
+    result = client(web_server, tmp_path).predict(handle_file(str(primer_file(tmp_path))), 4, 3,
+                                                  api_name="/preview")
+    budget = result["budget"]
+    assert budget["context"] == 512 and budget["latents"] == 64
+    assert 0 < budget["primer_tokens"] <= budget["context"]
+    assert budget["new_tokens_estimate"] == 120  # ~40 ids per second of piano
+    assert 0 < result["window_seconds"] <= 4.5
+
+
+def test_bad_input_is_a_message_and_the_server_keeps_serving(web_server, tmp_path, loopback_only):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c = client(web_server, tmp_path)
+    broken = tmp_path / "broken.mid"
+    broken.write_bytes(midi_bytes(piano_performance(seed=2, seconds=4))[:40])
+    text = tmp_path / "notes.mid"
+    text.write_bytes(b"these are not the notes you are looking for\n")
+    for path in (broken, text):
+        with pytest.raises(AppError) as error:
+            c.predict(*continue_args(path, seed=1), api_name="/continue")
+        message = str(error.value)
+        assert path.name in message and "\n" not in message.strip() and "Traceback" not in message
+    with pytest.raises(AppError, match="variations must be 1 to 4"):
+        c.predict(*continue_args(primer_file(tmp_path), seed=1, variations=9), api_name="/continue")
+    # Still serving.
+    result = c.predict(handle_file(str(primer_file(tmp_path))), 0, 2, api_name="/preview")
+    assert result["budget"]["primer_tokens"] > 0
+    assert web_server.process.poll() is None
+
+
+def test_two_clients_at_once_get_their_own_answers_in_their_own_folders(web_server, tmp_path, loopback_only):
+    primers = [primer_file(tmp_path, seed=10), primer_file(tmp_path, seed=11)]
+    results, errors = [None, None], []
+
+    def run(i):
+        try:
+            c = client(web_server, tmp_path / f"client-{i}")
+            results[i] = c.predict(*continue_args(primers[i], seed=100 + i, length=2.0), api_name="/continue")
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    folders = [Path(r[3]["output_dir"]) for r in results]
+    sessions = [f.parent for f in folders]
+    assert sessions[0] != sessions[1], "two clients share a session folder"
+    for i, (folder, result) in enumerate(zip(folders, results)):
+        assert folder.parent.parent == web_server.output_dir.resolve()
+        assert result[3]["seed"] == 100 + i
+        assert result[3]["provenance"][0]["primer"]["name"] == primers[i].name
+        for path in result[3]["variations"][0]["files"].values():
+            assert Path(path).parent == folder
+    assert Path(results[0][2][0]).read_bytes() != Path(results[1][2][0]).read_bytes()
+
+
+def test_launch_binds_localhost_and_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+    sys.path.insert(0, str(REPO))
+    import launch
+
+    args = launch.parse_args([])
+    assert (args.host, args.port, args.concurrency, args.max_upload_mb) == ("127.0.0.1", 7860, 1, 16.0)
+    done = subprocess.run([sys.executable, str(REPO / "launch.py"), "--no-browser", "--checkpoint",
+                           str(tmp_path / "no-such-model")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: no checkpoint at")
