@@ -82,11 +82,11 @@ def default_config() -> PerceiverARConfig:
 
     Why (figures in BENCHMARKS.md, from bench/generate.py): at batch 1 on a CPU a cached step
     is bound by memory traffic (every weight and the window's K/V are read once per token),
-    so the weights stay small: d_model 384 and 6 self-attention layers (8 layers cost 30-45 %
+    so the weights stay small: d_model 384 and 6 self-attention layers (8 layers cost 15-45 %
     more per step). A step costs about the same with 256 or 512 latents; a reset (a full
-    forward with R = N - 128 latents, once every 129 ids) costs ~2x more with 512, which the
-    amortisation hides, for twice the positions in the deep stack. The cross-attend sees
-    4096 ids (about 100 s of piano).
+    forward with R = N - 128 latents, once every 129 ids) costs ~1.6-2x more with 512, which
+    the amortisation mostly hides, for twice the positions in the deep stack (and a naive
+    loop that costs twice as much per token). The cross-attend sees 4096 ids (~100 s of piano).
     """
     return PerceiverARConfig()
 
