@@ -34,7 +34,7 @@ MAX_NEW_TOKENS = 30_000
 SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 AUDIO_FORMATS = ("wav", "flac")
 # A generated note whose NOTE_OFF never came still ends: a held key, not a drone.
-MAX_GENERATED_NOTE_SECONDS = 8.0
+MAX_GENERATED_NOTE_SECONDS = 4.0
 
 
 @dataclass
