@@ -12,6 +12,17 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 torch.set_flush_denormal(True)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models that run thousands of small ops: with several OpenMP threads
+    on a shared, busy machine each op can stall on a descheduled thread (measured: 131 s
+    instead of 8 s for the model and generation tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))

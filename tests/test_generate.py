@@ -17,14 +17,7 @@ from perceiver_music.tokenizer import EOS, PAD, SOS, TIME_SHIFT_BASE, VOCAB_SIZE
 MAX_CONTEXT, N = 64, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny models run thousands of small ops: with several OpenMP threads on a shared,
-    busy machine each op can stall on a descheduled thread (measured here: 131 s instead of 8 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides) -> PerceiverARConfig:
