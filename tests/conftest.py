@@ -39,16 +39,24 @@ def tiny_data(tiny_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory):
-    """A tiny random model saved as a real checkpoint: the engine's stand-in for assets/model.
-    Its head is not zero, so it samples varied ids (a zero head would be uniform)."""
+    """A tiny random model saved as a real checkpoint: the stand-in for assets/model in tests of
+    the front ends. Its head is not zero, so it samples varied ids (a zero head is uniform), and
+    it never stops by itself (EOS held at a logit near -100), so a request runs to its length
+    and a long one can be stopped."""
     from perceiver_music.checkpoint import save_checkpoint
     from perceiver_music.model import PerceiverAR, PerceiverARConfig
+    from perceiver_music.tokenizer import EOS
 
     torch.manual_seed(0)
     model = PerceiverAR(PerceiverARConfig(max_context=512, num_latents=64, d_model=64, n_heads=2, cross_heads=2, n_layers=2))
-    torch.nn.init.normal_(model.head.weight, std=0.5)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight, std=0.5)
+        # Feature 0 of the final LayerNorm is a constant 10 that only the EOS row reads.
+        model.norm.weight[0], model.norm.bias[0] = 0.0, 10.0
+        model.head.weight[:, 0] = 0.0
+        model.head.weight[EOS, 0] = -10.0
     folder = tmp_path_factory.mktemp("checkpoint")
-    save_checkpoint(model, folder, metadata={"step": 0, "note": "random weights for tests"})
+    save_checkpoint(model, folder, metadata={"step": 0, "note": "random weights for tests, no EOS"})
     return folder
 
 
@@ -74,29 +82,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def web_checkpoint(tmp_path_factory):
-    """The tiny random model of `random_checkpoint`, made never to stop by itself (EOS held at a
-    logit near -100), so a request runs to its length and a long one can be stopped."""
-    from perceiver_music.checkpoint import save_checkpoint
-    from perceiver_music.model import PerceiverAR, PerceiverARConfig
-    from perceiver_music.tokenizer import EOS
-
-    torch.manual_seed(0)
-    config = PerceiverARConfig(max_context=512, num_latents=64, d_model=64, n_heads=2, cross_heads=2, n_layers=2)
-    model = PerceiverAR(config)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.head.weight, std=0.5)
-        # Feature 0 of the final LayerNorm is a constant 10 that only the EOS row reads.
-        model.norm.weight[0], model.norm.bias[0] = 0.0, 10.0
-        model.head.weight[:, 0] = 0.0
-        model.head.weight[EOS, 0] = -10.0
-    folder = tmp_path_factory.mktemp("web-checkpoint")
-    save_checkpoint(model, folder, metadata={"step": 0, "note": "random weights for the web tests, no EOS"})
-    return folder
-
-
-@pytest.fixture(scope="session")
-def web_server(web_checkpoint, tmp_path_factory):
+def web_server(random_checkpoint, tmp_path_factory):
     """The web app (launch.py) on 127.0.0.1 with a tiny random checkpoint, its outputs and
     Gradio's cache in temp folders; started once per test session, stopped at the end."""
     import os
@@ -112,7 +98,7 @@ def web_server(web_checkpoint, tmp_path_factory):
            "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     repo = Path(__file__).resolve().parent.parent
     command = [sys.executable, str(repo / "launch.py"), "--no-browser", "--port", str(port),
-               "--checkpoint", str(web_checkpoint), "--output-dir", str(output_dir)]
+               "--checkpoint", str(random_checkpoint), "--output-dir", str(output_dir)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = WebServer(f"http://127.0.0.1:{port}/", output_dir, log_path, process)
