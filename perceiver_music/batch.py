@@ -403,6 +403,7 @@ class BatchOptions:
     shard: tuple[int, int] | None = None
     seed: int | None = None  # the base seed (batch)
     skip_failed: bool = False  # do not retry files whose latest attempt failed with these settings
+    files_per_batch: int | None = None  # files generated together; None: 8 on a GPU, 1 on a CPU
     progress: bool = True  # a tqdm bar on stderr
 
 
@@ -623,16 +624,23 @@ def run_batch(options: BatchOptions, models=None) -> dict:
     }
     run = _Run("batch", options, in_dir, out_dir, manifest, settings_key(settings), settings, base_seed)
     todo = _plan(run, lambda rel: batch_outputs(rel, request.variations, options.render))
+    files_per_batch = options.files_per_batch or 1
     if any(rel not in run.conflicts for rel, _ in todo):  # the model loads only when there is work
         load_started = time.monotonic()
-        engine.load_model(request.checkpoint, request.device, models)
+        loaded = engine.load_model(request.checkpoint, request.device, models)
         run.totals["model_load_s"] = time.monotonic() - load_started
+        if options.files_per_batch is None and next(loaded.model.parameters()).device.type == "cuda":
+            files_per_batch = GPU_FILES_PER_BATCH
     run.bar = _progress_bar(run, "file")
     pool = RenderPool(options.workers) if options.render else None
     interrupted = False
     try:
-        for rel, outputs in todo:
-            _continue_one(run, rel, outputs, request, pool, soundfont, models)
+        if files_per_batch > 1:
+            for group in _length_groups(run, todo, request, files_per_batch, models):
+                _continue_group(run, group, request, pool, soundfont, models)
+        else:
+            for rel, outputs in todo:
+                _continue_one(run, rel, outputs, request, pool, soundfont, models)
         if pool is not None:
             pool.shutdown(wait=True)
     except KeyboardInterrupt:
@@ -653,16 +661,26 @@ def _continue_one(run: _Run, rel: str, outputs: list[str], request, pool, soundf
     seed = file_seed(run.base_seed, rel)
     started = time.monotonic()
     try:
-        result = engine.continue_midi(replace(request, primer=run.in_dir / rel, primer_name=rel, seed=seed),
-                                      models=models)
+        result = engine.continue_midi(_file_request(run, request, rel), models=models)
+    except Exception as error:  # noqa: BLE001 - one odd file must not stop the rest
+        run.record(rel, "failed", reason=_reason(error), seed=seed, elapsed=time.monotonic() - started)
+        return
+    _after_generation(run, rel, outputs, result, started, pool, soundfont)
+
+
+def _file_request(run: _Run, request, rel: str):
+    return replace(request, primer=run.in_dir / rel, primer_name=rel, seed=file_seed(run.base_seed, rel))
+
+
+def _after_generation(run: _Run, rel: str, outputs: list[str], result, started: float, pool, soundfont) -> None:
+    """Write a file's MIDI, count its figures, then render its audio (or record it done)."""
+    seed = result.seed
+    try:
         per_variation = 3 if run.options.render else 2
         for variation, (mid, full) in zip(result.variations, _pairs(outputs, per_variation)):
             write_bytes(run.out_dir / mid, variation.continuation_midi)
             write_bytes(run.out_dir / full, variation.full_midi)
-    except UserFacingError as error:
-        run.record(rel, "failed", reason=str(error), seed=seed, elapsed=time.monotonic() - started)
-        return
-    except Exception as error:  # noqa: BLE001 - one odd file must not stop the rest
+    except Exception as error:  # noqa: BLE001 - e.g. a full disk: this file fails, the run goes on
         run.record(rel, "failed", reason=_reason(error), seed=seed, elapsed=time.monotonic() - started)
         return
     generated = time.monotonic() - started
@@ -705,6 +723,63 @@ def _continue_one(run: _Run, rel: str, outputs: list[str], request, pool, soundf
         future = pool.submit(render_to_file, variation.full_midi, str(run.out_dir / audio_path), soundfont,
                              run.options.sample_rate, run.options.render)
         future.add_done_callback(finished)
+
+
+# On a GPU one file's batch (its variations) leaves most of the chip idle: several files'
+# primers go through the model together. Primers in a group are cut to the group's shortest,
+# so groups are made of primers within LENGTH_SLACK of each other's length.
+GPU_FILES_PER_BATCH = 8
+LENGTH_SLACK = 0.9
+
+
+def _length_groups(run: _Run, todo: list, request, size: int, models):
+    """Groups of at most `size` files whose primers have similar token counts (unreadable files
+    are recorded as failed here), looking ahead a few groups at a time."""
+    from . import engine
+
+    model = engine.load_model(request.checkpoint, request.device, models)
+    lookahead = size * 4
+    for start in range(0, len(todo), lookahead):
+        sized = []
+        for rel, outputs in todo[start : start + lookahead]:
+            if rel in run.conflicts:
+                run.record(rel, "failed", reason=run.conflicts[rel])
+                continue
+            try:
+                primer = engine.prepare_primer(_file_request(run, request, rel), model.config.max_context)
+            except Exception as error:  # noqa: BLE001 - the file fails, the others go on
+                run.record(rel, "failed", reason=_reason(error), seed=file_seed(run.base_seed, rel))
+                continue
+            sized.append((min(len(primer.ids), model.config.max_context), rel, outputs))
+        sized.sort()
+        group: list = []
+        for length, rel, outputs in sized:
+            empty_mix = group and (length == 0) != (group[0][0] == 0)
+            if group and (len(group) == size or length * LENGTH_SLACK > group[0][0] or empty_mix):
+                yield [(r, o) for _, r, o in group]
+                group = []
+            group.append((length, rel, outputs))
+        if group:
+            yield [(r, o) for _, r, o in group]
+
+
+def _continue_group(run: _Run, group: list, request, pool, soundfont, models) -> None:
+    """One generation batch for the group's files; if it fails, each file on its own, so one
+    odd file cannot fail its batch-mates."""
+    from . import engine
+
+    if len(group) == 1:
+        _continue_one(run, *group[0], request, pool, soundfont, models)
+        return
+    started = time.monotonic()
+    try:
+        results = engine.continue_batch([_file_request(run, request, rel) for rel, _ in group], models=models)
+    except Exception:  # noqa: BLE001 - retried file by file below, where each failure is recorded
+        for rel, outputs in group:
+            _continue_one(run, rel, outputs, request, pool, soundfont, models)
+        return
+    for (rel, outputs), result in zip(group, results):
+        _after_generation(run, rel, outputs, result, started, pool, soundfont)
 
 
 def _pairs(outputs: list[str], per_variation: int) -> list[tuple[str, str]]:

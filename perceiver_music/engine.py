@@ -263,55 +263,93 @@ def continue_midi(
     models: ModelCache | None = None,
 ) -> ContinueResult:
     """Continue the primer; see the module docstring. Bad input raises a UserFacingError."""
+    return continue_batch([request], progress, cancel, models)[0]
+
+
+# Settings every request of one batch must share: they shape the whole batch's sampling.
+BATCH_SHARED = ("checkpoint", "device", "length_seconds", "length_tokens", "temperature", "top_k", "top_p",
+                "min_p", "variations")
+
+
+def continue_batch(
+    requests: list[ContinueRequest],
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    models: ModelCache | None = None,
+) -> list[ContinueResult]:
+    """Continue several primers in one generation batch (a folder's files on a GPU).
+
+    The requests share the settings in BATCH_SHARED; each keeps its own primer, window, seed and
+    output folder, and its music does not depend on its batch-mates, except that a batch is one
+    rectangle: every prompt is cut to the shortest prompt's length (the oldest ids go first), so
+    group primers of similar length. Each result records the prompt ids it was given.
+    """
     started = time.monotonic()
-    check_request(request)
+    if not requests:
+        return []
+    for request in requests:
+        check_request(request)
+        if any(getattr(request, k) != getattr(requests[0], k) for k in BATCH_SHARED):
+            raise BadRequestError(f"requests in one batch must share {', '.join(BATCH_SHARED)}")
+    first = requests[0]
     notify = progress or (lambda event: None)
     notify(Progress("loading", 0, 1, message="loading the model"))
-    checkpoint = load_model(request.checkpoint, request.device, models)
-    primer = prepare_primer(request, checkpoint.config.max_context, checkpoint.config.num_latents)
-    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    out_dir = _request_folder(request.output_dir) if request.output_dir is not None else None
+    checkpoint = load_model(first.checkpoint, first.device, models)
+    cfg = checkpoint.config
+    primers = [prepare_primer(r, cfg.max_context, cfg.num_latents) for r in requests]
+    seeds = [r.seed if r.seed is not None else secrets.randbelow(2**31) for r in requests]
+    out_dirs = [_request_folder(r.output_dir) if r.output_dir is not None else None for r in requests]
+    if len({bool(p.ids) for p in primers}) > 1:
+        raise BadRequestError("a batch cannot mix requests with a primer and requests without one")
+    length = min(min(len(p.ids), cfg.max_context) for p in primers)
+    prompts = [p.ids[-length:] if length else [] for p in primers]
 
     generation_started = time.monotonic()
     live: dict = {}
+    rows = len(requests) * first.variations
 
     def on_progress(done: float, total: float) -> None:
         elapsed = max(1e-6, time.monotonic() - generation_started)
-        notify(Progress("generating", done, total, live.get("ids", 0) * request.variations / elapsed))
+        notify(Progress("generating", done, total, live.get("ids", 0) * rows / elapsed))
 
-    new_ids = _generate(checkpoint.model, primer.ids, request, seed, on_progress, cancel, live)
+    new_ids = _generate(checkpoint.model, prompts, first, seeds, on_progress, cancel, live)
     generation_seconds = time.monotonic() - generation_started
+    tokens_per_s = sum(len(v) for ids in new_ids for v in ids) / max(1e-6, generation_seconds)
     cancelled = bool(cancel is not None and cancel.is_set())
-    seam = primer.seconds
-    variations = []
-    for index, ids in enumerate(new_ids, start=1):
-        notify(Progress("rendering", index - 1, len(new_ids), message=f"rendering variation {index}"))
-        variations.append(
-            _build_variation(index, ids, primer, seam, request, checkpoint, seed,
-                             sum(map(len, new_ids)) / max(1e-6, generation_seconds), cancelled, out_dir)
-        )
-    notify(Progress("done", 1, 1, sum(len(v) for v in new_ids) / max(1e-6, generation_seconds)))
-    return ContinueResult(variations, seed, primer.ids, seam, cancelled, time.monotonic() - started, out_dir)
+    results = []
+    for request, primer, prompt, seed, out_dir, ids in zip(requests, primers, prompts, seeds, out_dirs, new_ids):
+        variations = []
+        for index, variation_ids in enumerate(ids, start=1):
+            notify(Progress("rendering", index - 1, len(ids), message=f"rendering variation {index}"))
+            variation = _build_variation(index, variation_ids, primer, primer.seconds, request, checkpoint, seed,
+                                         tokens_per_s, cancelled, out_dir, prompt_tokens=len(prompt),
+                                         batch_size=len(requests))
+            variations.append(variation)
+        results.append(ContinueResult(variations, seed, primer.ids, primer.seconds, cancelled,
+                                      time.monotonic() - started, out_dir))
+    notify(Progress("done", 1, 1, tokens_per_s))
+    return results
 
 
-def _generate(model, prompt, request: ContinueRequest, seed: int, progress, cancel, live: dict) -> list[list[int]]:
+def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progress, cancel,
+              live: dict) -> list[list[list[int]]]:
     import torch
 
-    from .generate import generate
+    from .generate import generate_batch
 
     # GPU: bfloat16 autocast. CPU: float16 copies of the Linear weights for one-variation steps,
     # which are bound by memory traffic (about 1.5x the tokens/s, logits within ~1e-3).
     on_gpu = next(model.parameters()).device.type == "cuda"
-    return generate(
+    return generate_batch(
         model,
-        prompt,
+        prompts,
+        seeds=seeds,
         max_new_tokens=request.length_tokens,
         max_seconds=request.length_seconds,
         temperature=request.temperature,
         top_k=request.top_k,
         top_p=request.top_p,
         min_p=request.min_p,
-        seed=seed,
         num_variations=request.variations,
         progress=progress,
         cancel=cancel,
@@ -351,7 +389,8 @@ def _provenance(request, checkpoint: Checkpoint, seed: int, index: int, primer: 
     }
 
 
-def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir):
+def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir,
+                     prompt_tokens: int, batch_size: int = 1):
     from .pianoroll import pianoroll_png
     from .tokenizer import SOS, decode, seconds_of, to_midi_bytes
 
@@ -365,6 +404,8 @@ def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens
         "seconds_of_music": round(seconds_of(ids), 3),
         "new_notes": len(continuation.notes),
         "primer_tokens": len(primer.ids),
+        "prompt_tokens": prompt_tokens,  # what the model saw: at most max_context, or a batch's length
+        "batch_size": batch_size,  # primers generated together
         "cancelled": cancelled,
     }
     provenance = _provenance(request, checkpoint, seed, index, primer, stats)

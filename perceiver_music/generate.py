@@ -58,12 +58,14 @@ def sample_next(
     top_p: float = 1.0,
     min_p: float = 0.0,
     generator: torch.Generator | None = None,
+    uniform: Tensor | None = None,
 ) -> Tensor:
     """Next ids (B,) from logits (B, vocab). PAD and SOS are never chosen; temperature 0 is argmax.
 
     Filters apply after the temperature, in order: top-k (exactly k ids), top-p (the smallest
     set of most likely ids whose probability reaches top_p), min-p (ids at least min_p times
-    as likely as the most likely one).
+    as likely as the most likely one). `uniform` (B,) in [0, 1) draws each row by inverse CDF
+    instead of from `generator`: rows seeded apart (generate_batch) stay independent.
     """
     logits = logits.float().clone()
     logits[:, PAD] = logits[:, SOS] = float("-inf")
@@ -81,6 +83,11 @@ def sample_next(
         probs = probs.masked_fill(drop_sorted.scatter(1, order, drop_sorted), 0.0)
     if min_p > 0.0:
         probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+    if uniform is not None:
+        cdf = probs.cumsum(dim=-1)
+        target = (uniform * cdf[:, -1]).unsqueeze(1)
+        # the first id whose cumulative mass passes the draw (never a zero-probability id)
+        return torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=probs.size(-1) - 1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
@@ -90,11 +97,13 @@ def sample_next(
 class TokenWindow:
     """The last max_context ids of every variation, on the model's device, O(1) per append."""
 
-    def __init__(self, prompt: Sequence[int], batch: int, max_context: int, device: torch.device) -> None:
+    def __init__(self, prompt: Sequence[int] | Tensor, batch: int, max_context: int, device: torch.device) -> None:
+        """`prompt`: one sequence for every row, or a (batch, L) tensor with a row each."""
         self.max_context = max_context
         self.buf = torch.empty(batch, 2 * max_context, dtype=torch.long, device=device)
-        self.buf[:, : len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
-        self.start, self.end = 0, len(prompt)
+        rows = torch.as_tensor(prompt, dtype=torch.long, device=device)
+        self.buf[:, : rows.size(-1)] = rows
+        self.start, self.end = 0, rows.size(-1)
 
     def append(self, tokens: Tensor) -> None:
         if self.end == self.buf.size(1):  # buffer full: move the window to the front
@@ -247,10 +256,61 @@ def generate(
     decoder (module docstring). An empty prompt starts from SOS. `stats`, a dict, is kept up
     to date with "ids" (ids sampled per variation so far), for a front end's tokens/s.
     """
+    return _generate(
+        model, [prompt_ids], [seed], max_new_tokens=max_new_tokens, max_seconds=max_seconds,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, num_variations=num_variations,
+        reset_latents=reset_latents, use_cache=use_cache, progress=progress, cancel=cancel, backend=backend,
+        dtype=dtype, stats=stats,
+    )[0]
+
+
+def generate_batch(
+    model: PerceiverAR,
+    prompts: Sequence[Sequence[int]],
+    *,
+    seeds: Sequence[int | None],
+    **options,
+) -> list[list[list[int]]]:
+    """Continue several prompts in one batch (a folder's files on a GPU); for each prompt, the
+    new ids of each of its variations. Options are generate()'s.
+
+    The prompts must have one length once cut to max_context (a batch is one rectangle:
+    crop longer ones first). Each prompt samples from its own seed, so its music does not
+    depend on which prompts share its batch (up to float rounding of batched kernels).
+    """
+    if len(seeds) != len(prompts):
+        raise ValueError("give one seed per prompt")
+    return _generate(model, list(prompts), list(seeds), **options)
+
+
+def _generate(
+    model: PerceiverAR,
+    prompts: list,
+    seeds: list,
+    *,
+    max_new_tokens: int | None = None,
+    max_seconds: float | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    num_variations: int = 1,
+    reset_latents: int | None = None,
+    use_cache: bool = True,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    backend: str = "auto",
+    dtype: torch.dtype | None = None,
+    stats: dict | None = None,
+) -> list[list[list[int]]]:
     cfg = model.config
-    prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, Tensor) else prompt_ids)]
-    _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations)
-    prompt = (prompt or [SOS])[-cfg.max_context :]
+    rows = []
+    for prompt_ids in prompts:
+        prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, Tensor) else prompt_ids)]
+        _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations)
+        rows.append((prompt or [SOS])[-cfg.max_context :])
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError(f"prompts of one batch need one length, not {sorted({len(r) for r in rows})}")
     N = cfg.num_latents
     R = default_reset_latents(N) if reset_latents is None else int(reset_latents)
     if not 1 <= R <= N:
@@ -259,19 +319,31 @@ def generate(
     limit_steps = None if max_seconds is None else round(max_seconds * STEPS_PER_SECOND)
 
     device = next(model.parameters()).device
-    B = num_variations
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    V = num_variations
+    B = len(rows) * V
+    generators = []
+    for seed in seeds:
+        generator = torch.Generator(device=device)
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        generators.append(generator)
+
+    def sample(logits: Tensor) -> Tensor:
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        if len(generators) == 1:
+            return sample_next(logits, generator=generators[0], **options)
+        # one draw per row from its own prompt's generator: a prompt's music is its own
+        uniform = torch.cat([torch.rand(V, generator=g, device=device) for g in generators])
+        return sample_next(logits, uniform=uniform, **options)
 
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             decoder = make_decoder(model, B, use_cache=use_cache, backend=backend, dtype=dtype)
-            window = TokenWindow(prompt, B, cfg.max_context, device)
+            window = TokenWindow(torch.tensor(rows).repeat_interleave(V, dim=0), B, cfg.max_context, device)
             results: list[list[int]] = [[] for _ in range(B)]
             music_steps = [0] * B
             done = [False] * B
@@ -288,18 +360,19 @@ def generate(
                     now = min(total if d else s / STEPS_PER_SECOND for d, s in zip(done, music_steps))
                 progress(total if final and all(done) else min(now, total), total)
 
+            def by_prompt() -> list[list[list[int]]]:
+                return [results[i * V : (i + 1) * V] for i in range(len(rows))]
+
             last_report = time.monotonic()
             report()
             if limit_ids == 0:
                 done = [True] * B
                 report(final=True)
-                return results
+                return by_prompt()
             latents = min(R, len(window))
             logits = decoder.reset(window.view(), latents)
             for _ in range(limit_ids + 1):
-                tokens = sample_next(
-                    logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator
-                )
+                tokens = sample(logits)
                 steps += 1
                 if stats is not None:
                     stats["ids"] = steps
@@ -319,7 +392,7 @@ def generate(
                     latents += 1
                     logits = decoder.step(tokens, window.view())
             report(final=True)
-            return results
+            return by_prompt()
     finally:
         model.train(was_training)
 

@@ -347,3 +347,33 @@ def test_bad_shard_specs(text):
 
     with pytest.raises(BadRequestError):
         B.parse_shard(text)
+
+
+def test_files_generated_together_in_groups(tmp_path, random_checkpoint, monkeypatch):
+    """--files-per-batch (automatic on a GPU): primers of similar length go through the model
+    together; bad files fail alone; every file gets its outputs and its own seed."""
+    from perceiver_music import engine
+
+    folder = make_folder(tmp_path / "in", good=["a.mid", "b.mid", "c.mid", "d.mid", "e.mid"], bad=BAD)
+    batches = []
+    real = engine.continue_batch
+
+    def spy(requests, *args, **kwargs):
+        batches.append([r.primer_name for r in requests])
+        return real(requests, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "continue_batch", spy)
+    out = tmp_path / "out"
+    assert main(batch_args(folder, out, random_checkpoint, "--seed", "4", "--files-per-batch", "3",
+                           "--window", "2", "--render", "none")) == 1
+    records = latest(out)
+    good = {"a.mid", "b.mid", "c.mid", "d.mid", "e.mid"}
+    assert {r for r, rec in records.items() if rec["status"] == "done"} == good
+    assert {r for r, rec in records.items() if rec["status"] == "failed"} == set(BAD)
+    assert any(len(b) > 1 for b in batches) and all(len(b) <= 3 for b in batches)
+    names = [name for b in batches for name in b]
+    assert sorted(names) == sorted(good)  # each good file generated once; bad ones never reach the model
+    for rel in good:
+        assert records[rel]["seed"] == B.file_seed(4, rel)
+        pretty_midi.PrettyMIDI(str(out / rel))
+    assert not temp_files(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from dataclasses import replace
 
 import mido
 import numpy as np
@@ -156,3 +157,29 @@ def test_unwritable_output_folder(random_checkpoint, tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputPathError):
         continue_midi(request(random_checkpoint, output_dir=blocker / "sub"))
+
+
+def test_a_batch_of_requests_gives_each_its_own_result(random_checkpoint, primer, tmp_path):
+    from perceiver_music.engine import continue_batch
+
+    def req(data, name, seed, window):
+        return request(random_checkpoint, primer=data, primer_name=name, window_seconds=window, seed=seed,
+                       render_audio=False, output_dir=tmp_path / name)
+
+    short = req(primer, "a", 1, 5)
+    b = req(midi_bytes(piano_performance(seed=22, seconds=30)), "b", 2, 15)
+    c = req(midi_bytes(piano_performance(seed=23, seconds=30)), "c", 3, 15)
+    first, second = continue_batch([short, b])
+    assert (first.seed, second.seed) == (1, 2) and first.output_dir.parent == tmp_path / "a"
+    length = len(first.primer_ids)
+    assert len(second.primer_ids) > length  # the longer primer was cut to the batch's length
+    for result in (first, second):
+        assert result.variations[0].stats["prompt_tokens"] == length
+        assert result.variations[0].stats["batch_size"] == 2
+    # with another batch-mate (no shorter than it), a request gets the same music
+    again, _ = continue_batch([short, c])
+    assert again.variations[0].new_ids == first.variations[0].new_ids
+    with pytest.raises(BadRequestError, match="must share"):
+        continue_batch([short, replace(b, temperature=0.5)])
+    with pytest.raises(BadRequestError, match="cannot mix"):
+        continue_batch([short, replace(b, primer=None)])

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="audio of each full piece (default wav), or none")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes rendering audio while generation goes on (default 1; 0: render in turn)")
+    parser.add_argument("--files-per-batch", type=int, metavar="N",
+                        help="files whose primers go through the model together (default: 8 on a GPU, 1 on a "
+                             "CPU); primers of one batch are cut to its shortest, so files are grouped by length")
     parser.add_argument("--shard", metavar="K/N", help="do only the K-th of N parts of the folder (1-based)")
     parser.add_argument("--skip-failed", action="store_true",
                         help="do not retry files that failed in an earlier run with the same settings")
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard),
         seed=args.seed,
         skip_failed=args.skip_failed,
+        files_per_batch=args.files_per_batch,
         progress=not args.quiet,
     )
     report = run_batch(options)
