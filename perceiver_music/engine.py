@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -118,16 +118,12 @@ class PrimerPreview:
     seconds: float
     report: dict
     budget: dict  # context, latents, primer tokens in the context, new tokens expected
+    sha256: str | None = None  # of the primer file's bytes, for provenance
 
 
 # ---- the shared model cache ---------------------------------------------------------------------
 
 _models = ModelCache()
-
-
-def model_cache() -> ModelCache:
-    """The process's model cache (one per process, explicit; front ends may pass their own)."""
-    return _models
 
 
 def _device(requested: str) -> str:
@@ -194,15 +190,19 @@ def _primer_name(request: ContinueRequest) -> str:
 
 def prepare_primer(request: ContinueRequest, max_context: int | None = None, num_latents: int | None = None) -> PrimerPreview:
     """The primer window as ids and notes, and how it fits the model's context."""
-    from .midi_input import load_note_sequence
+    from .midi_input import load_note_sequence, read_midi_bytes
     from .tokenizer import (SOS, decode, last_seconds, piano_sequence_to_ids, seconds_of, to_piano_sequence,
                             window_seconds)
 
     if request.primer is None:
         return PrimerPreview([], decode([]), 0.0, {}, _budget(0, max_context, num_latents, request))
     name = _primer_name(request)
-    source = bytes(request.primer) if isinstance(request.primer, (bytes, bytearray)) else request.primer
-    piano, report = to_piano_sequence(load_note_sequence(source, name=name))
+    # Read once: the bytes are both parsed and hashed for provenance.
+    if isinstance(request.primer, (bytes, bytearray)):
+        data = bytes(request.primer)
+    else:
+        data = read_midi_bytes(request.primer)
+    piano, report = to_piano_sequence(load_note_sequence(data, name=name))
     starts_at_beginning = True
     if request.window_span is not None:
         a, b = request.window_span
@@ -222,7 +222,8 @@ def prepare_primer(request: ContinueRequest, max_context: int | None = None, num
     if starts_at_beginning:
         ids = [SOS, *ids]
     info = report.to_dict()
-    return PrimerPreview(ids, window, seconds_of(ids), info, _budget(len(ids), max_context, num_latents, request))
+    return PrimerPreview(ids, window, seconds_of(ids), info, _budget(len(ids), max_context, num_latents, request),
+                         sha256=hashlib.sha256(data).hexdigest())
 
 
 def _drop_leading_silence(ns) -> None:
@@ -367,10 +368,8 @@ def _request_folder(root: str | os.PathLike) -> Path:
 def _provenance(request, checkpoint: Checkpoint, seed: int, index: int, primer: PrimerPreview, stats: dict) -> dict:
     primer_info: dict[str, Any] = {"name": _primer_name(request), "tokens": len(primer.ids),
                                    "seconds": round(primer.seconds, 3)}
-    if isinstance(request.primer, (bytes, bytearray)):
-        primer_info["sha256"] = hashlib.sha256(request.primer).hexdigest()
-    elif request.primer is not None:
-        primer_info["sha256"] = hashlib.sha256(Path(request.primer).read_bytes()).hexdigest()
+    if primer.sha256:
+        primer_info["sha256"] = primer.sha256
     if request.window_span:
         primer_info["span_seconds"] = list(request.window_span)
     elif request.window_seconds:
@@ -448,11 +447,6 @@ def _write_variation(out_dir: Path, variation: Variation, audio_format: str) -> 
         write_audio(path, variation.audio, variation.sample_rate)
         files["audio"] = path
     return files
-
-
-def with_primer(request: ContinueRequest, primer: bytes, name: str) -> ContinueRequest:
-    """The same settings on another primer: "continue this output" in the front ends."""
-    return replace(request, primer=primer, primer_name=name, window_seconds=None, window_span=None)
 
 
 def result_summary(result: ContinueResult) -> dict:

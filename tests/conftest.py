@@ -43,18 +43,15 @@ def random_checkpoint(tmp_path_factory):
     the front ends. Its head is not zero, so it samples varied ids (a zero head is uniform), and
     it never stops by itself (EOS held at a logit near -100), so a request runs to its length
     and a long one can be stopped."""
+    from model_fixtures import pin_logits
     from perceiver_music.checkpoint import save_checkpoint
     from perceiver_music.model import PerceiverAR, PerceiverARConfig
-    from perceiver_music.tokenizer import EOS
 
     torch.manual_seed(0)
     model = PerceiverAR(PerceiverARConfig(max_context=512, num_latents=64, d_model=64, n_heads=2, cross_heads=2, n_layers=2))
     with torch.no_grad():
         torch.nn.init.normal_(model.head.weight, std=0.5)
-        # Feature 0 of the final LayerNorm is a constant 10 that only the EOS row reads.
-        model.norm.weight[0], model.norm.bias[0] = 0.0, 10.0
-        model.head.weight[:, 0] = 0.0
-        model.head.weight[EOS, 0] = -10.0
+    pin_logits(model)
     folder = tmp_path_factory.mktemp("checkpoint")
     save_checkpoint(model, folder, metadata={"step": 0, "note": "random weights for tests, no EOS"})
     return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -15,7 +16,7 @@ import soundfile
 from midi_fixtures import midi_bytes, piano_performance
 from perceiver_music import tokenizer as tk
 from perceiver_music.checkpoint import ModelCache
-from perceiver_music.engine import ContinueRequest, check_request, continue_midi, prepare_primer, with_primer
+from perceiver_music.engine import ContinueRequest, check_request, continue_midi, prepare_primer
 from perceiver_music.errors import BadMidiError, BadRequestError, CheckpointError
 
 
@@ -51,6 +52,7 @@ def test_continue_gives_every_output_with_provenance(random_checkpoint, primer, 
         assert p["seed"] == 7 and p["variation"] == v.index
         assert p["checkpoint"]["sha256"] and p["primer"]["name"] == "mine.mid"
         assert p["primer"]["last_seconds"] == 10
+        assert p["primer"]["sha256"] == hashlib.sha256(primer).hexdigest()
         assert json.loads(midi_text(v.full_midi)[0]) == p  # the MIDI carries it too
         assert json.loads(v.files["provenance"].read_text()) == p
         data, rate = soundfile.read(v.files["audio"])
@@ -97,7 +99,7 @@ def test_no_primer_starts_from_nothing(random_checkpoint):
 
 def test_continue_this_output(random_checkpoint, primer):
     first = continue_midi(request(random_checkpoint, primer=primer, window_seconds=6, render_audio=False))
-    again = continue_midi(with_primer(request(random_checkpoint), first.variations[0].full_midi, "take-1.mid"))
+    again = continue_midi(request(random_checkpoint, primer=first.variations[0].full_midi, primer_name="take-1.mid"))
     assert again.seam_seconds == pytest.approx(first.seam_seconds + tk.seconds_of(first.variations[0].new_ids), abs=0.05)
 
 

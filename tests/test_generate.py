@@ -18,6 +18,7 @@ from perceiver_music.generate import (
     generate_batch,
     sample_next,
 )
+from model_fixtures import pin_logits, randomize_weights
 from perceiver_music.model import PerceiverAR, PerceiverARConfig
 from perceiver_music.tokenizer import EOS, PAD, SOS, TIME_SHIFT_BASE, VOCAB_SIZE, seconds_of
 
@@ -40,21 +41,8 @@ def random_model(seed: int = 0, favour: int | None = None, **overrides) -> Perce
     names an id that should win every step.
     """
     torch.manual_seed(seed)
-    model = PerceiverAR(tiny_config(**overrides))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.3 if p.dim() == 2 else 0.1)
-        # Feature 0 of the final LayerNorm is a constant 10 that only the EOS row (and the
-        # favoured id's row) reads: a logit near -100 (+100) for it, whatever the input.
-        model.norm.weight[0], model.norm.bias[0] = 0.0, 10.0
-        model.head.weight[:, 0] = 0.0
-        model.head.weight[EOS, 0] = -10.0
-        if favour is not None:
-            model.head.weight[favour, 0] = 10.0
-    return model.eval()
+    model = randomize_weights(PerceiverAR(tiny_config(**overrides)))
+    return pin_logits(model, high=favour).eval()
 
 
 def ids_stream(length: int, seed: int = 3) -> list[int]:

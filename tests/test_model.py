@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model_fixtures import randomize_weights
 from perceiver_music.model import PerceiverAR, PerceiverARConfig, default_config
 from perceiver_music.tokenizer import PAD, VOCAB_SIZE
 
@@ -25,14 +26,7 @@ def tiny_config(**overrides) -> PerceiverARConfig:
 def random_model(cfg: PerceiverARConfig, seed: int = 0) -> PerceiverAR:
     """A model whose every weight (head and LayerNorms included) is random, so outputs vary."""
     torch.manual_seed(seed)
-    model = PerceiverAR(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.uniform_(0.5, 1.5)
-            else:
-                p.normal_(0.0, 0.3 if p.dim() == 2 else 0.1)
-    return model.eval()
+    return randomize_weights(PerceiverAR(cfg)).eval()
 
 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
