@@ -7,6 +7,7 @@ download, an absurd tempo, a file too large to be music) is caught here, before 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -17,13 +18,30 @@ from typing import Any
 from .errors import BadMidiError
 
 
-def import_note_seq():
-    """note_seq imports pydub, which warns about ffmpeg at import; we never use pydub."""
-    with warnings.catch_warnings():
+@contextlib.contextmanager
+def _quiet_third_party_import():
+    """Keep what libraries say while importing off the user's output.
+
+    note_seq imports pydub, which warns about ffmpeg (we never use pydub); pretty_midi imports
+    pyfluidsynth, which prints where it found libfluidsynth when $CI is set. Either would land in
+    a notebook cell's output or in front of `--json` on stdout.
+    """
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
+        yield
+
+
+def import_note_seq():
+    with _quiet_third_party_import():
         import note_seq  # noqa: F401
         from note_seq import midi_io, music_pb2, performance_lib, sequences_lib  # noqa: F401
     return note_seq
+
+
+def import_pretty_midi():
+    with _quiet_third_party_import():
+        import pretty_midi
+    return pretty_midi
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,7 @@ def read_midi_bytes(path: str | os.PathLike, limits: MidiLimits = DEFAULT_LIMITS
 
 def parse_midi_bytes(data: bytes, name: str = "the MIDI input", limits: MidiLimits = DEFAULT_LIMITS):
     """Bytes to a PrettyMIDI, with the checks a renamed or truncated file fails."""
-    import pretty_midi
+    pretty_midi = import_pretty_midi()
 
     if len(data) == 0:
         raise BadMidiError(f"{name} is empty (0 bytes)")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from midi_fixtures import write_tiny_corpus
+from perceiver_music.tokenizer import EOS, MAX_SHIFT_STEPS, TIME_SHIFT_BASE
 
 # Tests run on 2 CPU cores; more threads than cores only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -37,12 +38,7 @@ def tiny_data(tiny_corpus, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def random_checkpoint(tmp_path_factory):
-    """A tiny random model saved as a real checkpoint: the stand-in for assets/model in tests of
-    the front ends. Its head is not zero, so it samples varied ids (a zero head is uniform), and
-    it never stops by itself (EOS held at a logit near -100), so a request runs to its length
-    and a long one can be stopped."""
+def _tiny_random_checkpoint(folder, held_down, note):
     from model_fixtures import pin_logits
     from perceiver_music.checkpoint import save_checkpoint
     from perceiver_music.model import PerceiverAR, PerceiverARConfig
@@ -51,10 +47,29 @@ def random_checkpoint(tmp_path_factory):
     model = PerceiverAR(PerceiverARConfig(max_context=512, num_latents=64, d_model=64, n_heads=2, cross_heads=2, n_layers=2))
     with torch.no_grad():
         torch.nn.init.normal_(model.head.weight, std=0.5)
-    pin_logits(model)
-    folder = tmp_path_factory.mktemp("checkpoint")
-    save_checkpoint(model, folder, metadata={"step": 0, "note": "random weights for tests, no EOS"})
+    pin_logits(model, low=held_down)
+    save_checkpoint(model, folder, metadata={"step": 0, "note": note})
     return folder
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory):
+    """A tiny random model saved as a real checkpoint: the stand-in for assets/model in tests of
+    the front ends. Its head is not zero, so it samples varied ids (a zero head is uniform), and
+    it never stops by itself (EOS held at a logit near -100), so a request runs to its length
+    and a long one can be stopped."""
+    return _tiny_random_checkpoint(tmp_path_factory.mktemp("checkpoint"), [EOS],
+                                   "random weights for tests, no EOS")
+
+
+@pytest.fixture(scope="session")
+def slow_music_checkpoint(tmp_path_factory):
+    """random_checkpoint whose music moves in steps of at most 200 ms: 120 s of it takes about
+    18,000 ids (10 s or more here), so a test that presses Stop through a browser cannot lose the
+    race against the end (random_checkpoint writes 120 s in under a second)."""
+    longer_shifts = list(range(TIME_SHIFT_BASE + 20, TIME_SHIFT_BASE + MAX_SHIFT_STEPS))
+    return _tiny_random_checkpoint(tmp_path_factory.mktemp("slow-checkpoint"), [EOS, *longer_shifts],
+                                   "random weights for tests, no EOS, time shifts of at most 200 ms")
 
 
 # ---- the web app (tests/test_web_api.py, tests/test_web_browser.py) ----------------------------
@@ -79,7 +94,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def web_server(random_checkpoint, tmp_path_factory):
+def web_server(slow_music_checkpoint, tmp_path_factory):
     """The web app (launch.py) on 127.0.0.1 with a tiny random checkpoint, its outputs and
     Gradio's cache in temp folders; started once per test session, stopped at the end."""
     import os
@@ -95,7 +110,7 @@ def web_server(random_checkpoint, tmp_path_factory):
            "PYTHONUNBUFFERED": "1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     repo = Path(__file__).resolve().parent.parent
     command = [sys.executable, str(repo / "launch.py"), "--no-browser", "--port", str(port),
-               "--checkpoint", str(random_checkpoint), "--output-dir", str(output_dir)]
+               "--checkpoint", str(slow_music_checkpoint), "--output-dir", str(output_dir)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = WebServer(f"http://127.0.0.1:{port}/", output_dir, log_path, process)

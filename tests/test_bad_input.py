@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -88,6 +90,17 @@ def test_a_real_process_prints_no_traceback(malformed, tmp_path):
     proc = subprocess.run(exe + ["inspect", "--json", str(good)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert '"notes_kept": 64' in proc.stdout
+
+
+def test_json_output_is_only_json_when_ci_is_set(tmp_path):
+    """pyfluidsynth prints where it found libfluidsynth when $CI is set; none of it reaches stdout."""
+    good = tmp_path / "good.mid"
+    good.write_bytes(valid_midi())
+    env = {**os.environ, "CI": "1"}
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "inspect", "--json", str(good)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["notes_kept"] == 64
 
 
 def test_user_facing_errors_are_one_line():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
-import time
+import threading
 from pathlib import Path
 
 import nbformat
@@ -43,15 +43,27 @@ def test_widget_generate_stop_upload_and_errors(tmp_path, random_checkpoint):
     assert summary["seed"] == 9 and len(summary["variations"]) == 2
 
     # Stop: a long request, stopped while it runs in its thread; what exists is kept.
+    # Stop is pressed once the run reports generating (not after a fixed sleep: a fast machine
+    # finishes 120 s of this tiny model's music in under a second). The run is held at its first
+    # report until the one-at-a-time check is done, so that check cannot race the end either.
     widget.length.value = 120
     widget.new_seed.value = True
+    generating, checked = threading.Event(), threading.Event()
+
+    def press_stop_when_generating(change):
+        if change["new"].startswith("generating") and not generating.is_set():
+            generating.set()
+            checked.wait(30)
+            widget.stop()
+
+    widget.status.observe(press_stop_when_generating, names="value")
     widget.generate(wait=False)
-    assert widget.running and not widget.stop_button.disabled
+    assert generating.wait(60) and widget.running and not widget.stop_button.disabled
     with pytest.raises(RuntimeError):
         widget.generate()  # one at a time
-    time.sleep(1.5)
-    widget.stop()
+    checked.set()
     stopped = widget.wait(timeout=120)
+    widget.status.unobserve(press_stop_when_generating, names="value")
     assert stopped.cancelled and stopped.seed != 9 and widget.seed.value == stopped.seed
     assert all(v.stats["seconds_of_music"] < 120 for v in stopped.variations)
     assert widget.status.value.startswith("stopped")

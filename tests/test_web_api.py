@@ -73,7 +73,7 @@ def test_only_continue_and_preview_are_in_the_api(web_server, tmp_path, loopback
                      "min_p", "seed", "variations"]
 
 
-def test_continue_returns_playable_audio_and_midi_our_tokenizer_reads(web_server, random_checkpoint, tmp_path,
+def test_continue_returns_playable_audio_and_midi_our_tokenizer_reads(web_server, slow_music_checkpoint, tmp_path,
                                                                      loopback_only):
     from perceiver_music.checkpoint import sha256_of
     from perceiver_music.tokenizer import encode
@@ -98,7 +98,7 @@ def test_continue_returns_playable_audio_and_midi_our_tokenizer_reads(web_server
     assert 2.0 < summary["variations"][0]["seconds_of_music"] <= 3.0
     provenance = summary["provenance"][0]
     assert provenance["seed"] == 7 and provenance["settings"]["length_seconds"] == 3.0
-    assert provenance["checkpoint"]["sha256"] == sha256_of(random_checkpoint / "model.safetensors")
+    assert provenance["checkpoint"]["sha256"] == sha256_of(slow_music_checkpoint / "model.safetensors")
     assert provenance["primer"]["sha256"]
     # The files the client got are the ones the server keeps in its output folder.
     on_server = summary["variations"][0]["files"]
