@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .generate import autocast
+from .generate import autocast, autocast_dtype, cpu_model
 from .model import PerceiverAR, PerceiverARConfig
 
 
@@ -112,12 +112,11 @@ class GraphDecoder:
     """
 
     def __init__(self, model: PerceiverAR, batch: int, *, dtype: torch.dtype | None = None, capture: bool = True) -> None:
-        self.model, self.dtype = model, dtype
-        device = next(model.parameters()).device
         if model.config.attention != "softmax":
             raise ValueError("the static decode step supports softmax attention only")
-        self.device = device
-        cache_dtype = dtype or next(model.parameters()).dtype
+        self.model, self.dtype = cpu_model(model, dtype), autocast_dtype(model, dtype)
+        self.device = device = next(model.parameters()).device
+        cache_dtype = self.dtype or next(model.parameters()).dtype
         self.cache = StaticKVCache(model.config, batch, device, cache_dtype)
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None

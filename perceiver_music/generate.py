@@ -22,15 +22,14 @@ of decode_graph.py, run eagerly), "graph" (that step captured in a CUDA graph; c
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 import time
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from .cpu_precision import low_precision_copy
 from .model import KVCache, PerceiverAR
 from .tokenizer import EOS, PAD, SOS, STEPS_PER_ID, STEPS_PER_SECOND, VOCAB_SIZE
 
@@ -131,48 +130,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
-class HalfLinear(nn.Module):
-    """A Linear whose weight is stored in float16, on float32 inputs and outputs."""
-
-    def __init__(self, weight: Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().to(torch.float16), requires_grad=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(torch.float16), self.weight).to(x.dtype)
-
-
-def half_weight_copy(model: PerceiverAR) -> PerceiverAR:
-    """The model for one-token steps on a CPU: Linear weights in float16, all else shared.
-
-    A batch-1 step reads every weight once per token and is bound by memory traffic, so half
-    the bytes is nearly half the time (1.8x measured here). Embeddings, LayerNorms, the K/V
-    caches and attention stay float32; resets keep the float32 model, because float16 matrix
-    products with many rows are slow on CPUs.
-    """
-    shared = {id(p): p for p in model.parameters()}  # the copy shares every tensor ...
-    clone = copy.deepcopy(model, shared)
-    for parent in list(clone.modules()):  # ... except Linear weights, which become float16
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and child.bias is None:
-                setattr(parent, name, HalfLinear(child.weight))
-    return clone
-
-
 class EagerDecoder:
     """The reference: growable views over preallocated caches (model.KVCache).
 
-    `dtype`: autocast dtype; on a CPU, float16 instead means float16 Linear weights for the
-    steps of a batch of 1 (`half_weight_copy`), and float32 everywhere else.
+    `dtype`: autocast dtype; on a CPU, float16 instead means the model's Linear weights in
+    float16 and bfloat16 copies (`cpu_precision.low_precision_copy`), and float32 elsewhere.
     """
 
-    def __init__(self, model: PerceiverAR, dtype: torch.dtype | None = None, batch: int = 1) -> None:
-        self.model, self.dtype = model, dtype
-        self.step_model = model
-        if dtype == torch.float16 and next(model.parameters()).device.type == "cpu":
-            self.dtype = None
-            if batch == 1:  # larger batches are compute-bound: float32 is as fast there
-                self.step_model = half_weight_copy(model)
+    def __init__(self, model: PerceiverAR, dtype: torch.dtype | None = None) -> None:
+        self.model, self.dtype = cpu_model(model, dtype), autocast_dtype(model, dtype)
         self.cache = KVCache(model.config)
 
     def reset(self, window: Tensor, num_latents: int) -> Tensor:
@@ -181,15 +147,14 @@ class EagerDecoder:
 
     def step(self, tokens: Tensor, window: Tensor) -> Tensor:
         with autocast(tokens.device, self.dtype):
-            return self.step_model.decode_step(tokens, self.cache).float()
+            return self.model.decode_step(tokens, self.cache).float()
 
 
 class NaiveDecoder:
     """No cache: a full forward with the schedule's latent count for every token (the baseline)."""
 
     def __init__(self, model: PerceiverAR, dtype: torch.dtype | None = None) -> None:
-        cpu = next(model.parameters()).device.type == "cpu"
-        self.model, self.dtype = model, None if cpu and dtype == torch.float16 else dtype
+        self.model, self.dtype = cpu_model(model, dtype), autocast_dtype(model, dtype)
         self.latents = 0
 
     def reset(self, window: Tensor, num_latents: int) -> Tensor:
@@ -203,6 +168,20 @@ class NaiveDecoder:
             return self.model(window, self.latents, last_only=True)[:, -1].float()
 
 
+def _on_cpu(model: PerceiverAR) -> bool:
+    return next(model.parameters()).device.type == "cpu"
+
+
+def autocast_dtype(model: PerceiverAR, dtype: torch.dtype | None) -> torch.dtype | None:
+    """float16 on a CPU is done by the weights (`cpu_model`), not by autocast."""
+    return None if dtype == torch.float16 and _on_cpu(model) else dtype
+
+
+def cpu_model(model: PerceiverAR, dtype: torch.dtype | None) -> PerceiverAR:
+    """The model a decoder runs: with dtype float16 on a CPU, its lower-precision copy."""
+    return low_precision_copy(model) if dtype == torch.float16 and _on_cpu(model) else model
+
+
 def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: str, dtype: torch.dtype | None):
     device = next(model.parameters()).device
     if backend not in ("auto", "eager", "static", "graph"):
@@ -213,7 +192,7 @@ def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: st
         graphable = device.type == "cuda" and model.config.attention == "softmax"
         backend = "graph" if graphable else "eager"
     if backend == "eager":
-        return EagerDecoder(model, dtype, batch)
+        return EagerDecoder(model, dtype)
     from .decode_graph import GraphDecoder
 
     return GraphDecoder(model, batch, dtype=dtype, capture=backend == "graph")
@@ -251,8 +230,8 @@ def generate(
     returns what exists. `progress(done, total)` is called at least every 0.1 s between
     steps and at the end, counting ids when max_new_tokens is given, else music seconds.
     `dtype=None` computes in the model's own precision: the exact reference. For speed pass
-    torch.bfloat16 on CUDA (autocast) and torch.float16 on a CPU (float16 Linear weights in
-    batch-1 steps, see `half_weight_copy`); both change logits slightly. `backend` picks the
+    torch.bfloat16 on CUDA (autocast) and torch.float16 on a CPU (float16 and bfloat16 Linear
+    weights, see `cpu_precision`); both change logits slightly. `backend` picks the
     decoder (module docstring). An empty prompt starts from SOS. `stats`, a dict, is kept up
     to date with "ids" (ids sampled per variation so far), for a front end's tokens/s.
     """
