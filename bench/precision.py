@@ -1,0 +1,119 @@
+"""What the CPU's lower-precision weights (perceiver_music/cpu_precision.py) cost in quality.
+
+Real music is fed through the decoder on generate's own schedule (a reset, then one cached step
+per id, a reset again every N - R + 1 ids, the window sliding past max_context), once in float32
+and once with generate(dtype=torch.float16)'s weights, and every next id is scored. Prints one
+JSON object: NLL (nats per id) of each, how far apart their next-id distributions are (total
+variation distance, mean and max), how often their most likely ids agree, and the mean reset and
+step times of each.
+
+    python bench/precision.py                              # the primers in assets/primers
+    python bench/precision.py --data data/music21          # a prepared DATA_DIR's test split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from perceiver_music.checkpoint import load_checkpoint  # noqa: E402
+from perceiver_music.evaluate import load_eval_works  # noqa: E402
+from perceiver_music.generate import EagerDecoder, TokenWindow, default_reset_latents  # noqa: E402
+
+
+def decode_along_schedule(model, decoder, ids: np.ndarray, prompt_len: int, timings: dict):
+    """Yield the next-id logits (1, vocab) for ids[prompt_len:], as generate would compute them."""
+    cfg = model.config
+    R = default_reset_latents(cfg.num_latents)
+    window = TokenWindow(ids[:prompt_len].tolist(), 1, cfg.max_context, torch.device("cpu"))
+
+    def timed(kind, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[kind].append(time.perf_counter() - t0)
+        return out
+
+    latents = min(R, len(window))
+    logits = timed("reset", lambda: decoder.reset(window.view(), latents))
+    for token in ids[prompt_len:].tolist():
+        yield logits
+        tok = torch.tensor([token])
+        window.append(tok)
+        if latents >= cfg.num_latents:
+            latents = min(R, len(window))
+            logits = timed("reset", lambda: decoder.reset(window.view(), latents))
+        else:
+            latents += 1
+            logits = timed("step", lambda: decoder.step(tok, window.view()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(REPO / "assets" / "model"))
+    ap.add_argument("--data", default=str(REPO / "assets" / "primers"), help="a prepared DATA_DIR or a MIDI folder")
+    ap.add_argument("--score", type=int, default=774, help="ids scored per work (774: six reset cycles)")
+    ap.add_argument("--works", type=int, default=8, help="at most this many works")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = load_checkpoint(args.checkpoint).model.float().eval()
+    cfg = model.config
+    works, _ = load_eval_works(args.data, split="test")
+    # Long works first, each scored after a prompt that nearly fills the window, so the scored
+    # ids cross resets and (for works long enough) the slide.
+    works = sorted(works, key=len, reverse=True)[: args.works]
+
+    names = ("float32", "low_precision")
+    nll = {name: 0.0 for name in names}
+    timings = {name: {"reset": [], "step": []} for name in names}
+    tv, agree, count = [], 0, 0
+    with torch.inference_mode():
+        for ids in works:
+            score = min(args.score, len(ids) // 2)
+            prompt_len = min(len(ids) - score, cfg.max_context - 2 * (cfg.num_latents - default_reset_latents(cfg.num_latents) + 1))
+            targets = torch.from_numpy(ids[prompt_len : prompt_len + score].astype(np.int64))
+            streams = {
+                "float32": decode_along_schedule(model, EagerDecoder(model), ids[: prompt_len + score], prompt_len, timings["float32"]),
+                "low_precision": decode_along_schedule(
+                    model, EagerDecoder(model, torch.float16), ids[: prompt_len + score], prompt_len, timings["low_precision"]
+                ),
+            }
+            for target, exact, low in zip(targets.tolist(), streams["float32"], streams["low_precision"]):
+                p, q = exact.float().log_softmax(-1)[0], low.float().log_softmax(-1)[0]
+                nll["float32"] -= float(p[target])
+                nll["low_precision"] -= float(q[target])
+                tv.append(0.5 * float((p.exp() - q.exp()).abs().sum()))
+                agree += int(p.argmax() == q.argmax())
+                count += 1
+
+    def ms(values):
+        return round(1e3 * sum(values) / max(len(values), 1), 2)
+
+    print(json.dumps({
+        "command": "python bench/precision.py " + " ".join(sys.argv[1:]),
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "works": len(works),
+        "scored_ids": count,
+        "torch_threads": torch.get_num_threads(),
+        "nll": {name: round(nll[name] / count, 4) for name in names},
+        "total_variation": {"mean": round(float(np.mean(tv)), 5), "max": round(float(np.max(tv)), 5)},
+        "same_most_likely_id": round(agree / count, 4),
+        "reset_ms": {name: ms(timings[name]["reset"]) for name in names},
+        "step_ms": {name: ms(timings[name]["step"]) for name in names},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
