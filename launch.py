@@ -115,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
              checkpoint.path, checkpoint.sha256[:12], config.soundfont, config.output_dir, len(config.examples))
     demo = build_app(config, models)
     try:
+        # quiet: Gradio's own banner suggests share=True, a public link this app never makes;
+        # the one line below says where it is served instead.
         demo.launch(server_name=args.host, server_port=args.port, auth=auth, inbrowser=not args.no_browser,
-                    **launch_options(config))
+                    quiet=True, prevent_thread_lock=True, **launch_options(config))
     except OSError as error:
         reason = "the port is in use; pass another with --port" if "empty port" in str(error) else str(error)
         print(f"error: cannot serve on {args.host}:{args.port}: {reason}", file=sys.stderr)
         return EXIT_USER_ERROR
+    reach = "this machine only" if _is_loopback(args.host) else f"any machine that can reach {args.host}"
+    print(f"perceiver-music is serving on {demo.local_url} ({reach}; Ctrl+C stops it)", flush=True)
+    demo.block_thread()
     return 0
 
 

@@ -195,3 +195,9 @@ def test_launch_binds_localhost_and_a_missing_checkpoint_is_one_line_and_exit_2(
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: no checkpoint at")
+
+
+def test_start_up_says_where_it_serves_and_never_suggests_a_share_link(web_server):
+    log = web_server.log_path.read_text()
+    assert f"perceiver-music is serving on {web_server.url} (this machine only" in log
+    assert "share=True" not in log and "public link" not in log
