@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
              checkpoint.path, checkpoint.sha256[:12], config.soundfont, config.output_dir, len(config.examples))
     demo = build_app(config, models)
     try:
-        # quiet: Gradio's own banner suggests share=True, a public link this app never makes;
+        # quiet: Gradio's own banner advertises a public link, which this app never makes;
         # the one line below says where it is served instead.
         demo.launch(server_name=args.host, server_port=args.port, auth=auth, inbrowser=not args.no_browser,
                     quiet=True, prevent_thread_lock=True, **launch_options(config))
