@@ -159,8 +159,8 @@ def dense_rate(cfg, context, new_tokens, device, dtype, real_prefill: bool) -> d
             nonlocal tok
             cache.end = context  # decode from the same prefill every repeat
             for _ in range(new_tokens):
+                # no per-step read back to the host: generate() reads ids every few steps on a GPU
                 tok = sample_next(dense.decode_step(tok, cache).float(), generator=g)
-                tok.tolist()  # the same per-step host sync generate() does
 
         decode_s = min(timed(run, device) for _ in range(REPEATS))
     return {
@@ -221,8 +221,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--contexts", default=None, help="comma-separated, default 1024,4096,16384")
     ap.add_argument("--new-tokens", type=int, default=None, help="cached ids per measurement")
+    ap.add_argument("--train-batch", type=int, default=None, help="training-step batch (default: 4 on CUDA, 1 on CPU)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: generation,batch64,training")
     args = ap.parse_args()
 
+    skip = {part for part in args.skip.split(",") if part}
+    if skip - {"generation", "batch64", "training"}:
+        ap.error(f"--skip takes generation, batch64 or training, not {sorted(skip)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -234,6 +239,8 @@ def main() -> None:
     if args.quick:
         base = replace(base, d_model=128, n_heads=4, cross_heads=4, n_layers=2, num_latents=128)
     contexts = [int(c) for c in (args.contexts or ("512,1024" if args.quick else "1024,4096,16384")).split(",")]
+    if "generation" in skip:
+        contexts = []
     new_tokens = args.new_tokens or (2048 if gpu else 100 if args.quick else 600)
     report: dict = {
         "command": "python bench/generate.py " + " ".join(sys.argv[1:]),
@@ -293,7 +300,7 @@ def main() -> None:
     report["cached_tokens"] = new_tokens
 
     # -- model-size candidates at context 4096 (CPU: why default_config is what it is) --
-    if not args.quick and not gpu:
+    if not args.quick and not gpu and contexts:
         candidates = {
             "d384_L6_N512 (default)": replace(base, num_latents=512, n_layers=6),
             "d384_L8_N512": replace(base, num_latents=512, n_layers=8),
@@ -306,7 +313,7 @@ def main() -> None:
         }
 
     # -- batch 64 (CUDA) --
-    if gpu:
+    if gpu and "batch64" not in skip:
         cfg = replace(base, max_context=4096)
         model = bench_model(cfg, device)
         prompt = torch.randint(3, VOCAB_SIZE, (4096,), generator=torch.Generator().manual_seed(1)).tolist()
@@ -328,8 +335,8 @@ def main() -> None:
     train_cfg = replace(base, dropout=0.0)
     if not gpu:
         train_cfg = replace(train_cfg, d_model=128, n_heads=4, cross_heads=4, n_layers=3, num_latents=256)
-    train_contexts = [512, 1024] if args.quick else [4096, 16384]
-    batch = 4 if gpu else 1
+    train_contexts = [] if "training" in skip else [512, 1024] if args.quick else [4096, 16384]
+    batch = args.train_batch or (4 if gpu else 1)
     training = []
     for context in train_contexts:
         cfg = replace(train_cfg, max_context=context)

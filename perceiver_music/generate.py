@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -323,10 +324,7 @@ def _generate(
         with torch.inference_mode():
             decoder = make_decoder(model, B, use_cache=use_cache, backend=backend, dtype=dtype)
             window = TokenWindow(torch.tensor(rows).repeat_interleave(V, dim=0), B, cfg.max_context, device)
-            results: list[list[int]] = [[] for _ in range(B)]
-            music_steps = [0] * B
-            done = [False] * B
-
+            sampled = SampledIds(B, device, limit_ids, limit_steps, read_every=reads_every(device))
             steps = 0  # ids sampled per variation so far
 
             def report(final: bool = False) -> None:
@@ -335,17 +333,18 @@ def _generate(
                 if max_new_tokens is not None:
                     total, now = float(max_new_tokens), float(steps)
                 else:
+                    sampled.read()  # music time needs the ids on the host
                     total = float(max_seconds)
-                    now = min(total if d else s / STEPS_PER_SECOND for d, s in zip(done, music_steps))
-                progress(total if final and all(done) else min(now, total), total)
+                    now = min(total if d else s / STEPS_PER_SECOND for d, s in zip(sampled.done, sampled.music_steps))
+                progress(total if final and sampled.all_done() else min(now, total), total)
 
             def by_prompt() -> list[list[list[int]]]:
-                return [results[i * V : (i + 1) * V] for i in range(len(rows))]
+                return [sampled.results[i * V : (i + 1) * V] for i in range(len(rows))]
 
             last_report = time.monotonic()
             report()
             if limit_ids == 0:
-                done = [True] * B
+                sampled.done[:] = True
                 report(final=True)
                 return by_prompt()
             latents = min(R, len(window))
@@ -355,10 +354,8 @@ def _generate(
                 steps += 1
                 if stats is not None:
                     stats["ids"] = steps
-                for i, token in enumerate(tokens.tolist()):
-                    if not done[i]:
-                        done[i] = _take(token, results[i], music_steps, i, limit_steps, limit_ids)
-                if all(done) or (cancel is not None and cancel.is_set()):
+                sampled.add(tokens, read_now=steps >= limit_ids)
+                if sampled.all_done() or (cancel is not None and cancel.is_set()):
                     break
                 if time.monotonic() - last_report >= PROGRESS_INTERVAL_S:
                     report()
@@ -370,22 +367,74 @@ def _generate(
                 else:
                     latents += 1
                     logits = decoder.step(tokens, window.view())
+            sampled.read()
             report(final=True)
             return by_prompt()
     finally:
         model.train(was_training)
 
 
-def _take(token: int, out: list[int], music_steps: list[int], i: int, limit_steps: int | None, limit_ids: int) -> bool:
-    """Record one sampled id for variation i; True once that variation is finished."""
-    if token == EOS:
-        return True
-    shift = int(STEPS_PER_ID[token])
-    if limit_steps is not None and music_steps[i] + shift > limit_steps:
-        return True
-    out.append(token)
-    music_steps[i] += shift
-    return len(out) >= limit_ids or (limit_steps is not None and music_steps[i] >= limit_steps and shift > 0)
+# Reading ids back makes the host wait for the device. On a GPU the loop reads them every
+# few steps instead, so it queues the next steps while the device is still busy with the last.
+READ_EVERY_ON_GPU = 32
+
+
+def reads_every(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else READ_EVERY_ON_GPU
+
+
+class SampledIds:
+    """The ids each variation keeps, under the stop rules; sampled ids wait on the device until read.
+
+    A variation stops at EOS (left out), at limit_ids ids, or at the first TIME_SHIFT that
+    would pass limit_steps of music (left out; one landing exactly on it is kept). Finished
+    variations keep being sampled with the others (one batch) and those ids are dropped. The
+    rules are applied to a read chunk all at once, with the same result as id by id.
+    """
+
+    def __init__(self, batch: int, device: torch.device, limit_ids: int, limit_steps: int | None, read_every: int) -> None:
+        self.pending = torch.empty(batch, read_every, dtype=torch.long, device=device)
+        self.count = 0  # ids waiting in `pending`, per variation
+        self.limit_ids, self.limit_steps = limit_ids, limit_steps
+        self.results: list[list[int]] = [[] for _ in range(batch)]
+        self.music_steps = np.zeros(batch, dtype=np.int64)
+        self.done = np.zeros(batch, dtype=bool)
+
+    def add(self, tokens: Tensor, read_now: bool = False) -> None:
+        self.pending[:, self.count] = tokens
+        self.count += 1
+        if read_now or self.count == self.pending.size(1):
+            self.read()
+
+    def all_done(self) -> bool:
+        return bool(self.done.all())
+
+    def read(self) -> None:
+        """Bring the waiting ids to the host (the only place the loop waits for the device)."""
+        if self.count == 0:
+            return
+        chunk = self.pending[:, : self.count].cpu().numpy()
+        self.count = 0
+        k = chunk.shape[1]
+        shifts = STEPS_PER_ID[chunk]
+        music = self.music_steps[:, None] + shifts.cumsum(axis=1)  # music time if ids 0..j were kept
+        kept_before = np.array([len(r) for r in self.results])[:, None]
+        # ids that end a variation and are left out, or kept as its last id
+        left_out = chunk == EOS
+        last = kept_before + np.arange(1, k + 1) >= self.limit_ids
+        if self.limit_steps is not None:
+            left_out |= music > self.limit_steps
+            last |= (music >= self.limit_steps) & (shifts > 0)
+        first_left_out = np.where(left_out.any(axis=1), left_out.argmax(axis=1), k)
+        first_last = np.where(last.any(axis=1), last.argmax(axis=1), k)
+        for i in np.flatnonzero(~self.done):
+            if first_last[i] < first_left_out[i]:
+                keep, self.done[i] = first_last[i] + 1, True
+            else:
+                keep, self.done[i] = first_left_out[i], first_left_out[i] < k
+            if keep:
+                self.results[i].extend(chunk[i, :keep].tolist())
+                self.music_steps[i] = music[i, keep - 1]
 
 
 def _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations) -> None:

@@ -13,6 +13,7 @@ from perceiver_music.cpu_precision import LowPrecisionLinear, low_precision_copy
 from perceiver_music.decode_graph import GraphDecoder
 from perceiver_music.generate import (
     EagerDecoder,
+    SampledIds,
     TokenWindow,
     default_reset_latents,
     generate,
@@ -21,7 +22,7 @@ from perceiver_music.generate import (
 )
 from model_fixtures import pin_logits, randomize_weights
 from perceiver_music.model import PerceiverAR, PerceiverARConfig
-from perceiver_music.tokenizer import EOS, PAD, SOS, TIME_SHIFT_BASE, VOCAB_SIZE, seconds_of
+from perceiver_music.tokenizer import EOS, PAD, SOS, STEPS_PER_ID, TIME_SHIFT_BASE, VOCAB_SIZE, seconds_of
 
 MAX_CONTEXT, N = 64, 16
 
@@ -253,6 +254,53 @@ def test_variations_that_finish_early_stop_while_others_go_on():
     outs = generate(model, [5], max_seconds=2.0, max_new_tokens=400, seed=0, num_variations=4, temperature=2.0)
     lengths = {len(o) for o in outs}
     assert len(lengths) > 1 and all(seconds_of(o) <= 2.0 for o in outs)
+
+
+def keep_id_by_id(stream: list[int], limit_ids: int, limit_steps: int | None) -> tuple[list[int], bool]:
+    """The stop rules applied one id at a time, written out plainly: (kept ids, finished)."""
+    kept, music = [], 0
+    for token in stream:
+        shift = int(STEPS_PER_ID[token])
+        if token == EOS or (limit_steps is not None and music + shift > limit_steps):
+            return kept, True
+        kept.append(token)
+        music += shift
+        if len(kept) >= limit_ids or (limit_steps is not None and music >= limit_steps and shift > 0):
+            return kept, True
+    return kept, False
+
+
+@pytest.mark.parametrize("read_every", [1, 3, 16])
+@pytest.mark.parametrize("limit_ids, limit_steps", [(40, None), (10_000, 300), (25, 250)])
+def test_ids_read_in_chunks_follow_the_stop_rules_id_by_id(read_every, limit_ids, limit_steps):
+    g = torch.Generator().manual_seed(read_every + limit_ids)
+    # Mostly time shifts of up to 0.4 s, some notes, EOS now and then: every rule gets hit.
+    pool = torch.tensor([EOS] * 3 + list(range(3, 40)) + list(range(TIME_SHIFT_BASE, TIME_SHIFT_BASE + 40)) * 3)
+    streams = pool[torch.randint(len(pool), (12, 80), generator=g)]
+    sampled = SampledIds(12, torch.device("cpu"), limit_ids, limit_steps, read_every)
+    for step in range(streams.size(1)):
+        sampled.add(streams[:, step])
+    sampled.read()
+    expected = [keep_id_by_id(row, limit_ids, limit_steps) for row in streams.tolist()]
+    assert sampled.results == [kept for kept, _ in expected]
+    assert sampled.done.tolist() == [finished for _, finished in expected]
+    ended_on_eos = sum(done and row[len(kept)] == EOS for row, (kept, done) in zip(streams.tolist(), expected))
+    assert 0 < ended_on_eos < 12  # some rows end on EOS, others on a limit
+
+
+def test_reading_ids_every_few_steps_changes_nothing(monkeypatch):
+    """What a GPU does (reads ids back every READ_EVERY_ON_GPU steps), checked on the CPU."""
+    model = random_model(seed=9)
+    runs = [
+        dict(max_seconds=2.0, max_new_tokens=400, seed=0, num_variations=4, temperature=2.0),
+        dict(max_new_tokens=70, seed=1, num_variations=3),
+        dict(max_seconds=3.0, seed=2, num_variations=2, top_p=0.9),
+    ]
+    every_step = [generate(model, [5, 6], **run) for run in runs]
+    monkeypatch.setattr("perceiver_music.generate.reads_every", lambda device: 7)
+    assert [generate(model, [5, 6], **run) for run in runs] == every_step
+    eos_model = random_model(favour=EOS)
+    assert generate(eos_model, [5], max_new_tokens=50, num_variations=2, seed=0) == [[], []]
 
 
 class CountingEvent(threading.Event):
