@@ -8,10 +8,12 @@ Prints one JSON object:
   batch64     tokens/s in all with 64 variations (CUDA only).
   training    forward + backward + AdamW step, Perceiver AR vs the dense decoder.
   peak_memory per phase (CUDA: max_memory_allocated; CPU: ru_maxrss so far, it only grows).
+  targets     issue 3's targets next to this run's figures, each with met: true/false.
 
     python bench/generate.py --device cpu            # the CPU figures in BENCHMARKS.md
     python bench/generate.py --device cuda --dtype bfloat16
     python bench/generate.py --quick                 # small sizes, a smoke run
+    scripts/device/bench_gpu.sh PART                 # the GPU figures, in parts that fit a device call
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def dense_rate(cfg, context, new_tokens, device, dtype, real_prefill: bool) -> d
 
 
 def train_step_s(model, ids, device, dtype, repeats: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")  # as train.py
     model.train()
 
     def step():
@@ -184,6 +186,29 @@ def train_step_s(model, ids, device, dtype, repeats: int) -> float:
 
     step()  # warm-up
     return min(timed(step, device) for _ in range(repeats))
+
+
+def check_targets(report: dict, gpu: bool) -> list[dict]:
+    """Issue 3's targets against this run's figures (only those this run measured)."""
+    at = {row["context"]: row for row in report["generation"]}
+    trained = {row["context"]: row for row in report["training"]}
+    checks = []
+
+    def check(name: str, measured, target: float) -> None:
+        if measured is not None:
+            checks.append({"target": name, "at_least": target, "measured": measured, "met": measured >= target})
+
+    row = at.get(4096, {})
+    if gpu:
+        check("batch 1, context 4096, tokens/s (CUDA graph)", row.get("graph_tokens_per_s"), 1500)
+        check("batch 64, context 4096, tokens/s in all", (report["batch64"] or {}).get("tokens_per_s_all_variations"), 100_000)
+    else:
+        check("batch 1, context 4096, tokens/s (engine's CPU setting)", row.get("cached_low_precision_tokens_per_s"), 200)
+        check("x naive loop, float32 naive", row.get("cached_low_precision_over_naive"), 20)
+        check("x naive loop, same precision (like for like)", row.get("cached_low_precision_over_naive_low_precision"), 20)
+        check("x naive loop, float32 both", row.get("cached_over_naive"), 20)
+    check("training step at 16384, x cheaper than dense", trained.get(16384, {}).get("dense_over_perceiver"), 8)
+    return checks
 
 
 def machine() -> dict:
@@ -370,6 +395,7 @@ def main() -> None:
         training.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     report["training"] = training
+    report["targets"] = check_targets(report, gpu)
     report["machine"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     report["peak_memory_mb"]["process"] = round(peak_memory_mb(device), 1)
     print(json.dumps(report, indent=2))
