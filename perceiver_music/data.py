@@ -6,8 +6,12 @@ A prepared DATA_DIR holds, for each split (train / val / test):
   `{split}.index.json` one entry per work: name, offset, length, notes, seconds;
 plus `meta.json` (format and vocabulary), `stats.json` (works, notes, tokens, hours per split),
 `failed.jsonl` (files skipped and why) and `.cache/` (tokens per file content, so that a re-run
-only encodes new files). Works are split by a hash of their name: deterministic, and a work
-never lands in two splits.
+only encodes new files). Files are split by a hash of their *group*: deterministic, and a group
+never lands in two splits. A file is its own group unless its source folder was given a group
+rule (`--group FOLDER=parent` or `=N`), so that several performances of one piece (ASAP keeps
+them in one folder per piece) stay together and held-out figures are on unseen music.
+Every index entry also names its `source` (the folder's name, or `music21`), so that training
+can weigh corpora (`train.source_weights`) and `stats.json` reports each corpus by split.
 """
 
 from __future__ import annotations
@@ -50,9 +54,44 @@ def split_of(work: str) -> str:
 class Work:
     name: str  # unique and stable: "music21:bach/bwv66.6.mxl" or "<folder>/<relative path>"
     path: Path  # a MIDI file
+    group: str = ""  # what the split is decided by; "" = the name itself
+
+    @property
+    def split_key(self) -> str:
+        return self.group or self.name
 
 
-def works_in_folder(folder: Path) -> list[Work]:
+def source_of(work_name: str) -> str:
+    """The corpus a work came from: 'music21' or the name of the folder it was found in."""
+    if work_name.startswith(MUSIC21 + ":"):
+        return MUSIC21
+    return work_name.split("/", 1)[0]
+
+
+def parse_group_rule(rule: str) -> int | None:
+    """'parent' (a file's own folder is its group) -> None; 'N' (the first N folders under the
+    source) -> N. See group_of."""
+    if rule == "parent":
+        return None
+    if rule.isdigit() and int(rule) > 0:
+        return int(rule)
+    raise DataError(f"a group rule is 'parent' or a folder depth of 1 or more, not {rule!r}")
+
+
+def group_of(label: str, relative: Path, rule: str | None) -> str:
+    """The split group of a file at `relative` under source folder `label`, by a group rule:
+    'parent' takes the file's own folder (ASAP: asap/Chopin/Etudes_op_10/1), 'N' its first N
+    folders (a file less deep takes all its folders), None the file alone."""
+    if rule is None:
+        return ""
+    depth = parse_group_rule(rule)
+    folders = relative.parent.parts
+    if depth is not None:
+        folders = folders[:depth]
+    return "/".join((label, *folders)) + "/"
+
+
+def works_in_folder(folder: Path, group: str | None = None) -> list[Work]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder of MIDI files (nor '{MUSIC21}')")
@@ -60,7 +99,8 @@ def works_in_folder(folder: Path) -> list[Work]:
     works = []
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in MIDI_SUFFIXES and path.is_file():
-            works.append(Work(f"{label}/{path.relative_to(folder).as_posix()}", path))
+            relative = path.relative_to(folder)
+            works.append(Work(f"{label}/{relative.as_posix()}", path, group_of(label, relative, group)))
     return works
 
 
@@ -139,13 +179,15 @@ def _encode_work(args) -> dict:
 
 @dataclass
 class PrepareStats:
-    works: dict = field(default_factory=dict)
+    works: dict = field(default_factory=dict)  # files (performances) per split
     notes: dict = field(default_factory=dict)
     tokens: dict = field(default_factory=dict)
     hours: dict = field(default_factory=dict)
     failed: int = 0
     duplicates: int = 0
     sources: list = field(default_factory=list)
+    groups: dict = field(default_factory=dict)  # source -> group rule
+    by_source: dict = field(default_factory=dict)  # source -> split -> files, groups, notes, tokens, hours
 
     def to_dict(self) -> dict:
         return {
@@ -156,16 +198,27 @@ class PrepareStats:
             "failed": self.failed,
             "duplicates": self.duplicates,
             "sources": self.sources,
+            "groups": self.groups,
+            "by_source": self.by_source,
         }
 
 
 def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0, progress: bool = True,
-            convert_music21: bool = True) -> PrepareStats:
-    """Folders of MIDI (recursive) and/or 'music21' to token shards in `out_dir`."""
+            convert_music21: bool = True, groups: dict[str, str] | None = None) -> PrepareStats:
+    """Folders of MIDI (recursive) and/or 'music21' to token shards in `out_dir`.
+
+    `groups` maps a source folder (as given in `sources`) to its group rule (see group_of)."""
     out = ensure_output_dir(out_dir)
     cache_dir = ensure_output_dir(out / ".cache")
     workers = workers or max(1, (os.cpu_count() or 1))
     sources = list(sources)
+    groups = dict(groups or {})
+    for folder, rule in groups.items():
+        if folder not in sources:
+            raise DataError(f"--group names {folder}, which is not one of the sources")
+        if folder == MUSIC21:
+            raise DataError("music21 works are split one by one; a group rule is for MIDI folders")
+        parse_group_rule(rule)
     works: list[Work] = []
     failed: list[dict] = []
     for source in sources:
@@ -174,7 +227,7 @@ def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0
             works += found
             failed += broken
         else:
-            works += works_in_folder(Path(source))
+            works += works_in_folder(Path(source), groups.get(source))
     if not works:
         raise DataError(f"no MIDI files found in {', '.join(sources)}")
     names = [w.name for w in works]
@@ -184,7 +237,8 @@ def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0
     results = list(_parallel_map(_encode_work, [(w, cache_dir) for w in works], workers, progress, "MIDI → tokens"))
     results.sort(key=lambda r: r["work"])
     failed += [{"work": r["work"], "reason": r["error"]} for r in results if "error" in r]
-    stats = PrepareStats(sources=sources, failed=len(failed))
+    stats = PrepareStats(sources=sources, failed=len(failed), groups=groups)
+    split_key = {w.name: w.split_key for w in works}
     seen_digests: set[str] = set()
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for result in results:
@@ -194,11 +248,13 @@ def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0
             stats.duplicates += 1
             continue
         seen_digests.add(result["digest"])
-        by_split[split_of(result["work"])].append(result)
+        result["group"] = split_key[result["work"]]
+        by_split[split_of(result["group"])].append(result)
 
     _hold_out_one_each(by_split)
     for split, entries in by_split.items():
         _write_split(out, cache_dir, split, entries, stats)
+    stats.by_source = _stats_by_source(by_split)
     write_json(out / "meta.json", {"format": FORMAT_VERSION, "vocab_size": VOCAB_SIZE, "layout": "SOS ids EOS, packed"})
     write_json(out / "stats.json", stats.to_dict())
     lines = "".join(json.dumps(f) + "\n" for f in sorted(failed, key=lambda f: f["work"]))
@@ -207,13 +263,33 @@ def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0
 
 
 def _hold_out_one_each(by_split: dict[str, list[dict]]) -> None:
-    """A small folder (a user's fine-tuning set) may hash no work into val or test; then the
-    training work with the smallest hash moves there, so evaluation always has something."""
+    """A small folder (a user's fine-tuning set) may hash no group into val or test; then the
+    training group with the smallest hash moves there, whole, so evaluation always has something."""
     for split in ("val", "test"):
-        if not by_split[split] and len(by_split["train"]) >= 4:
-            chosen = min(by_split["train"], key=lambda r: _work_hash(r["work"]))
-            by_split["train"].remove(chosen)
-            by_split[split].append(chosen)
+        train_groups = {r["group"] for r in by_split["train"]}
+        if not by_split[split] and len(train_groups) >= 4:
+            chosen = min(train_groups, key=_work_hash)
+            moved = [r for r in by_split["train"] if r["group"] == chosen]
+            by_split["train"] = [r for r in by_split["train"] if r["group"] != chosen]
+            by_split[split] = moved
+
+
+def _stats_by_source(by_split: dict[str, list[dict]]) -> dict:
+    table: dict = {}
+    for split, entries in by_split.items():
+        for entry in entries:
+            row = table.setdefault(source_of(entry["work"]), {}).setdefault(
+                split, {"files": 0, "groups": set(), "notes": 0, "tokens": 0, "seconds": 0.0})
+            row["files"] += 1
+            row["groups"].add(entry["group"])
+            row["notes"] += entry["notes"]
+            row["tokens"] += entry["tokens"] + 2  # with its SOS and EOS, as in the shard
+            row["seconds"] += entry["seconds"]
+    for splits in table.values():
+        for split, row in splits.items():
+            splits[split] = {"files": row["files"], "groups": len(row["groups"]), "notes": row["notes"],
+                             "tokens": row["tokens"], "hours": round(row["seconds"] / 3600, 2)}
+    return dict(sorted(table.items()))
 
 
 def _write_split(out: Path, cache_dir: Path, split: str, entries: list[dict], stats: PrepareStats) -> None:
@@ -224,8 +300,9 @@ def _write_split(out: Path, cache_dir: Path, split: str, entries: list[dict], st
             ids = np.load(cache_dir / f"{entry['digest']}.npy")
             block = np.concatenate([[SOS], ids, [EOS]]).astype(np.uint16)
             f.write(block.tobytes())
-            index.append({"work": entry["work"], "offset": offset, "length": len(block),
-                          "notes": entry["notes"], "seconds": entry["seconds"]})
+            index.append({"work": entry["work"], "source": source_of(entry["work"]), "group": entry["group"],
+                          "offset": offset, "length": len(block), "notes": entry["notes"],
+                          "seconds": entry["seconds"]})
             offset += len(block)
     write_json(out / f"{split}.index.json", index)
     stats.works[split] = len(index)
@@ -263,6 +340,22 @@ class TokenData:
         """(offset, length) of every work of a split, as an int64 array of shape (n, 2)."""
         spans = [(e["offset"], e["length"]) for e in self.index(split)]
         return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+
+    def source_spans(self, split: str) -> dict[str, tuple[int, int, np.ndarray]]:
+        """Each source's region of a split's stream: source -> (start, end, work spans relative
+        to start). Works are packed sorted by name, so a source's works are contiguous."""
+        regions: dict[str, list] = {}
+        for entry in self.index(split):
+            regions.setdefault(entry.get("source") or source_of(entry["work"]), []).append(
+                (entry["offset"], entry["length"]))
+        out = {}
+        for source, spans in regions.items():
+            spans = np.asarray(spans, dtype=np.int64)
+            start, end = int(spans[:, 0].min()), int((spans[:, 0] + spans[:, 1]).max())
+            if end - start != int(spans[:, 1].sum()):
+                raise DataError(f"{self.root}: the works of {source} are not contiguous; prepare it again")
+            out[source] = (start, end, spans - np.array([start, 0]))
+        return out
 
     def works(self, split: str) -> Iterator[tuple[str, np.ndarray]]:
         """Each work of a split as (name, ids with its SOS and EOS)."""

@@ -39,9 +39,10 @@ class EvalReport:
     works: int
     tokens: int
     nll: float  # at the model's full context, nats per token
-    unigram_nll: float | None
+    unigram_nll: float | None  # unigram fit on the training split
     long_threshold: int
     by_context: list[ContextRow] = field(default_factory=list)
+    unigram_self_nll: float | None = None  # unigram fit on the scored tokens themselves
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,19 +96,34 @@ def unigram_nll(train_tokens: np.ndarray, works: list[np.ndarray]) -> float:
     return float(-logp[targets].mean())
 
 
+def unigram_self_nll(works: list[np.ndarray]) -> float:
+    """A unigram model fit on the scored tokens themselves (no smoothing needed): how much a
+    model knows beyond how often each id occurs in exactly this music."""
+    targets = np.concatenate([w[1:] for w in works])
+    p = np.bincount(targets, minlength=VOCAB_SIZE) / targets.size
+    return float(-np.log(p[targets]).mean())
+
+
 def load_eval_works(source: str | os.PathLike, split: str = "test", max_tokens: int | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Works to score: a prepared DATA_DIR's split, or every MIDI file of a folder.
 
     Returns the works (each [SOS, ids, EOS]) and the training tokens for the unigram baseline
     (None for a folder)."""
-    from .data import TokenData, works_in_folder
+    works, _, train = load_eval_works_by_source(source, split, max_tokens)
+    return works, train
+
+
+def load_eval_works_by_source(source: str | os.PathLike, split: str = "test", max_tokens: int | None = None,
+                              per_source: bool = False) -> tuple[list[np.ndarray], list[str], np.ndarray | None]:
+    """As load_eval_works, plus each work's corpus (a DATA_DIR index's `source`; for a folder,
+    its subfolder). `per_source` applies `max_tokens` to each corpus instead of in all."""
+    from .data import TokenData, source_of, works_in_folder
 
     source = Path(source)
-    works: list[np.ndarray] = []
     train = None
     if (source / "meta.json").exists():
         data = TokenData(source)
-        iterator = (ids for _, ids in data.works(split))
+        iterator = ((source_of(name), ids) for name, ids in data.works(split))
         train = data.tokens("train")
     else:
         from .errors import BadMidiError
@@ -115,37 +131,59 @@ def load_eval_works(source: str | os.PathLike, split: str = "test", max_tokens: 
 
         def encoded():
             for work in works_in_folder(source):
+                relative = work.name.split("/", 1)[1]
+                corpus = relative.split("/", 1)[0] if "/" in relative else source.resolve().name
                 try:
-                    yield np.asarray([SOS, *encode(work.path), EOS], dtype=np.int64)
+                    yield corpus, np.asarray([SOS, *encode(work.path), EOS], dtype=np.int64)
                 except BadMidiError:
                     continue  # evaluation scores what can be read; prepare reports the rest
 
         iterator = encoded()
-    total = 0
-    for ids in iterator:
-        works.append(np.asarray(ids, dtype=np.int64))
-        total += len(ids)
-        if max_tokens and total >= max_tokens:
+    works: list[np.ndarray] = []
+    sources: list[str] = []
+    totals: dict[str, int] = defaultdict(int)
+    for corpus, ids in iterator:
+        key = corpus if per_source else ""
+        if max_tokens and totals[key] >= max_tokens:
+            if per_source:
+                continue
             break
+        works.append(np.asarray(ids, dtype=np.int64))
+        sources.append(corpus)
+        totals[key] += len(ids)
     if not works:
         raise DataError(f"no works to evaluate in {source}" + (f" (split {split})" if train is not None else ""))
-    return works, (train if train is not None and len(train) else None)
+    return works, sources, (train if train is not None and len(train) else None)
 
 
 def evaluate(model, works: list[np.ndarray], contexts: Iterable[int] | None = None, batch_size: int = 8,
              device="cpu", train_tokens: np.ndarray | None = None) -> EvalReport:
+    return evaluate_by_source(model, works, None, contexts, batch_size, device, train_tokens)["all"]
+
+
+def evaluate_by_source(model, works: list[np.ndarray], sources: list[str] | None,
+                       contexts: Iterable[int] | None = None, batch_size: int = 8, device="cpu",
+                       train_tokens: np.ndarray | None = None) -> dict[str, EvalReport]:
+    """One report for all works ("all") and, given each work's corpus in `sources`, one per
+    corpus: every token is scored once per context and the reports are its subsets."""
     contexts = sorted(set(contexts or default_contexts(model.config.max_context)))
     contexts = [c for c in contexts if c <= model.config.max_context] or [model.config.max_context]
+    scored = sorted(set(contexts) | {model.config.max_context})
+    per_work = {c: score_tokens(model, works, c, batch_size, device) for c in scored}
+    subsets = {"all": list(range(len(works)))}
+    for i, corpus in enumerate(sources or []):
+        subsets.setdefault(corpus, []).append(i)
+    if len(subsets) == 2:  # one corpus: its report is the "all" report
+        subsets = {"all": subsets["all"]}
     threshold = max(contexts)
-    position = np.concatenate([np.arange(1, len(w)) for w in works])  # tokens before each target
-    long = position >= threshold
-    rows = []
-    full_nll = None
-    for context in sorted(set(contexts) | {model.config.max_context}):
-        nll = np.concatenate(score_tokens(model, works, context, batch_size, device))
-        if context == model.config.max_context:
-            full_nll = float(nll.mean())
-        if context in contexts:
+    reports = {}
+    for name, members in subsets.items():
+        chosen = [works[i] for i in members]
+        position = np.concatenate([np.arange(1, len(w)) for w in chosen])  # tokens before each target
+        long = position >= threshold
+        rows = []
+        for context in contexts:
+            nll = np.concatenate([per_work[context][i] for i in members])
             rows.append(ContextRow(
                 context=context,
                 stride=_stride(context, model.config.num_latents),
@@ -154,14 +192,17 @@ def evaluate(model, works: list[np.ndarray], contexts: Iterable[int] | None = No
                 nll_long=round(float(nll[long].mean()), 5) if long.any() else None,
                 tokens_long=int(long.sum()),
             ))
-    return EvalReport(
-        works=len(works),
-        tokens=int(position.size),
-        nll=round(full_nll, 5),
-        unigram_nll=round(unigram_nll(train_tokens, works), 5) if train_tokens is not None else None,
-        long_threshold=threshold,
-        by_context=rows,
-    )
+        full = np.concatenate([per_work[model.config.max_context][i] for i in members])
+        reports[name] = EvalReport(
+            works=len(chosen),
+            tokens=int(position.size),
+            nll=round(float(full.mean()), 5),
+            unigram_nll=round(unigram_nll(train_tokens, chosen), 5) if train_tokens is not None else None,
+            long_threshold=threshold,
+            by_context=rows,
+            unigram_self_nll=round(unigram_self_nll(chosen), 5),
+        )
+    return reports
 
 
 def uniform_nll() -> float:

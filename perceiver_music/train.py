@@ -48,6 +48,13 @@ class TrainConfig:
     # Share of crops drawn wholly inside works longer than a crop. Most corpus works are
     # short folk tunes; without this the long context is mostly other pieces.
     long_work_share: float = 0.0
+    # Share of crops from each corpus (`source` of the prepared index: a folder's name or
+    # "music21"), normalised; corpora not named get no crops. Empty: uniform over all tokens,
+    # so the largest corpus dominates. This is how real performances make half the crops.
+    source_weights: dict = field(default_factory=dict)
+    # "auto": bfloat16 autocast on a GPU and on a CPU that computes bfloat16 natively
+    # (AVX512-BF16 or AMX), else float32; "bfloat16" or "float32" to choose.
+    precision: str = "auto"
     compile: bool = False
 
 
@@ -134,13 +141,38 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 # ---- data ----------------------------------------------------------------------------------------
 
 
-def batch_for_step(stream, crop: int, cfg: TrainConfig, step: int, rank: int, augment, works=None) -> np.ndarray:
-    """The batch of one step: seeded by (seed, rank, step), so a resumed run sees the same data."""
+def source_mix(regions: dict, weights: dict, crop: int) -> tuple[list, np.ndarray]:
+    """The corpora to draw crops from and their probabilities, from `train.source_weights`."""
+    unknown = set(weights) - set(regions)
+    if unknown:
+        raise UserFacingError(f"train.source_weights names {', '.join(sorted(unknown))}, not in the data "
+                              f"(its sources: {', '.join(sorted(regions))})")
+    chosen = [(name, regions[name]) for name, weight in sorted(weights.items()) if weight > 0]
+    short = [name for name, (start, end, _) in chosen if end - start < crop]
+    if short:
+        raise DataError(f"source(s) {', '.join(short)} hold fewer tokens than one crop ({crop:,})")
+    if not chosen:
+        raise UserFacingError("train.source_weights gives no source a weight above 0")
+    p = np.asarray([weights[name] for name, _ in chosen], dtype=np.float64)
+    return [region for _, region in chosen], p / p.sum()
+
+
+def batch_for_step(stream, crop: int, cfg: TrainConfig, step: int, rank: int, augment, works=None,
+                   mix: tuple[list, np.ndarray] | None = None) -> np.ndarray:
+    """The batch of one step: seeded by (seed, rank, step), so a resumed run sees the same data.
+
+    `mix` (from source_mix) first picks each crop's corpus, then the crop inside it."""
     from .data import sample_crop
 
     rng = np.random.default_rng([cfg.seed, rank, step])
-    return np.stack([sample_crop(stream, crop, rng, augment, works=works, long_share=cfg.long_work_share)
-                     for _ in range(cfg.batch_size)])
+    crops = []
+    for _ in range(cfg.batch_size):
+        region_stream, region_works = stream, works
+        if mix is not None:
+            start, end, spans = mix[0][int(rng.choice(len(mix[1]), p=mix[1]))]
+            region_stream, region_works = stream[start:end], spans
+        crops.append(sample_crop(region_stream, crop, rng, augment, works=region_works, long_share=cfg.long_work_share))
+    return np.stack(crops)
 
 
 def _batches(data_dir, crop, cfg: TrainConfig, augment, rank: int, start_step: int):
@@ -156,8 +188,9 @@ def _batches(data_dir, crop, cfg: TrainConfig, augment, rank: int, start_step: i
             worker, workers = (info.id, info.num_workers) if info else (0, 1)
             data = TokenData(data_dir)
             stream, works = data.tokens("train"), data.work_spans("train")
+            mix = source_mix(data.source_spans("train"), cfg.source_weights, crop) if cfg.source_weights else None
             for step in range(start_step + worker, cfg.steps, workers):
-                yield torch.from_numpy(batch_for_step(stream, crop, cfg, step, rank, augment, works))
+                yield torch.from_numpy(batch_for_step(stream, crop, cfg, step, rank, augment, works, mix))
 
     workers = cfg.num_workers
     return iter(DataLoader(Steps(), batch_size=None, num_workers=workers, persistent_workers=False,
@@ -295,6 +328,8 @@ def train(
         if crop < model_cfg.num_latents + 1:
             raise DataError(f"{data_dir} has only {len(train_tokens):,} training tokens; "
                             f"need at least {model_cfg.num_latents + 1} (num_latents + 1)")
+    if cfg.source_weights:  # checked here: the data-loader workers would fail with a traceback
+        source_mix(data.source_spans("train"), cfg.source_weights, crop)
     resolved = {"model": model_cfg.to_dict(), "train": asdict(cfg), "augment": asdict(run.augment),
                 "init": str(init) if init else None, "crop": crop, "world_size": world}
     resolved = json.loads(json.dumps(resolved))  # as it reads back from run_config.json
@@ -336,9 +371,11 @@ def train(
     if cfg.compile:
         forward = torch.compile(forward)
 
+    use_bfloat16 = _use_bfloat16(cfg.precision, dev)
+
     def autocast():
-        if dev.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if use_bfloat16:
+            return torch.autocast(dev.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     val_crops = _eval_crops(data.tokens("val"), crop, cfg.eval_crops) if lead else None
@@ -406,6 +443,18 @@ def train(
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"step": step, "steps": cfg.steps, "stopped_early": stopped_early, "out": str(out), **state}
+
+
+def _use_bfloat16(precision: str, dev) -> bool:
+    if precision not in ("auto", "bfloat16", "float32"):
+        raise UserFacingError(f"train.precision is 'auto', 'bfloat16' or 'float32', not {precision!r}")
+    if precision != "auto":
+        return precision == "bfloat16"
+    if dev.type == "cuda":
+        return True
+    from .cpu_precision import native_bfloat16
+
+    return dev.type == "cpu" and native_bfloat16()
 
 
 def _agree(flag: bool, world: int, dev) -> bool:

@@ -117,3 +117,130 @@ def test_long_work_crops_stay_inside_one_work(tiny_data):
         assert (crop == tk.SOS).sum() <= 1 and (crop[1:] == tk.SOS).sum() == 0  # no second piece begins
     mixed = [sample_crop(stream, 1024, rng, works=works, long_share=0.0) for _ in range(200)]
     assert any((c[1:] == tk.SOS).any() for c in mixed)  # uniform crops do cross work boundaries
+
+
+# ---- groups (several performances of one piece) and sources (corpora) ---------------------------
+
+
+def _scale_file(path, pitches, seed: int):
+    """A short distinct file whose notes use only `pitches`: its corpus can be told from its ids."""
+    import pretty_midi
+
+    from midi_fixtures import write
+
+    rng = np.random.default_rng(seed)
+    pm = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(0)
+    t = 0.0
+    for _ in range(12):
+        length = float(rng.uniform(0.1, 0.4))
+        piano.notes.append(pretty_midi.Note(int(rng.integers(60, 110)), int(rng.choice(pitches)), t, t + length))
+        t += length
+    pm.instruments.append(piano)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, _bytes(pm))
+
+
+def _bytes(pm) -> bytes:
+    from midi_fixtures import midi_bytes
+
+    return midi_bytes(pm)
+
+
+@pytest.fixture(scope="module")
+def two_corpora(tmp_path_factory):
+    """'perf': 80 pieces x 3 performances, one folder per piece under a composer folder;
+    'scores': 40 single files. Their notes use different pitches."""
+    root = tmp_path_factory.mktemp("corpora")
+    for piece in range(80):
+        for take in range(3):
+            _scale_file(root / "perf" / f"composer{piece % 4}" / f"piece{piece}" / f"take{take}.mid", range(40, 60), piece * 10 + take)
+    for work in range(40):
+        _scale_file(root / "scores" / f"tune{work}.mid", range(70, 90), 10_000 + work)
+    return root
+
+
+def _splits_by_group(data_dir) -> dict[str, set[str]]:
+    data = TokenData(data_dir)
+    seen: dict[str, set[str]] = {}
+    for split in ("train", "val", "test"):
+        for entry in data.index(split):
+            piece = entry["work"].rsplit("/", 1)[0]
+            seen.setdefault(piece, set()).add(split)
+    return seen
+
+
+def test_group_rule_keeps_every_performance_of_a_piece_in_one_split(two_corpora, tmp_path):
+    perf = str(two_corpora / "perf")
+    prepare([perf], tmp_path / "grouped", workers=1, progress=False, groups={perf: "parent"})
+    grouped = _splits_by_group(tmp_path / "grouped")
+    assert len(grouped) == 80 and all(len(splits) == 1 for splits in grouped.values())
+    held_out = [p for p, splits in grouped.items() if splits != {"train"}]
+    assert held_out, "some pieces are held out"
+    index = TokenData(tmp_path / "grouped").index("test")
+    assert all(e["group"] == e["work"].rsplit("/", 1)[0] + "/" for e in index)
+
+    # Without the rule each file is split on its own and pieces straddle splits: the leak
+    # that the rule exists to prevent.
+    prepare([perf], tmp_path / "files", workers=1, progress=False)
+    assert any(len(splits) > 1 for splits in _splits_by_group(tmp_path / "files").values())
+
+
+def test_group_rule_by_depth_and_its_errors(two_corpora, tmp_path, capsys):
+    from pathlib import Path
+
+    from perceiver_music.data import group_of
+
+    assert group_of("perf", Path("composer1/piece5/take0.mid"), "1") == "perf/composer1/"
+    assert group_of("perf", Path("composer1/piece5/take0.mid"), "parent") == "perf/composer1/piece5/"
+    assert group_of("perf", Path("loose.mid"), "2") == "perf/"
+    assert group_of("perf", Path("composer1/piece5/take0.mid"), None) == ""
+    perf = str(two_corpora / "perf")
+    prepare([perf], tmp_path / "composers", workers=1, progress=False, groups={perf: "1"})
+    data = TokenData(tmp_path / "composers")
+    composers = {}
+    for split in ("train", "val", "test"):
+        for entry in data.index(split):
+            composers.setdefault(entry["work"].split("/")[1], set()).add(split)
+    assert all(len(splits) == 1 for splits in composers.values())
+    assert main(["prepare", perf, "-o", str(tmp_path / "x"), "--group", f"{perf}=deep", "--quiet"]) == 2
+    assert main(["prepare", perf, "-o", str(tmp_path / "x"), "--group", "elsewhere=parent", "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "'parent' or a folder depth" in lines[0] and "not one of the sources" in lines[1]
+
+
+def test_stats_give_each_corpus_by_split(two_corpora, tmp_path, capsys):
+    perf, scores = str(two_corpora / "perf"), str(two_corpora / "scores")
+    assert main(["prepare", perf, scores, "-o", str(tmp_path / "mix"), "--group", f"{perf}=parent", "--quiet"]) == 0
+    assert "perf: train" in capsys.readouterr().out
+    stats = json.loads((tmp_path / "mix" / "stats.json").read_text())
+    table = stats["by_source"]
+    assert set(table) == {"perf", "scores"}
+    assert sum(row["files"] for row in table["perf"].values()) == 240
+    assert sum(row["groups"] for row in table["perf"].values()) == 80
+    assert sum(row["groups"] for row in table["scores"].values()) == 40
+    for split in ("train", "val", "test"):
+        assert sum(table[s].get(split, {}).get("tokens", 0) for s in table) == stats["tokens"][split]
+    assert stats["groups"] == {perf: "parent"}
+
+
+def test_source_weights_set_the_share_of_crops_from_each_corpus(two_corpora, tmp_path):
+    from perceiver_music.train import TrainConfig, batch_for_step, source_mix
+
+    perf, scores = str(two_corpora / "perf"), str(two_corpora / "scores")
+    prepare([perf, scores], tmp_path / "mix", workers=1, progress=False, groups={perf: "parent"})
+    data = TokenData(tmp_path / "mix")
+    stream, regions = data.tokens("train"), data.source_spans("train")
+    assert set(regions) == {"perf", "scores"}
+    # perf has ~6x the tokens of scores: uniform crops would be mostly perf
+    cfg = TrainConfig(batch_size=50, source_weights={"perf": 0.3, "scores": 0.7})
+    mix = source_mix(regions, cfg.source_weights, 64)
+    crops = np.concatenate([batch_for_step(stream, 64, cfg, step, 0, None, mix=mix) for step in range(8)])
+    from_scores = []
+    for crop in crops:
+        pitches = set((crop[(crop >= tk.NOTE_ON_BASE) & (crop < tk.NOTE_OFF_BASE)] - tk.NOTE_ON_BASE).tolist())
+        assert pitches and (pitches <= set(range(70, 90)) or pitches <= set(range(40, 60))), "a crop never straddles corpora"
+        from_scores.append(pitches <= set(range(70, 90)))
+    assert 0.6 < np.mean(from_scores) < 0.8
+    with pytest.raises(Exception, match="not in the data"):
+        source_mix(regions, {"nope": 1.0}, 64)

@@ -213,3 +213,50 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     bad.write_text("[train\n")
     assert main(["train", "--config", str(bad), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_eval_by_source_with_a_baseline_on_the_same_tokens(tiny_corpus, tmp_path, capsys):
+    """A folder's subfolders are its corpora: one report each and one for all, each next to a
+    unigram model of its own tokens; a baseline checkpoint is scored on exactly those tokens."""
+    uniform = PerceiverAR(PerceiverARConfig(max_context=256, num_latents=64, d_model=64, n_heads=2, cross_heads=2, n_layers=2))
+    save_checkpoint(uniform, tmp_path / "uniform")
+    torch.manual_seed(1)
+    other = PerceiverAR(uniform.config)
+    torch.nn.init.normal_(other.head.weight, std=0.3)
+    save_checkpoint(other, tmp_path / "other")
+    assert main(["eval", str(tmp_path / "other"), "--data", str(tiny_corpus), "--by-source", "--contexts", "64,256",
+                 "--baseline", str(tmp_path / "uniform"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    reports, baseline = result["reports"], result["baseline"]["reports"]
+    assert set(reports) == {"all", "chorales", "piano"} == set(baseline)
+    assert reports["chorales"]["tokens"] + reports["piano"]["tokens"] == reports["all"]["tokens"]
+    for name, report in baseline.items():
+        assert report["tokens"] == reports[name]["tokens"]
+        assert report["nll"] == pytest.approx(math.log(391), abs=1e-4)
+        assert report["nll"] > report["unigram_self_nll"] > 1.0  # the unigram of these very tokens
+        assert reports[name]["nll"] != pytest.approx(report["nll"], abs=1e-3)
+    assert result["nll"] == reports["all"]["nll"]  # the old top-level figures stay
+
+
+def test_precision_setting_is_checked(tiny_data, tmp_path, capsys):
+    config = tiny_config(tmp_path, steps=2)
+    assert main(["train", "--config", str(config), "--data", str(tiny_data), "--out", str(tmp_path / "o"),
+                 "--set", "train.precision=half", "--quiet"]) == 2
+    assert "train.precision is 'auto', 'bfloat16' or 'float32'" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--data", str(tiny_data), "--out", str(tmp_path / "o"),
+                 "--set", "train.source_weights={nope = 1.0}", "--quiet"]) == 2
+    assert "names nope, not in the data" in capsys.readouterr().err
+
+
+def test_bfloat16_training_on_the_cpu_learns(tiny_data, tmp_path):
+    from perceiver_music.train import RunConfig, TrainConfig, _use_bfloat16
+
+    assert _use_bfloat16("float32", torch.device("cpu")) is False
+    assert _use_bfloat16("bfloat16", torch.device("cpu")) is True
+    run = load_run_config(tiny_config(tmp_path, steps=60, eval_every=60, save_every=60),
+                          ["train.precision=\"bfloat16\"", "train.lr=3e-3"])
+    assert isinstance(run, RunConfig) and isinstance(run.train, TrainConfig)
+    summary = train(run, tiny_data, tmp_path / "bf16", device="cpu", progress=False)
+    logged = metrics(tmp_path / "bf16")
+    losses = [m["nll"] for m in logged if "nll" in m]
+    assert summary["step"] == 60 and losses[-1] < losses[0] - 1.0
