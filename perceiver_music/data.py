@@ -263,15 +263,19 @@ def prepare(sources: Iterable[str], out_dir: str | os.PathLike, workers: int = 0
 
 
 def _hold_out_one_each(by_split: dict[str, list[dict]]) -> None:
-    """A small folder (a user's fine-tuning set) may hash no group into val or test; then the
-    training group with the smallest hash moves there, whole, so evaluation always has something."""
-    for split in ("val", "test"):
-        train_groups = {r["group"] for r in by_split["train"]}
-        if not by_split[split] and len(train_groups) >= 4:
-            chosen = min(train_groups, key=_work_hash)
-            moved = [r for r in by_split["train"] if r["group"] == chosen]
-            by_split["train"] = [r for r in by_split["train"] if r["group"] != chosen]
-            by_split[split] = moved
+    """A small corpus (a user's fine-tuning set, a 50-file corpus beside larger ones) may hash no
+    group into val or test; then its training group with the smallest hash moves there, whole,
+    so that every corpus of four groups or more is evaluated."""
+    for source in sorted({source_of(r["work"]) for r in by_split["train"]}):
+        for split in ("val", "test"):
+            if any(source_of(r["work"]) == source for r in by_split[split]):
+                continue
+            groups = {r["group"] for r in by_split["train"] if source_of(r["work"]) == source}
+            if len(groups) >= 4:
+                chosen = min(groups, key=_work_hash)
+                by_split[split] += [r for r in by_split["train"] if r["group"] == chosen]
+                by_split[split].sort(key=lambda r: r["work"])
+                by_split["train"] = [r for r in by_split["train"] if r["group"] != chosen]
 
 
 def _stats_by_source(by_split: dict[str, list[dict]]) -> dict:

@@ -49,6 +49,9 @@ class PerceiverARConfig:
     rope_fraction: float = 0.5  # share of each head's dims that RoPE rotates
     rope_base: float = 10000.0
     dropout: float = 0.1
+    # Dropout of attention probabilities; None: `dropout`. On a CPU it is what makes a training
+    # step slow (SDPA falls back to a path that draws a mask over every query-key pair).
+    attention_dropout: float | None = None
     # Fraction of the prefix (inputs before the first latent) dropped in training: it
     # regularises, and dropping physically makes the cross-attend that much cheaper.
     cross_attend_dropout: float = 0.5
@@ -64,6 +67,10 @@ class PerceiverARConfig:
             raise ValueError("num_latents must be between 1 and max_context")
         if not 0.0 <= self.cross_attend_dropout < 1.0:
             raise ValueError("cross_attend_dropout must be in [0, 1)")
+
+    @property
+    def attention_dropout_p(self) -> float:
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,7 +231,7 @@ class CrossAttend(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.mlp_norm = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
-        self.linear, self.dropout = cfg.attention == "linear", cfg.dropout
+        self.linear, self.dropout = cfg.attention == "linear", cfg.attention_dropout_p
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -262,7 +269,7 @@ class SelfAttentionBlock(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
-        self.linear, self.dropout = cfg.attention == "linear", cfg.dropout
+        self.linear, self.dropout = cfg.attention == "linear", cfg.attention_dropout_p
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, rope: Rope, cache: Cache | None = None, decode: bool = False) -> Tensor:

@@ -25,6 +25,8 @@ from .augment import AugmentConfig
 from .errors import DataError, UserFacingError
 
 KEEP_CHECKPOINTS = 2
+# [model] settings that a fine-tune (--init) may change: they shape training, not the weights.
+FINE_TUNE_MODEL_FIELDS = ("dropout", "attention_dropout", "cross_attend_dropout")
 
 
 @dataclass
@@ -316,8 +318,9 @@ def train(
     cfg = run.train
 
     model_fields = dict(run.model)
-    if init is not None:  # fine-tuning: the architecture is the checkpoint's
-        model_fields = read_config(init)["model"]
+    if init is not None:  # fine-tuning: the architecture is the checkpoint's; regularisation may change
+        model_fields = {**read_config(init)["model"],
+                        **{k: v for k, v in run.model.items() if k in FINE_TUNE_MODEL_FIELDS}}
     model_cfg = PerceiverARConfig.from_dict(model_fields)
     crop = cfg.crop or model_cfg.max_context + 1
     if crop < model_cfg.num_latents + 1:
@@ -343,7 +346,7 @@ def train(
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=tuple(cfg.betas), fused=dev.type == "cuda",
+        lr=cfg.lr, betas=tuple(cfg.betas), fused=dev.type in ("cuda", "cpu"),
     )
 
     state = {"tokens_seen": 0, "elapsed_s": 0.0, "best_val_nll": None}

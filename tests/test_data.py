@@ -244,3 +244,14 @@ def test_source_weights_set_the_share_of_crops_from_each_corpus(two_corpora, tmp
     assert 0.6 < np.mean(from_scores) < 0.8
     with pytest.raises(Exception, match="not in the data"):
         source_mix(regions, {"nope": 1.0}, 64)
+
+
+def test_every_corpus_of_four_works_or_more_gets_val_and_test(two_corpora, tmp_path):
+    small = tmp_path / "small"
+    for work in range(5):
+        _scale_file(small / f"piece{work}.mid", range(20, 30), 20_000 + work)
+    perf = str(two_corpora / "perf")
+    stats = prepare([perf, str(small)], tmp_path / "mix", workers=1, progress=False, groups={perf: "parent"})
+    assert {split: row["files"] for split, row in stats.by_source["small"].items()} == {"train": 3, "val": 1, "test": 1}
+    assert all(len(splits) == 1 for splits in _splits_by_group(tmp_path / "mix").values())
+    TokenData(tmp_path / "mix").source_spans("train")  # sources stay contiguous after the moves
