@@ -114,9 +114,11 @@ def load_eval_works(source: str | os.PathLike, split: str = "test", max_tokens: 
 
 
 def load_eval_works_by_source(source: str | os.PathLike, split: str = "test", max_tokens: int | None = None,
-                              per_source: bool = False) -> tuple[list[np.ndarray], list[str], np.ndarray | None]:
+                              per_source: bool = False, only: set[str] | None = None,
+                              ) -> tuple[list[np.ndarray], list[str], np.ndarray | None]:
     """As load_eval_works, plus each work's corpus (a DATA_DIR index's `source`; for a folder,
-    its subfolder). `per_source` applies `max_tokens` to each corpus instead of in all."""
+    its subfolder). `per_source` applies `max_tokens` to each corpus instead of in all; `only`
+    keeps the works of these corpora (before the cap)."""
     from .data import TokenData, source_of, works_in_folder
 
     source = Path(source)
@@ -142,7 +144,11 @@ def load_eval_works_by_source(source: str | os.PathLike, split: str = "test", ma
     works: list[np.ndarray] = []
     sources: list[str] = []
     totals: dict[str, int] = defaultdict(int)
+    seen: set[str] = set()
     for corpus, ids in iterator:
+        seen.add(corpus)
+        if only is not None and corpus not in only:
+            continue
         key = corpus if per_source else ""
         if max_tokens and totals[key] >= max_tokens:
             if per_source:
@@ -152,7 +158,8 @@ def load_eval_works_by_source(source: str | os.PathLike, split: str = "test", ma
         sources.append(corpus)
         totals[key] += len(ids)
     if not works:
-        raise DataError(f"no works to evaluate in {source}" + (f" (split {split})" if train is not None else ""))
+        wanted = f" of {', '.join(sorted(only))} (its corpora: {', '.join(sorted(seen))})" if only else ""
+        raise DataError(f"no works{wanted} to evaluate in {source}" + (f" (split {split})" if train is not None else ""))
     return works, sources, (train if train is not None and len(train) else None)
 
 

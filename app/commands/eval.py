@@ -38,19 +38,13 @@ def _load(path_text: str, device: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from perceiver_music.errors import DataError
     from perceiver_music.evaluate import evaluate_by_source, load_eval_works_by_source
 
     torch.set_flush_denormal(True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     checkpoints = [_load(args.checkpoint, device)] + ([_load(args.baseline, device)] if args.baseline else [])
-    works, sources, train_tokens = load_eval_works_by_source(args.data, args.split, args.max_tokens, args.by_source)
-    if args.sources:
-        wanted = set(args.sources.split(","))
-        kept = [i for i, s in enumerate(sources) if s in wanted]
-        if not kept:
-            raise DataError(f"no works of {args.sources} in {args.data} (its corpora: {', '.join(sorted(set(sources)))})")
-        works, sources = [works[i] for i in kept], [sources[i] for i in kept]
+    only = set(args.sources.split(",")) if args.sources else None
+    works, sources, train_tokens = load_eval_works_by_source(args.data, args.split, args.max_tokens, args.by_source, only)
     contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
     results = []
     for checkpoint in checkpoints:
