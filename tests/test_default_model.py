@@ -14,7 +14,7 @@ from perceiver_music.engine import ContinueRequest, continue_midi
 from perceiver_music.model import default_config
 
 PRIMERS = Path(__file__).resolve().parent.parent / "assets" / "primers"
-MIN_GAIN_OVER_UNIGRAM = 1.5  # nats per id
+MIN_GAIN_OVER_UNIGRAM = 1.2  # nats per id (the scores-only model: 0.63 and 0.75 on the POP909 excerpts)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ PERFORMANCES = ["pop909-song-011.mid", "pop909-song-095.mid", "giantmidi-schuber
 @pytest.mark.parametrize("primer", PERFORMANCES)
 def test_it_knows_held_out_real_performances(shipped, primer):
     """Every id of a held-out performance, each with all the excerpt before it, against a unigram
-    model of that very file (the model that scored only scores was 0.45 to 1.5 nats below it)."""
+    model of that very file."""
     from perceiver_music.evaluate import score_tokens, unigram_self_nll
 
     ids = np.asarray([tk.SOS, *tk.encode(PRIMERS / primer)])
