@@ -113,7 +113,7 @@ class Variation:
     audio_start_seconds: float = 0.0  # where the audio and the roll begin in the full MIDI
     lead_in_seconds: float = 0.0  # seconds of primer before the seam in the audio
     seam_midi: bytes = b""  # MIDI of what the audio plays (lead-in + continuation), from time 0
-    notice: str | None = None  # one line for the person (the primer's instruments, the model ended it)
+    notice: str | None = None  # one line for the person when the model ended the piece
 
 
 @dataclass
@@ -125,6 +125,7 @@ class ContinueResult:
     cancelled: bool
     elapsed_s: float
     output_dir: Path | None = None
+    notice: str | None = None  # one line when the primer has other instruments than piano
 
 
 @dataclass
@@ -403,7 +404,7 @@ def continue_batch(
                                          batch_size=len(requests), ended_by_model=by_eos, parts=parts)
             variations.append(variation)
         results.append(ContinueResult(variations, seed, primer.ids, primer.seconds, cancelled,
-                                      time.monotonic() - started, out_dir))
+                                      time.monotonic() - started, out_dir, notice=primer.notice))
     notify(Progress("done", 1, 1, tokens_per_s))
     return results
 
@@ -523,6 +524,12 @@ def _lead_in_notes(primer: PrimerPreview, lead_in: float | None) -> tuple[list, 
     return notes, length
 
 
+def primer_audio_notes(primer: PrimerPreview, seconds: float | None) -> tuple[list, float]:
+    """The notes of the primer window's last `seconds` (None: all of it) as written, from 0:
+    what a primer preview plays."""
+    return _lead_in_notes(primer, seconds)
+
+
 def _continuation_notes(ids, offset: float, track: tuple[int, int]) -> list:
     from .live import LiveNote
     from .tokenizer import decode
@@ -592,12 +599,10 @@ def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens
         from .render import render, performance_of_notes
 
         audio = render(performance_of_notes(span_notes), soundfont=request.soundfont, sample_rate=request.sample_rate)
-    notices = [primer.notice] if primer.notice else []
-    if ended_by_model:
-        notices.append(f"The model ended the piece after {music_seconds:.1f} s.")
+    notice = f"The model ended the piece after {music_seconds:.1f} s." if ended_by_model else None
     variation = Variation(index, ids, full_midi, continuation_midi, roll, audio, request.sample_rate, stats,
                           provenance, audio_start_seconds=begin, lead_in_seconds=lead_in, seam_midi=seam_midi,
-                          notice=" ".join(notices) or None)
+                          notice=notice)
     if out_dir is not None:
         variation.files = _write_variation(out_dir, variation, request.audio_format)
     return variation
@@ -652,6 +657,7 @@ def result_summary(result: ContinueResult) -> dict:
         "cancelled": result.cancelled,
         "elapsed_s": round(result.elapsed_s, 2),
         "output_dir": str(result.output_dir) if result.output_dir else None,
+        "notice": result.notice,
         "variations": [{"index": v.index, **v.stats, "files": {k: str(p) for k, p in v.files.items()}}
                        for v in result.variations],
     }
