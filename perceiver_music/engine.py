@@ -467,6 +467,17 @@ def _provenance(request, checkpoint: Checkpoint, seed: int, index: int, primer: 
     }
 
 
+def _midi_chunks(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A standard MIDI file's header chunk and its track chunks, as bytes."""
+    length = int.from_bytes(data[4:8], "big")
+    header, position, chunks = data[: 8 + length], 8 + length, []
+    while position + 8 <= len(data):
+        size = int.from_bytes(data[position + 4 : position + 8], "big")
+        chunks.append(data[position : position + 8 + size])
+        position += 8 + size
+    return header, chunks
+
+
 class _PrimerParts:
     """What every variation of one primer shares: its notes as written, their MIDI instruments
     (built once: a 15-minute primer is not rebuilt per variation) and the continuation's track."""
@@ -475,11 +486,28 @@ class _PrimerParts:
         self.primer = primer
         self.track = (max((n.instrument for n in primer.written), default=-1) + 1, 0)
         self._instruments = None
+        self._primer_chunks: list[bytes] | None = None
+
 
     def instruments(self):
         if self._instruments is None:
             self._instruments = _pretty_instruments(self.primer.written)
         return self._instruments
+
+    def full_midi(self, continuation: list, text: str | None) -> bytes:
+        """The primer's tracks and the continuation's in one MIDI file. The primer's tracks are
+        written once per request and copied as bytes into each variation's file (a 15-minute
+        primer costs its MIDI writing once, not once per variation); the continuation's tracks
+        are written with empty stand-ins of the primer's before them, so every track keeps the
+        channel it would have in one file written at once."""
+        import pretty_midi
+
+        if self._primer_chunks is None:
+            self._primer_chunks = _midi_chunks(_midi_bytes(self.instruments(), None))[1][1:]
+        stubs = [pretty_midi.Instrument(program=i.program, is_drum=i.is_drum, name=i.name) for i in self.instruments()]
+        header, chunks = _midi_chunks(_midi_bytes(stubs + continuation, text))
+        tracks = [chunks[0], *self._primer_chunks, *chunks[1 + len(stubs):]]
+        return header[:10] + len(tracks).to_bytes(2, "big") + header[12:] + b"".join(tracks)
 
 
 def _pretty_instruments(notes) -> list:
@@ -584,7 +612,7 @@ def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens
     full_track = _pretty_instruments([_shifted(n, seam) for n in continuation])
     for inst in full_track:
         inst.name = "continuation (piano)"
-    full_midi = _midi_bytes(parts.instruments() + full_track, text)
+    full_midi = parts.full_midi(full_track, text)
 
     lead_notes, lead_in = _lead_in_notes(primer, request.lead_in_seconds)
     span_notes = lead_notes + [_shifted(n, lead_in) for n in continuation]
