@@ -181,3 +181,18 @@ def test_a_live_run_shows_the_notes_as_they_come(random_checkpoint):
     assert written == pytest.approx(result.variations[0].stats["seconds_of_music"], abs=1.0)
     assert len(set(frames)) >= 2 and frames == sorted(frames)
     assert "<svg" in live.svg(0) and live.lead_in_seconds == 8.0
+
+
+def test_the_full_midi_is_byte_for_byte_what_pretty_midi_writes():
+    """The primer's tracks are written by engine._track_chunk and joined as bytes: the file
+    must be the one pretty_midi writes for the same instruments at once."""
+    from perceiver_music.engine import (_continuation_notes, _midi_bytes, _PrimerParts, _pretty_instruments,
+                                        prepare_primer)
+
+    for data in (midi_bytes(band_with_drums(seed=1, seconds=20)), midi_bytes(piano_performance(seed=1, seconds=120))):
+        primer = prepare_primer(ContinueRequest(primer=data), 4096, 1024)
+        parts = _PrimerParts(primer)
+        rng = random.Random(0)
+        continuation = _pretty_instruments(_continuation_notes([rng.randrange(3, 391) for _ in range(300)],
+                                                               primer.seconds, parts.track))
+        assert parts.full_midi(continuation, "text") == _midi_bytes(parts.instruments() + continuation, "text")
