@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -146,6 +146,35 @@ class PrimerPreview:
 _models = ModelCache()
 
 
+class PrimerCache:
+    """The last few primers read (by their bytes' sha256, name and window): reading and parsing a
+    15-minute MIDI file takes seconds, and the page reads its primer for the preview first and
+    again on every Generate. Entries are never changed once made. Thread-safe."""
+
+    def __init__(self, size: int = 8) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_primers = PrimerCache()
+
+
 def _device(requested: str) -> str:
     import torch
 
@@ -224,6 +253,11 @@ def prepare_primer(request: ContinueRequest, max_context: int | None = None, num
         data = bytes(request.primer)
     else:
         data = read_midi_bytes(request.primer)
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = (sha256, name, request.window_seconds, tuple(request.window_span) if request.window_span else None)
+    cached = _primers.get(key)
+    if cached is not None:  # the page read it for its preview: a long primer is parsed once
+        return replace(cached, budget=_budget(len(cached.ids), max_context, num_latents, request))
     folded: list = []
     piano, report = to_piano_sequence(load_note_sequence(data, name=name), keep_folded=folded)
     starts_at_beginning = True
@@ -250,8 +284,10 @@ def prepare_primer(request: ContinueRequest, max_context: int | None = None, num
     info = report.to_dict()
     seconds = seconds_of(ids)
     written = _written_window(folded[0], bounds, (bounds[0] if bounds[0] > 0 else 0.0) + first, seconds)
-    return PrimerPreview(ids, window, seconds, info, _budget(len(ids), max_context, num_latents, request),
-                         sha256=hashlib.sha256(data).hexdigest(), written=written, notice=_instruments_notice(info))
+    preview = PrimerPreview(ids, window, seconds, info, _budget(len(ids), max_context, num_latents, request),
+                            sha256=sha256, written=written, notice=_instruments_notice(info))
+    _primers.put(key, preview)
+    return preview
 
 
 def _drop_leading_silence(ns) -> float:
