@@ -197,11 +197,13 @@ def pianoroll_svg(
         out.append(f'<line class="pm-now" x1="{x(now_seconds):.1f}" y1="4" x2="{x(now_seconds):.1f}" '
                    f'y2="{4 + plot_h:.1f}" stroke="{CONTINUATION_COLOUR}" stroke-width="1.5"/>')
     step = 1 if span <= 12 else 2 if span <= 25 else 5 if span <= 60 else 10 if span <= 120 else 30
-    t = 0.0
-    while t <= span + 1e-9:
-        out.append(f'<text x="{x(t):.1f}" y="{height - 3}" font-size="9" text-anchor="middle" fill="#666">'
-                   f'{t + time_offset:g}</text>')
-        t += step
+    import math
+
+    label = math.ceil(time_offset / step - 1e-9) * step  # round times of the piece itself
+    while label - time_offset <= span + 1e-9:
+        out.append(f'<text x="{x(label - time_offset):.1f}" y="{height - 3}" font-size="9" text-anchor="middle" '
+                   f'fill="#666">{label:g}</text>')
+        label += step
     out.append("</svg>")
     return "".join(out)
 
