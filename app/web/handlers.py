@@ -469,11 +469,16 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
     thread.start()
     audio = None
     streaming = engine_request.render_audio and _stream_audio_possible()
+    said_loading = False
     try:
         while thread.is_alive():
-            thread.join(LIVE_INTERVAL_S)
+            # Quick looks until the lead-in and the first notes are out, then every LIVE_INTERVAL_S.
+            first_notes = live.ready.is_set() and audio is not None and bool(live.ids(0)) or (
+                live.ready.is_set() and not streaming and bool(live.ids(0)))
+            thread.join(LIVE_INTERVAL_S if first_notes else 0.05)
             if not live.ready.is_set():
-                if thread.is_alive():
+                if thread.is_alive() and not said_loading:
+                    said_loading = True
                     yield "live", "loading the model and reading the primer…", None, {}, {}
                 continue
             chunk = None
