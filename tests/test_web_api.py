@@ -228,3 +228,29 @@ def test_start_up_says_where_it_serves_and_never_suggests_a_share_link(web_serve
     log = web_server.log_path.read_text()
     assert f"perceiver-music is serving on {web_server.url} (this machine only" in log
     assert "public link" not in log and "gradio.live" not in log  # Gradio's banner and its tunnels
+
+
+def test_the_page_says_the_model_ended_the_piece_and_that_a_band_becomes_piano(eos_checkpoint, tmp_path):
+    """The page's own generation code (handlers.stream_generation, in process): with "Let the
+    model end the piece" an always-EOS model stops at once and the status says after how long."""
+    from app.web.handlers import Handlers, WebConfig, status_text, stream_generation
+    from app.web.session import Session
+    from midi_fixtures import band_with_drums
+    from perceiver_music.checkpoint import ModelCache
+    from perceiver_music.engine import ContinueRequest
+
+    handlers = Handlers(WebConfig(checkpoint=eos_checkpoint, output_dir=tmp_path / "out"), ModelCache())
+    band = tmp_path / "band.mid"
+    band.write_bytes(midi_bytes(band_with_drums(seconds=10)))
+    for allow_end, words in ((True, "The model ended variation 1 after 0.0 s"), (False, None)):
+        request = ContinueRequest(primer=str(band), length_seconds=3, seed=1, checkpoint=str(eos_checkpoint),
+                                  output_dir=tmp_path / "out", allow_end=allow_end)
+        updates = list(stream_generation(handlers, request, Session(tmp_path / "s"), 1))
+        kind, result, error = updates[-1]
+        assert kind == "done" and error is None
+        text = status_text(result)
+        assert "continuation is piano" in text and "drums" in text
+        if words:
+            assert words in text
+        else:
+            assert "ended" not in text and result.variations[0].stats["seconds_of_music"] == 3.0
