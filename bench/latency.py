@@ -10,8 +10,9 @@ code: `app.web.handlers.stream_generation`) and times, from the call:
                    music is written faster than it plays; null when it is not streamed)
   playable_s       the finished, seekable audio (the last update, with the files)
 
-Primers: an example primer of the app (assets/primers) and a 15-minute primer as dense as real
-piano (made by code here: about 90 ids per second of music, like a competition performance).
+Primers: an example primer of the app (assets/primers), a 15-minute primer as dense as real
+piano (made by code here: about 90 ids per second of music, like a competition performance) and
+the first minute of the same music (so the cost of length alone shows).
 A 10 s continuation, 1 and 2 variations, REPEATS runs each. Prints one JSON object.
 
     flock /tmp/bench.lock .venv/bin/python bench/latency.py            # the figures in BENCHMARKS.md
@@ -168,8 +169,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     long_primer = root / f"dense-{args.minutes:g}-minutes.mid"
     long_primer.write_bytes(dense_piano(args.minutes * 60))
+    short_primer = root / "dense-1-minute.mid"  # the same music, a minute of it: what length alone costs
+    short_primer.write_bytes(dense_piano(60))
     ids = encode(str(long_primer))
-    primers = {"example primer": EXAMPLE, f"{args.minutes:g}-minute primer": long_primer}
+    primers = {"example primer": EXAMPLE, "1-minute dense primer": short_primer,
+               f"{args.minutes:g}-minute primer": long_primer}
     process, url = start_app(args.checkpoint, root)
     results: dict = {}
     try:
