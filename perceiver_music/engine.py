@@ -697,7 +697,7 @@ def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens
     span_notes = lead_notes + [_shifted(n, lead_in) for n in continuation]
     seam_midi = _midi_bytes(_pretty_instruments(span_notes), None)
     begin = seam - lead_in
-    roll = pianoroll_png(_Notes(span_notes, lead_in + music_seconds), seam_seconds=lead_in if primer.ids else None,
+    roll = pianoroll_png(NoteList(span_notes, lead_in + music_seconds), seam_seconds=lead_in if primer.ids else None,
                          time_offset=begin,
                          title=f"variation {index} · seed {seed}"
                          + (f" · the last {lead_in:.0f} s of the primer, then the continuation" if begin > 0 else ""))
@@ -721,7 +721,7 @@ def _shifted(note, offset: float):
     return copy(note, start_time=note.start_time + offset, end_time=note.end_time + offset)
 
 
-class _Notes:
+class NoteList:
     """A list of notes where render and the piano roll want a NoteSequence."""
 
     def __init__(self, notes: list, total_time: float) -> None:

@@ -144,13 +144,13 @@ class Handlers:
             budget += f"\n\nThe player has the window's last {PREVIEW_SECONDS:.0f} s; tick *whole window* for all of it."
         key = (str(primer.path), tuple(sorted((k, str(v)) for k, v in win.items())), bool(whole))
         if key not in session.previews:
-            from perceiver_music.engine import _Notes
+            from perceiver_music.engine import NoteList
 
             folder = session.folder("previews", uuid.uuid4().hex[:8])
             notes, _ = primer_audio_notes(preview, None if whole else PREVIEW_SECONDS)
             audio = render(performance_of_notes(notes), soundfont=self.config.soundfont)
             audio_path = write_audio(folder / "primer.wav", audio, 44100)
-            roll = pianoroll_png(_Notes(preview.written, preview.seconds), title=f"{primer.name} · primer window")
+            roll = pianoroll_png(NoteList(preview.written, preview.seconds), title=f"{primer.name} · primer window")
             roll_path = write_bytes(folder / "primer-pianoroll.png", roll)
             session.previews[key] = (str(audio_path), str(roll_path))
             while len(session.previews) > PREVIEWS_KEPT:
