@@ -90,8 +90,9 @@ def pianoroll_png(
     start, end, pitch, velocity = _note_arrays(ns)
     drums = np.array([n.start_time for n in ns.notes if n.is_drum], dtype=float)
     low, high = _pitch_range(pitch)
+    lane = max(3, (high - low) // 8)  # the drum lane, under the lowest pitch
     if drums.size:
-        low -= 3  # the drum lane
+        low -= lane
     last = float(max(end.max() if end.size else 0.0, drums.max() if drums.size else 0.0, 1.0))
     if seam_seconds is not None:  # room after the seam for its label, even before any continuation
         last = max(last, seam_seconds + max(1.0, 0.15 * seam_seconds))
@@ -106,7 +107,7 @@ def pianoroll_png(
     axes.set_xlim(time_offset, time_offset + last * 1.01)
     axes.set_ylim(low - 0.5, high + 0.5)
     axes.set_xlabel("seconds")
-    octaves = [p for p in range(low, high + 1) if p % 12 == 0]
+    octaves = [p for p in range(low + (lane if drums.size else 0), high + 1) if p % 12 == 0]
     axes.set_yticks(octaves, [_note_name(p) for p in octaves])
     axes.grid(axis="y", color="#dddddd", linewidth=0.6)
     axes.set_axisbelow(True)
@@ -132,8 +133,9 @@ def pianoroll_png(
     elif not drums.size:
         axes.text(0.5, 0.5, "no notes", transform=axes.transAxes, ha="center", va="center", color="#888888")
     if drums.size:
-        axes.vlines(drums, low - 0.4, low + 1.4, colors=DRUM_COLOUR, linewidth=0.8)
-        axes.text(time_offset, low + 0.5, " drums", va="center", ha="left", fontsize=7, color=DRUM_COLOUR)
+        axes.vlines(drums, low - 0.4, low + lane - 1.4, colors=DRUM_COLOUR, linewidth=0.8)
+        axes.axhline(low + lane - 0.9, color="#cccccc", linewidth=0.6)
+        axes.text(time_offset, low + lane - 0.9, " drums", va="bottom", ha="left", fontsize=7, color=DRUM_COLOUR)
 
     if seam_seconds is not None:
         axes.axvline(seam_seconds, color=SEAM_COLOUR, linewidth=1.2, linestyle="--")
@@ -164,7 +166,8 @@ def pianoroll_svg(
     pitched = [n for n in notes if not n.is_drum]
     drums = [n for n in notes if n.is_drum]
     low, high = _pitch_range(np.array([n.pitch for n in pitched], dtype=int))
-    lanes = high - low + 1 + (3 if drums else 0)
+    lane = max(3, (high - low) // 8)
+    lanes = high - low + 1 + (lane if drums else 0)
     span = max(float(span_seconds), 1.0)
     left, bottom = 34.0, 16.0
     plot_w, plot_h = width - left - 4, height - bottom - 4
@@ -186,9 +189,9 @@ def pianoroll_svg(
         out.append(f'<rect x="{x(n.start_time):.1f}" y="{y(n.pitch):.1f}" width="{w:.1f}" height="{max(row, 1):.1f}" '
                    f'fill="{colour}" fill-opacity="{opacity:.2f}"/>')
     if drums:
-        top = 4 + plot_h - 2.5 * row
+        top = 4 + plot_h - (lane - 0.5) * row
         for n in drums:
-            out.append(f'<rect x="{x(n.start_time):.1f}" y="{top:.1f}" width="1" height="{2 * row:.1f}" '
+            out.append(f'<rect x="{x(n.start_time):.1f}" y="{top:.1f}" width="1" height="{(lane - 1) * row:.1f}" '
                        f'fill="{DRUM_COLOUR}"/>')
     if seam >= 0:
         out.append(f'<line x1="{x(seam):.1f}" y1="4" x2="{x(seam):.1f}" y2="{4 + plot_h:.1f}" stroke="{SEAM_COLOUR}" '
