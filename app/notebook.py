@@ -256,6 +256,7 @@ class ContinuationWidget:
         from perceiver_music.live import LiveRun
 
         self._unit = "ids" if request.length_tokens is not None else "s"  # what the engine counts
+        self._started = None
         live, done = LiveRun(), threading.Event()
         watcher = threading.Thread(target=self._watch, args=(live, done), daemon=True)
         watcher.start()
@@ -290,10 +291,16 @@ class ContinuationWidget:
 
     def _on_progress(self, event: Progress) -> None:
         if event.stage == "generating":
+            import time
+
+            self._started = getattr(self, "_started", None) or time.monotonic()
             self.progress.max = max(float(event.total), 1e-9)
             self.progress.value = min(float(event.done), self.progress.max)
+            elapsed = time.monotonic() - self._started
+            speed = (f" · ×{event.done / elapsed:.1f} the music's speed"
+                     if self._unit == "s" and elapsed > 0.2 and event.done > 0 else "")
             self.status.value = (f"generating {event.done:.1f} / {event.total:.1f} {self._unit} · "
-                                 f"{event.tokens_per_s:.0f} tokens/s")
+                                 f"{event.tokens_per_s:.0f} tokens/s{speed}")
         elif event.stage == "loading":
             self.status.value = event.message or "loading the model"
         elif event.stage == "rendering":
