@@ -486,17 +486,18 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
             ids = [live.ids(row) for row in range(count)]
             seconds0 = live.frame(0)[1] if count else 0.0
             ratio = seconds0 / elapsed if elapsed > 0.05 else 0.0
-            if streaming and audio is None:
-                try:
+            try:
+                if streaming and audio is None:
                     audio = live.live_audio(handlers.config.soundfont, engine_request.sample_rate)
                     chunk = audio.start()  # the lead-in plays at once
-                except UserFacingError:
-                    streaming = False
-            elif streaming and audio is not None:
-                if elapsed >= 1.0 and ratio < STREAM_MIN_RATIO and not live.generated.is_set():
-                    streaming = False  # slower than the music: the audio comes when it is done
-                else:
-                    chunk = audio.advance(ids[0])
+                elif streaming and audio is not None:
+                    if elapsed >= 1.0 and ratio < STREAM_MIN_RATIO and not live.generated.is_set():
+                        streaming = False  # slower than the music: the audio comes when it is done
+                    else:
+                        chunk = audio.advance(ids[0])
+            except Exception:  # noqa: BLE001 - the stream is a bonus: the final audio still comes
+                log.exception("streamed audio failed; the finished audio will follow")
+                streaming, chunk = False, None
             svgs = {row + 1: live.svg(row) for row in range(count)} if rolls else {}
             tokens = sum(len(i) for i in ids)
             rate = tokens / elapsed if elapsed > 0 else 0.0
