@@ -437,7 +437,8 @@ def continue_batch(
             by_eos = bool(ended_by_eos[number * request.variations + index - 1])
             variation = _build_variation(index, variation_ids, primer, primer.seconds, request, checkpoint, seed,
                                          tokens_per_s, cancelled, out_dir, prompt_tokens=len(prompt),
-                                         batch_size=len(requests), ended_by_model=by_eos, parts=parts)
+                                         batch_size=len(requests), ended_by_model=by_eos, parts=parts,
+                                         live=live if number == 0 and index == 1 else None)
             variations.append(variation)
         results.append(ContinueResult(variations, seed, primer.ids, primer.seconds, cancelled,
                                       time.monotonic() - started, out_dir, notice=primer.notice))
@@ -661,7 +662,7 @@ def _fill_to_length(ids: list[int], length_seconds: float | None) -> list[int]:
 
 def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir,
                      prompt_tokens: int, batch_size: int = 1, ended_by_model: bool = False,
-                     parts: _PrimerParts | None = None):
+                     parts: _PrimerParts | None = None, live: Any = None):
     from .pianoroll import pianoroll_png
     from .tokenizer import seconds_of
 
@@ -702,8 +703,10 @@ def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens
                          title=f"variation {index} · seed {seed}"
                          + (f" · the last {lead_in:.0f} s of the primer, then the continuation" if begin > 0 else ""))
     audio = None
-    if request.render_audio:
-        from .render import render, performance_of_notes
+    if request.render_audio and live is not None:  # what a front end streamed, finished: not rendered twice
+        audio = live.finished_audio(ids, request.soundfont, request.sample_rate)
+    if request.render_audio and audio is None:
+        from .render import performance_of_notes, render
 
         audio = render(performance_of_notes(span_notes), soundfont=request.soundfont, sample_rate=request.sample_rate)
     notice = f"The model ended the piece after {music_seconds:.1f} s." if ended_by_model else None

@@ -149,6 +149,7 @@ class LiveAudio:
         self.track = (continuation_track[0], continuation_track[1], False)
         tracks = sorted({(n.instrument, n.program, bool(n.is_drum)) for n in lead_in_notes} | {self.track})
         self.renderer = StreamRenderer(tracks, soundfont, sample_rate)
+        self.soundfont = soundfont
         self.renderer.add_notes(lead_in_notes)
         self.lead_in_seconds = lead_in_seconds
         self.decoder = IncrementalDecoder(max_note_seconds, offset=lead_in_seconds,
@@ -156,32 +157,60 @@ class LiveAudio:
         self.fed = 0
         self.sample_rate = sample_rate
         self.frames = 0  # rendered so far
+        self.chunks: list[np.ndarray] = []  # everything rendered, in order
+        self.taken = 0  # chunks handed to the stream so far
+        self.finished = False
+        self.lock = threading.Lock()  # the stream's thread advances, the engine's may finish
 
     def _send(self, events) -> None:
         for seconds, on, pitch, velocity in events:
             self.renderer.add_event(seconds, on, self.track, pitch, velocity)
 
-    def _take(self, chunk: np.ndarray) -> np.ndarray:
-        self.frames += len(chunk)
-        return chunk
+    def _keep(self, chunk: np.ndarray) -> None:
+        if len(chunk):
+            self.chunks.append(chunk)
+            self.frames += len(chunk)
+
+    def _pending(self) -> np.ndarray:
+        new = self.chunks[self.taken:]
+        self.taken = len(self.chunks)
+        return np.concatenate(new) if new else np.zeros((0, 2), dtype=np.float32)
 
     def start(self) -> np.ndarray:
-        return self._take(self.renderer.render_until(self.lead_in_seconds))
+        with self.lock:
+            self._keep(self.renderer.render_until(self.lead_in_seconds))
+            return self._pending()
 
-    def advance(self, ids: Sequence[int]) -> np.ndarray:
+    def _advance(self, ids: Sequence[int]) -> None:
+        if self.renderer.closed:  # its synth is back in the pool: never touch it again
+            raise RuntimeError("this stream was closed")
         new = list(ids[self.fed:])
         self.fed += len(new)
         self._send(self.decoder.feed(new))
         # every event before the decoder's time is certain now
-        return self._take(self.renderer.render_until(self.lead_in_seconds + self.decoder.seconds))
+        self._keep(self.renderer.render_until(self.lead_in_seconds + self.decoder.seconds))
+
+    def advance(self, ids: Sequence[int]) -> np.ndarray:
+        """The audio of what became certain since the last call (after `finish`: its tail)."""
+        with self.lock:
+            if not self.finished and not self.renderer.closed:
+                self._advance(ids)
+            return self._pending()
 
     def finish(self, ids: Sequence[int]) -> np.ndarray:
-        chunk = self.advance(ids)
-        self._send(self.decoder.finish())
-        return self._take(np.concatenate([chunk, self.renderer.finish()]))
+        """The music is complete (`ids` are all of it): render the rest and the release tail.
+        Returns the whole audio, lead-in first: what `render` gives for the same notes."""
+        with self.lock:
+            if not self.finished:
+                self._advance(ids)
+                self._send(self.decoder.finish())
+                self._keep(self.renderer.finish())
+                self.finished = True
+            return np.concatenate(self.chunks) if self.chunks else np.zeros((0, 2), dtype=np.float32)
 
     def close(self) -> None:
-        self.renderer.close()
+        with self.lock:
+            self.renderer.close()
 
 
 class LiveRun:
@@ -204,6 +233,7 @@ class LiveRun:
         self.seam_seconds = 0.0
         self.seed: int | None = None
         self.continuation_track = (0, 0)
+        self.audio: LiveAudio | None = None
         self._decoders: dict[int, IncrementalDecoder] = {}
 
     def attach(self, request, primer, lead_in: tuple[list, float], seed: int) -> None:
@@ -254,8 +284,21 @@ class LiveRun:
                              time_offset=self.seam_seconds - self.lead_in_seconds)
 
     def live_audio(self, soundfont=None, sample_rate: int = 44100) -> LiveAudio:
-        """A streamed render of variation 1 (call after `ready`)."""
+        """A streamed render of variation 1 (call after `ready`). The engine finishes it into
+        variation 1's audio instead of rendering that again (`finished_audio`)."""
         from .engine import MAX_GENERATED_NOTE_SECONDS
 
-        return LiveAudio(self.lead_in_notes, self.lead_in_seconds, self.continuation_track,
-                         MAX_GENERATED_NOTE_SECONDS, soundfont, sample_rate)
+        self.audio = LiveAudio(self.lead_in_notes, self.lead_in_seconds, self.continuation_track,
+                               MAX_GENERATED_NOTE_SECONDS, soundfont, sample_rate)
+        return self.audio
+
+    def finished_audio(self, ids: Sequence[int], soundfont, sample_rate: int) -> np.ndarray | None:
+        """Variation 1's audio from its stream, finished with all its `ids`; None when nothing
+        streamed it (or with other render settings)."""
+        audio = self.audio
+        if audio is None or audio.sample_rate != sample_rate or audio.soundfont != soundfont:
+            return None
+        try:
+            return audio.finish(ids)
+        except Exception:  # noqa: BLE001 - e.g. closed by a front end that went away: render instead
+            return None

@@ -148,8 +148,10 @@ def test_the_streamed_render_is_the_final_render():
     assert seconds(chunks[0]) == pytest.approx(8.0, abs=1e-4)  # the lead-in, at once
     for i in range(0, len(ids), 13):
         chunks.append(live.advance(ids[:i + 13]))
-    chunks.append(live.finish(ids))
-    streamed = np.concatenate(chunks)
+    streamed = live.finish(ids)  # the whole audio, from the lead-in on
+    heard = np.concatenate(chunks)
+    assert 0 < len(heard) < len(streamed) and np.array_equal(heard, streamed[: len(heard)])
+    assert len(live.advance(ids)) == len(streamed) - len(heard)  # then the tail, for the stream
     assert len(streamed) == len(final)
     # the same synth calls at the same samples; a pooled synth reused after a reset is within
     # -60 dB of a new one (render._reset_synth), the only difference left
@@ -196,3 +198,35 @@ def test_the_full_midi_is_byte_for_byte_what_pretty_midi_writes():
         continuation = _pretty_instruments(_continuation_notes([rng.randrange(3, 391) for _ in range(300)],
                                                                primer.seconds, parts.track))
         assert parts.full_midi(continuation, "text") == _midi_bytes(parts.instruments() + continuation, "text")
+
+
+def test_the_streamed_audio_becomes_variation_1_s_audio(random_checkpoint):
+    """A front end streams variation 1 while it is written; the engine finishes that stream
+    into the variation's audio rather than rendering it again, and it is the same audio."""
+    import threading
+
+    primer = midi_bytes(piano_performance(seed=4, seconds=20))
+    live = LiveRun()
+    streamed, done = [], threading.Event()
+
+    def stream():
+        audio = None
+        while not done.wait(0.02):
+            if live.ready.is_set():
+                audio = audio or live.live_audio()
+                streamed.append(audio.start() if not streamed else audio.advance(live.ids(0)))
+
+    watcher = threading.Thread(target=stream)
+    watcher.start()
+    result = continue_midi(request(random_checkpoint, primer=primer, length_seconds=20), live=live)
+    done.set()
+    watcher.join()
+    v = result.variations[0]
+    assert live.audio is not None and live.audio.finished
+    assert sum(len(c) for c in streamed) < len(v.audio)  # the stream had not got to the end by itself
+    again = render(performance_of_notes(live.lead_in_notes + _continuation_notes(v.new_ids, 8.0, (1, 0))))
+    assert len(again) == len(v.audio)
+    difference = np.sqrt(np.mean((again - v.audio) ** 2)) / np.sqrt(np.mean(again**2))
+    assert difference < 1e-3, difference
+    heard = np.concatenate(streamed)
+    assert np.array_equal(heard, v.audio[: len(heard)])  # what was heard is the start of the final audio
