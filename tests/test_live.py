@@ -230,3 +230,18 @@ def test_the_streamed_audio_becomes_variation_1_s_audio(random_checkpoint):
     assert difference < 1e-3, difference
     heard = np.concatenate(streamed)
     assert np.array_equal(heard, v.audio[: len(heard)])  # what was heard is the start of the final audio
+
+
+def test_a_primer_is_read_once_for_the_preview_and_every_generate(monkeypatch, ten_minutes):
+    from perceiver_music import midi_input
+    from perceiver_music.engine import prepare_primer
+
+    parsed = []
+    real = midi_input.load_note_sequence
+    monkeypatch.setattr(midi_input, "load_note_sequence", lambda *a, **k: parsed.append(1) or real(*a, **k))
+    first = prepare_primer(ContinueRequest(primer=ten_minutes, primer_name="long.mid", length_seconds=5), 512, 64)
+    again = prepare_primer(ContinueRequest(primer=ten_minutes, primer_name="long.mid", length_seconds=30), 512, 64)
+    assert len(parsed) == 1 and again.written is first.written
+    assert again.budget["new_tokens_estimate"] == 1200  # the budget follows the request
+    other = prepare_primer(ContinueRequest(primer=ten_minutes, primer_name="long.mid", window_seconds=20), 512, 64)
+    assert len(parsed) == 2 and other.seconds <= 20.01
