@@ -153,6 +153,7 @@ def one_run(client, primer: Path, variations: int, seed: int) -> dict:
         "first_update_s": _r(first_update), "first_notes_s": _r(first_notes), "first_sound_s": _r(first_sound),
         "playable_s": _r(playable),
         "seconds_of_music": [v["seconds_of_music"] for v in summary["variations"]],
+        "new_tokens": [v["new_tokens"] for v in summary["variations"]],  # the dense music's cost varies
         "tokens_per_s": summary["variations"][0]["tokens_per_s"],
         "music_speed_at_last_update": _r(written / elapsed_generating) if elapsed_generating else None,
         "server_elapsed_s": summary["elapsed_s"],
