@@ -28,13 +28,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# libfluidsynth renders audio; chromium drives the browser tests. Installed when we are
+# libfluidsynth renders audio; ffmpeg encodes the page's streamed audio (Gradio); chromium drives
+# the browser tests. Installed when we are
 # root with apt; otherwise the one command to run is printed.
 system-run:
-	@sh scripts/system_deps.sh libfluidsynth
+	@sh scripts/system_deps.sh libfluidsynth ffmpeg
 
 system-test:
-	@sh scripts/system_deps.sh libfluidsynth chromium
+	@sh scripts/system_deps.sh libfluidsynth chromium ffmpeg
 
 bench: setup system-run
 	$(PY) bench/render.py

@@ -8,7 +8,10 @@
 
 Generation runs in a background thread, so the kernel stays free: Stop (a threading.Event the
 engine checks every step) works while it runs, and the progress bar and the tokens/s label are
-updated from that thread. No model logic lives here: a request goes to `engine.continue_midi`.
+updated from that thread; a watcher thread draws each variation's piano roll as it is written
+(`live.LiveRun`, twice a second). The audio is the primer's last seconds (Lead-in) and the
+continuation; "Render the whole piece" renders the primer window and the continuation on demand.
+No model logic lives here: a request goes to `engine.continue_midi`.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from perceiver_music.engine import (MAX_VARIATIONS, ContinueRequest, ContinueResult, Progress, continue_midi,
-                                    result_summary)
+from perceiver_music.engine import (DEFAULT_LEAD_IN, MAX_VARIATIONS, ContinueRequest, ContinueResult, Progress,
+                                    continue_midi, render_full, result_summary)
 from perceiver_music.errors import UserFacingError
 
 MIDI_ACCEPT = ".mid,.midi,.kar,.smf"
 _WIDE = {"style": {"description_width": "120px"}, "layout": widgets.Layout(width="460px")}
+LIVE_INTERVAL_S = 0.5  # the live piano rolls are redrawn this often while the model writes
 
 
 class ContinuationWidget:
@@ -55,6 +59,8 @@ class ContinuationWidget:
         min_p: float = 0.0,
         seed: int | None = None,
         variations: int = 1,
+        lead_in: float = DEFAULT_LEAD_IN,
+        allow_end: bool = False,
         sample_rate: int = 44100,
         render_audio: bool = True,
         models: Any = None,
@@ -95,6 +101,12 @@ class ContinuationWidget:
         self.new_seed = widgets.Checkbox(value=seed is None, description="new seed each time", indent=False)
         self.variations = widgets.IntSlider(value=variations, min=1, max=MAX_VARIATIONS, description="Variations",
                                             **_WIDE)
+        self.lead_in = widgets.FloatSlider(value=lead_in, min=0.0, max=60.0, step=1.0, description="Lead-in (s)",
+                                           readout_format=".0f",
+                                           tooltip="seconds of primer before the continuation in the audio", **_WIDE)
+        self.allow_end = widgets.Checkbox(value=allow_end, description="Let the model end the piece", indent=False)
+        self.live = widgets.HTML()  # the piano rolls as they are written
+        self.live_frames = 0  # redrawn so far in the last run (for tests)
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="300px"))
@@ -112,7 +124,9 @@ class ContinuationWidget:
             self.window, self.length, self.temperature, self.top_k, self.top_p, self.min_p,
             widgets.HBox([self.seed, self.dice_button, self.new_seed]),
             self.variations,
+            widgets.HBox([self.lead_in, self.allow_end]),
             widgets.HBox([self.generate_button, self.stop_button, self.progress, self.status]),
+            self.live,
             self.results,
         ])
         self.set_primer(primer)
@@ -165,6 +179,8 @@ class ContinuationWidget:
             min_p=float(self.min_p.value),
             seed=int(self.seed.value),
             variations=int(self.variations.value),
+            lead_in_seconds=float(self.lead_in.value),
+            allow_end=bool(self.allow_end.value),
             soundfont=self.soundfont,
             sample_rate=self.sample_rate,
             render_audio=self.render_audio,
@@ -225,18 +241,42 @@ class ContinuationWidget:
         self._cancel.set()
         self.status.value = "stopping"
 
+    def _watch(self, live, done: threading.Event) -> None:
+        """Redraw the live piano rolls until the run ends."""
+        self.live_frames = 0
+        while not done.wait(LIVE_INTERVAL_S):
+            if not live.ready.is_set():
+                continue
+            rolls = "".join(f"<div><b>Variation {row + 1}</b> · writing…{live.svg(row)}</div>"
+                            for row in range(live.rows))
+            self.live.value = f'<div style="max-width:900px">{rolls}</div>'
+            self.live_frames += 1
+
     def _run(self, request: ContinueRequest, cancel: threading.Event) -> None:
+        from perceiver_music.live import LiveRun
+
         self._unit = "ids" if request.length_tokens is not None else "s"  # what the engine counts
+        self._started = None
+        live, done = LiveRun(), threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(live, done), daemon=True)
+        watcher.start()
         try:
-            result = continue_midi(request, progress=self._on_progress, cancel=cancel, models=self.models)
+            try:
+                result = continue_midi(request, progress=self._on_progress, cancel=cancel, models=self.models,
+                                       live=live)
+            finally:
+                done.set()
+                watcher.join()
+                self.live.value = ""
             self.result = result
             self._show(result)
             self.progress.bar_style = "warning" if result.cancelled else "success"
             self.progress.value = self.progress.max
             speed = result.variations[0].stats["tokens_per_s"] if result.variations else 0
             what = "stopped" if result.cancelled else "done"
+            notes = [v.notice for v in result.variations if v.notice] + ([result.notice] if result.notice else [])
             self.status.value = (f"{what}: seed {result.seed}, {len(result.variations)} variation(s) in "
-                                 f"{result.elapsed_s:.1f} s, {speed:.0f} tokens/s")
+                                 f"{result.elapsed_s:.1f} s, {speed:.0f} tokens/s" + "".join(f" · {n}" for n in notes))
         except UserFacingError as error:
             self.error = error
             self.progress.bar_style = "danger"
@@ -251,10 +291,16 @@ class ContinuationWidget:
 
     def _on_progress(self, event: Progress) -> None:
         if event.stage == "generating":
+            import time
+
+            self._started = getattr(self, "_started", None) or time.monotonic()
             self.progress.max = max(float(event.total), 1e-9)
             self.progress.value = min(float(event.done), self.progress.max)
+            elapsed = time.monotonic() - self._started
+            speed = (f" · ×{event.done / elapsed:.1f} the music's speed"
+                     if self._unit == "s" and elapsed > 0.2 and event.done > 0 else "")
             self.status.value = (f"generating {event.done:.1f} / {event.total:.1f} {self._unit} · "
-                                 f"{event.tokens_per_s:.0f} tokens/s")
+                                 f"{event.tokens_per_s:.0f} tokens/s{speed}")
         elif event.stage == "loading":
             self.status.value = event.message or "loading the model"
         elif event.stage == "rendering":
@@ -265,6 +311,21 @@ class ContinuationWidget:
     def summary(self) -> dict | None:
         """The JSON-friendly summary of the last result (seed, seam, per variation stats and files)."""
         return result_summary(self.result) if self.result is not None else None
+
+    def render_whole(self, index: int):
+        """Render variation `index` (1-based) of the last result as the whole piece (the primer
+        window and the continuation); also shown in its panel. Returns the audio."""
+        if self.result is None:
+            raise RuntimeError("nothing generated yet")
+        variation = self.result.variations[index - 1]
+        audio = render_full(variation, soundfont=self.soundfont, sample_rate=self.sample_rate)
+        from perceiver_music.render import audio_to_wav_bytes
+
+        panel = self.results.children[index - 1]
+        player = widgets.Audio(value=audio_to_wav_bytes(audio, self.sample_rate), format="wav", autoplay=False,
+                               controls=True)
+        panel.children = tuple(panel.children) + (widgets.HTML("<b>The whole piece</b>"), player)
+        return audio
 
     def continue_variation(self, index: int) -> None:
         """Make variation `index` (1-based) of the last result the primer: "continue this"."""
@@ -278,10 +339,14 @@ class ContinuationWidget:
         panels = []
         for variation in result.variations:
             stats = variation.stats
+            lead = (f" · the audio: the primer's last {variation.lead_in_seconds:.0f} s, then the continuation"
+                    if variation.audio_start_seconds > 0 else "")
             title = widgets.HTML(
                 f"<b>Variation {variation.index}</b> · seed {result.seed} · {stats['seconds_of_music']:.1f} s, "
                 f"{stats['new_notes']} notes, {stats['new_tokens']} tokens"
-                + (" · <i>stopped early</i>" if result.cancelled else "")
+                + (" · <i>stopped early</i>" if result.cancelled else "") + lead
+                + (f"<br>⏹ {html.escape(variation.notice)}" if variation.notice else "")
+                + (f"<br>🎹 {html.escape(result.notice)}" if result.notice else "")
             )
             parts: list[widgets.Widget] = [title]
             if variation.audio is not None:
@@ -292,9 +357,12 @@ class ContinuationWidget:
             parts.append(widgets.Image(value=variation.pianoroll_png, format="png",
                                        layout=widgets.Layout(max_width="100%")))
             parts.append(widgets.HTML(_downloads(variation, result.seed)))
+            whole = widgets.Button(description="Render the whole piece",
+                                   tooltip="the primer window and the continuation", layout=widgets.Layout(width="200px"))
+            whole.on_click(lambda _, i=variation.index: self.render_whole(i))
             again = widgets.Button(description="Continue this", tooltip="use this variation as the primer")
             again.on_click(lambda _, i=variation.index: self.continue_variation(i))
-            parts.append(again)
+            parts.append(widgets.HBox([whole, again]))
             panels.append(widgets.VBox(parts, layout=widgets.Layout(border="1px solid #ddd", padding="6px",
                                                                     margin="4px 0")))
         self.results.children = tuple(panels)

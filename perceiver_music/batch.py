@@ -720,7 +720,8 @@ def _after_generation(run: _Run, rel: str, outputs: list[str], result, started: 
             run.notes.append(f"{rel}: could not record the result: {_reason(error)}")
 
     for variation, audio_path in zip(result.variations, audio_outputs):
-        future = pool.submit(render_to_file, variation.full_midi, str(run.out_dir / audio_path), soundfont,
+        source = variation.full_midi if run.settings.get("lead_in_seconds") is None else variation.seam_midi
+        future = pool.submit(render_to_file, source, str(run.out_dir / audio_path), soundfont,
                              run.options.sample_rate, run.options.render)
         future.add_done_callback(finished)
 

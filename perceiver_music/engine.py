@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +35,13 @@ SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 AUDIO_FORMATS = ("wav", "flac")
 # A generated note whose NOTE_OFF never came still ends: a held key, not a drone.
 MAX_GENERATED_NOTE_SECONDS = 4.0
+DEFAULT_LEAD_IN = 8.0  # seconds of the primer before the seam in the audio and the roll
+MAX_LEAD_IN = 120.0
+# After the primer the continuation sounds at once: no silence longer than this before its first
+# note (a primer that ends a piece makes a model wait, or end).
+FIRST_NOTE_WITHIN_SECONDS = 1.5
+# General MIDI programs 0-7 are pianos: anything else, or drums, is "other instruments".
+PIANO_PROGRAMS = range(0, 8)
 
 
 @dataclass
@@ -55,6 +62,9 @@ class ContinueRequest:
     sample_rate: int = 44100
     audio_format: str = "wav"
     render_audio: bool = True
+    allow_end: bool = False  # let the model end the piece (sample EOS) before the asked length
+    lead_in_seconds: float | None = DEFAULT_LEAD_IN  # audio and roll: the last S s of the primer, then
+    # the continuation; None: the whole piece (the full MIDI is always the whole piece)
     checkpoint: str | os.PathLike | None = None  # None: the embedded default model
     device: str = "auto"
     output_dir: str | os.PathLike | None = None  # None: nothing is written to disk
@@ -71,6 +81,8 @@ class ContinueRequest:
             "top_p": self.top_p,
             "min_p": self.min_p,
             "variations": self.variations,
+            "allow_end": self.allow_end,
+            "lead_in_seconds": self.lead_in_seconds,
         }
 
 
@@ -93,11 +105,15 @@ class Variation:
     full_midi: bytes
     continuation_midi: bytes
     pianoroll_png: bytes
-    audio: np.ndarray | None  # float32 stereo (n, 2), primer window + continuation
+    audio: np.ndarray | None  # float32 stereo (n, 2): the lead-in and the continuation (or the whole piece)
     sample_rate: int
     stats: dict
     provenance: dict
     files: dict[str, Path] = field(default_factory=dict)
+    audio_start_seconds: float = 0.0  # where the audio and the roll begin in the full MIDI
+    lead_in_seconds: float = 0.0  # seconds of primer before the seam in the audio
+    seam_midi: bytes = b""  # MIDI of what the audio plays (lead-in + continuation), from time 0
+    notice: str | None = None  # one line for the person when the model ended the piece
 
 
 @dataclass
@@ -109,6 +125,7 @@ class ContinueResult:
     cancelled: bool
     elapsed_s: float
     output_dir: Path | None = None
+    notice: str | None = None  # one line when the primer has other instruments than piano
 
 
 @dataclass
@@ -119,11 +136,43 @@ class PrimerPreview:
     report: dict
     budget: dict  # context, latents, primer tokens in the context, new tokens expected
     sha256: str | None = None  # of the primer file's bytes, for provenance
+    written: list = field(default_factory=list)  # the window as written: its instruments and drums
+    # (pedal folded), as live.LiveNote, on the same clock as `sequence`
+    notice: str | None = None  # one line when the primer has other instruments than piano
 
 
 # ---- the shared model cache ---------------------------------------------------------------------
 
 _models = ModelCache()
+
+
+class PrimerCache:
+    """The last few primers read (by their bytes' sha256, name and window): reading and parsing a
+    15-minute MIDI file takes seconds, and the page reads its primer for the preview first and
+    again on every Generate. Entries are never changed once made. Thread-safe."""
+
+    def __init__(self, size: int = 8) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+_primers = PrimerCache()
 
 
 def _device(requested: str) -> str:
@@ -173,6 +222,8 @@ def check_request(request: ContinueRequest) -> None:
         a, b = r.window_span
         if not 0 <= a < b:
             raise BadRequestError(f"the primer span must satisfy 0 <= start < end, not [{a}, {b})")
+    if r.lead_in_seconds is not None and not 0 <= r.lead_in_seconds <= MAX_LEAD_IN:
+        raise BadRequestError(f"the lead-in must be 0 to {MAX_LEAD_IN:g} seconds (or none: the whole piece)")
     if r.seed is not None and not 0 <= r.seed < 2**63:
         raise BadRequestError("the seed must be a whole number from 0 to 2^63 - 1")
 
@@ -202,11 +253,19 @@ def prepare_primer(request: ContinueRequest, max_context: int | None = None, num
         data = bytes(request.primer)
     else:
         data = read_midi_bytes(request.primer)
-    piano, report = to_piano_sequence(load_note_sequence(data, name=name))
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = (sha256, name, request.window_seconds, tuple(request.window_span) if request.window_span else None)
+    cached = _primers.get(key)
+    if cached is not None:  # the page read it for its preview: a long primer is parsed once
+        return replace(cached, budget=_budget(len(cached.ids), max_context, num_latents, request))
+    folded: list = []
+    piano, report = to_piano_sequence(load_note_sequence(data, name=name), keep_folded=folded)
     starts_at_beginning = True
+    bounds = (0.0, float("inf"))
     if request.window_span is not None:
         a, b = request.window_span
         window = window_seconds(piano, a, b)
+        bounds = (a, b)
         starts_at_beginning = a <= 0
         if not window.notes:
             raise BadMidiError(f"{name} has no notes between {a:g} s and {b:g} s")
@@ -214,26 +273,66 @@ def prepare_primer(request: ContinueRequest, max_context: int | None = None, num
         end = piano.total_time
         starts_at_beginning = request.window_seconds >= end
         window = last_seconds(piano, request.window_seconds)
+        bounds = (max(0.0, end - request.window_seconds), end + 1e-6)
     else:
         window = piano
-    _drop_leading_silence(window)
+    first = _drop_leading_silence(window)
     ids = piano_sequence_to_ids(window)
     # Training works begin with SOS; a window from the middle of a piece does not.
     if starts_at_beginning:
         ids = [SOS, *ids]
     info = report.to_dict()
-    return PrimerPreview(ids, window, seconds_of(ids), info, _budget(len(ids), max_context, num_latents, request),
-                         sha256=hashlib.sha256(data).hexdigest())
+    seconds = seconds_of(ids)
+    written = _written_window(folded[0], bounds, (bounds[0] if bounds[0] > 0 else 0.0) + first, seconds)
+    preview = PrimerPreview(ids, window, seconds, info, _budget(len(ids), max_context, num_latents, request),
+                            sha256=sha256, written=written, notice=_instruments_notice(info))
+    _primers.put(key, preview)
+    return preview
 
 
-def _drop_leading_silence(ns) -> None:
+def _drop_leading_silence(ns) -> float:
+    """Shift the notes so the first starts at 0; returns the shift."""
     if not ns.notes:
-        return
+        return 0.0
     first = min(n.start_time for n in ns.notes)
     for note in ns.notes:
         note.start_time -= first
         note.end_time -= first
     ns.total_time = max(n.end_time for n in ns.notes)
+    return first
+
+
+def _written_window(folded, bounds: tuple[float, float], shift: float, seam: float) -> list:
+    """The primer window with its own instruments and drums: the notes that start in the window's
+    bounds (as tokenizer.window_seconds picks them), moved by the piano window's shift, within
+    [0, seam]."""
+    from .live import LiveNote
+
+    a, b = bounds
+    notes = []
+    for n in folded.notes:
+        if not a <= n.start_time < b:
+            continue
+        start, end = n.start_time - shift, min(n.end_time, b) - shift
+        if start < -1e-9 or start >= seam:
+            continue
+        notes.append(LiveNote(int(n.pitch), max(1, min(127, int(n.velocity))), max(0.0, start), min(end, seam),
+                              int(n.instrument), int(n.program), bool(n.is_drum)))
+    return notes
+
+
+def _instruments_notice(report: dict) -> str | None:
+    others = [p for p in report.get("programs", []) if p not in PIANO_PROGRAMS]
+    drums = report.get("drum_notes_dropped", 0)
+    if not others and not drums:
+        return None
+    parts = []
+    if others:
+        parts.append(f"{len(others)} other instrument{'s' if len(others) != 1 else ''}")
+    if drums:
+        parts.append("drums")
+    return (f"The primer has {' and '.join(parts)}: they stay in the primer part; the model plays piano only, so "
+            "the continuation is piano.")
 
 
 def _budget(primer_tokens: int, max_context: int | None, num_latents: int | None, request: ContinueRequest) -> dict:
@@ -262,14 +361,17 @@ def continue_midi(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     models: ModelCache | None = None,
+    live: Any = None,
 ) -> ContinueResult:
-    """Continue the primer; see the module docstring. Bad input raises a UserFacingError."""
-    return continue_batch([request], progress, cancel, models)[0]
+    """Continue the primer; see the module docstring. Bad input raises a UserFacingError.
+
+    `live`, a `live.LiveRun`, is filled in while it runs: a front end streams from it."""
+    return continue_batch([request], progress, cancel, models, live=live)[0]
 
 
 # Settings every request of one batch must share: they shape the whole batch's sampling.
 BATCH_SHARED = ("checkpoint", "device", "length_seconds", "length_tokens", "temperature", "top_k", "top_p",
-                "min_p", "variations")
+                "min_p", "variations", "allow_end")
 
 
 def continue_batch(
@@ -277,6 +379,7 @@ def continue_batch(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     models: ModelCache | None = None,
+    live: Any = None,
 ) -> list[ContinueResult]:
     """Continue several primers in one generation batch (a folder's files on a GPU).
 
@@ -305,29 +408,40 @@ def continue_batch(
     length = min(min(len(p.ids), cfg.max_context) for p in primers)
     prompts = [p.ids[-length:] if length else [] for p in primers]
 
+    counters: dict = live.stats if live is not None else {}
+    if live is not None:
+        live.attach(first, primers[0], _lead_in_notes(primers[0], first.lead_in_seconds), seeds[0])
     generation_started = time.monotonic()
-    live: dict = {}
+    if live is not None:
+        live.started = generation_started
     rows = len(requests) * first.variations
 
     def on_progress(done: float, total: float) -> None:
         elapsed = max(1e-6, time.monotonic() - generation_started)
-        notify(Progress("generating", done, total, live.get("ids", 0) * rows / elapsed))
+        notify(Progress("generating", done, total, counters.get("ids", 0) * rows / elapsed))
 
-    new_ids = _generate(checkpoint.model, prompts, first, seeds, on_progress, cancel, live)
+    new_ids = _generate(checkpoint.model, prompts, first, seeds, on_progress, cancel, counters)
     generation_seconds = time.monotonic() - generation_started
+    ended_by_eos = counters.get("ended_by_eos") or [False] * rows
+    if live is not None:
+        live.generated.set()
     tokens_per_s = sum(len(v) for ids in new_ids for v in ids) / max(1e-6, generation_seconds)
     cancelled = bool(cancel is not None and cancel.is_set())
     results = []
-    for request, primer, prompt, seed, out_dir, ids in zip(requests, primers, prompts, seeds, out_dirs, new_ids):
+    for number, (request, primer, prompt, seed, out_dir, ids) in enumerate(
+            zip(requests, primers, prompts, seeds, out_dirs, new_ids)):
         variations = []
+        parts = _PrimerParts(primer)
         for index, variation_ids in enumerate(ids, start=1):
             notify(Progress("rendering", index - 1, len(ids), message=f"rendering variation {index}"))
+            by_eos = bool(ended_by_eos[number * request.variations + index - 1])
             variation = _build_variation(index, variation_ids, primer, primer.seconds, request, checkpoint, seed,
                                          tokens_per_s, cancelled, out_dir, prompt_tokens=len(prompt),
-                                         batch_size=len(requests))
+                                         batch_size=len(requests), ended_by_model=by_eos, parts=parts,
+                                         live=live if number == 0 and index == 1 else None)
             variations.append(variation)
         results.append(ContinueResult(variations, seed, primer.ids, primer.seconds, cancelled,
-                                      time.monotonic() - started, out_dir))
+                                      time.monotonic() - started, out_dir, notice=primer.notice))
     notify(Progress("done", 1, 1, tokens_per_s))
     return results
 
@@ -356,6 +470,8 @@ def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progre
         cancel=cancel,
         dtype=torch.bfloat16 if on_gpu else torch.float16,
         stats=live,
+        allow_eos=request.allow_end,
+        first_note_within=FIRST_NOTE_WITHIN_SECONDS,
     )
 
 
@@ -388,48 +504,242 @@ def _provenance(request, checkpoint: Checkpoint, seed: int, index: int, primer: 
     }
 
 
-def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir,
-                     prompt_tokens: int, batch_size: int = 1):
-    from .pianoroll import pianoroll_png
-    from .tokenizer import SOS, decode, seconds_of, to_midi_bytes
+def _midi_chunks(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A standard MIDI file's header chunk and its track chunks, as bytes."""
+    length = int.from_bytes(data[4:8], "big")
+    header, position, chunks = data[: 8 + length], 8 + length, []
+    while position + 8 <= len(data):
+        size = int.from_bytes(data[position + 4 : position + 8], "big")
+        chunks.append(data[position : position + 8 + size])
+        position += 8 + size
+    return header, chunks
 
-    primer_body = [t for t in primer.ids if t != SOS]
-    full = decode(primer_body + list(ids), max_note_seconds=None)
-    continuation = decode(list(ids), max_note_seconds=MAX_GENERATED_NOTE_SECONDS)
-    _cap_generated_notes(full, seam)
+
+def _track_chunk(instrument, index: int, tempo: float = 120.0, resolution: int = 220) -> bytes:
+    """One instrument's MTrk chunk as pretty_midi.PrettyMIDI.write makes it (the same channel,
+    ticks and event order: notes read back the same), without a mido message per event: pretty_midi
+    takes seconds for a long piece, this a few tens of milliseconds."""
+    channels = [c for c in range(16) if c != 9]
+    channel = 9 if instrument.is_drum else channels[index % len(channels)]
+    scale = 60.0 / (tempo * resolution)
+    events = []  # (tick, order, status, data1, data2); order as pretty_midi's event_compare
+    for note in instrument.notes:
+        events.append((int(round(note.start / scale)), 10 * 65536 + note.pitch * 256 + note.velocity,
+                       note.pitch, note.velocity))
+        events.append((int(round(note.end / scale)), 10 * 65536 + note.pitch * 256, note.pitch, 0))
+    events.sort(key=lambda e: (e[0], e[1]))
+    out = bytearray()
+
+    def delta(value: int) -> None:
+        stack = [value & 0x7F]
+        value >>= 7
+        while value:
+            stack.append(0x80 | (value & 0x7F))
+            value >>= 7
+        out.extend(reversed(stack))
+
+    if instrument.name:
+        name = instrument.name.encode("latin-1", "replace")
+        out += b"\x00\xff\x03"
+        delta(len(name))
+        out += name
+    out += bytes([0x00, 0xC0 | channel, instrument.program & 0x7F])
+    status, last = 0x90 | channel, 0
+    first = True
+    for tick, _, pitch, velocity in events:
+        delta(tick - last)
+        last = tick
+        if first:  # after the program change: a new status byte, then running status
+            out.append(status)
+            first = False
+        out += bytes([pitch, velocity])
+    delta(1)  # end of track one tick after the last event, as pretty_midi
+    out += b"\xff\x2f\x00"
+    return b"MTrk" + len(out).to_bytes(4, "big") + bytes(out)
+
+
+class _PrimerParts:
+    """What every variation of one primer shares: its notes as written, their MIDI instruments
+    (built once: a 15-minute primer is not rebuilt per variation) and the continuation's track."""
+
+    def __init__(self, primer: PrimerPreview) -> None:
+        self.primer = primer
+        self.track = (max((n.instrument for n in primer.written), default=-1) + 1, 0)
+        self._instruments = None
+        self._primer_chunks: list[bytes] | None = None
+
+
+    def instruments(self):
+        if self._instruments is None:
+            self._instruments = _pretty_instruments(self.primer.written)
+        return self._instruments
+
+    def full_midi(self, continuation: list, text: str | None) -> bytes:
+        """The primer's tracks and the continuation's in one MIDI file. The primer's tracks are
+        written once per request and copied as bytes into each variation's file (a 15-minute
+        primer costs its MIDI writing once, not once per variation); the continuation's tracks
+        are written with empty stand-ins of the primer's before them, so every track keeps the
+        channel it would have in one file written at once."""
+        import pretty_midi
+
+        if self._primer_chunks is None:
+            self._primer_chunks = [_track_chunk(inst, index) for index, inst in enumerate(self.instruments())]
+        stubs = [pretty_midi.Instrument(program=i.program, is_drum=i.is_drum, name=i.name) for i in self.instruments()]
+        header, chunks = _midi_chunks(_midi_bytes(stubs + continuation, text))
+        tracks = [chunks[0], *self._primer_chunks, *chunks[1 + len(stubs):]]
+        return header[:10] + len(tracks).to_bytes(2, "big") + header[12:] + b"".join(tracks)
+
+
+def _pretty_instruments(notes) -> list:
+    import pretty_midi
+
+    tracks: dict = {}
+    for n in notes:
+        key = (n.instrument, n.program, bool(n.is_drum))
+        if key not in tracks:
+            name = "drums" if n.is_drum else pretty_midi.program_to_instrument_name(n.program)
+            tracks[key] = pretty_midi.Instrument(program=n.program, is_drum=bool(n.is_drum), name=name)
+        tracks[key].notes.append(pretty_midi.Note(n.velocity, n.pitch, n.start_time, max(n.end_time, n.start_time + 1e-3)))
+    return [tracks[k] for k in sorted(tracks)]
+
+
+def _midi_bytes(instruments: list, text: str | None) -> bytes:
+    import io
+
+    import pretty_midi
+
+    from .tokenizer import _add_text_event
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    pm.instruments = list(instruments)
+    buffer = io.BytesIO()
+    pm.write(buffer)
+    return _add_text_event(buffer.getvalue(), text) if text else buffer.getvalue()
+
+
+def _lead_in_notes(primer: PrimerPreview, lead_in: float | None) -> tuple[list, float]:
+    """The primer's notes that sound in its last `lead_in` seconds (all of it for None), moved so
+    that the lead-in starts at 0; and the lead-in's length. A note held into the lead-in starts
+    at its start."""
+    from .live import LiveNote
+
+    seam = primer.seconds
+    length = seam if lead_in is None else min(float(lead_in), seam)
+    begin = seam - length
+    notes = [LiveNote(n.pitch, n.velocity, max(n.start_time, begin) - begin, n.end_time - begin, n.instrument,
+                      n.program, n.is_drum)
+             for n in primer.written if n.end_time > begin and n.end_time > n.start_time]
+    return notes, length
+
+
+def primer_audio_notes(primer: PrimerPreview, seconds: float | None) -> tuple[list, float]:
+    """The notes of the primer window's last `seconds` (None: all of it) as written, from 0:
+    what a primer preview plays."""
+    return _lead_in_notes(primer, seconds)
+
+
+def _continuation_notes(ids, offset: float, track: tuple[int, int]) -> list:
+    from .live import LiveNote
+    from .tokenizer import decode
+
+    ns = decode(list(ids), max_note_seconds=MAX_GENERATED_NOTE_SECONDS)
+    return [LiveNote(int(n.pitch), int(n.velocity), n.start_time + offset, n.end_time + offset, track[0], track[1])
+            for n in ns.notes]
+
+
+def _fill_to_length(ids: list[int], length_seconds: float | None) -> list[int]:
+    """The last TIME_SHIFT that would have passed the asked length was left out: its part up to
+    the length is put back, so the continuation lasts as long as asked."""
+    from .tokenizer import MAX_SHIFT_STEPS, STEPS_PER_SECOND, TIME_SHIFT_BASE, seconds_of
+
+    if length_seconds is None:
+        return ids
+    missing = int(round(length_seconds * STEPS_PER_SECOND)) - int(round(seconds_of(ids) * STEPS_PER_SECOND))
+    if not 0 < missing <= MAX_SHIFT_STEPS:
+        return ids
+    return [*ids, TIME_SHIFT_BASE + missing - 1]
+
+
+def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir,
+                     prompt_tokens: int, batch_size: int = 1, ended_by_model: bool = False,
+                     parts: _PrimerParts | None = None, live: Any = None):
+    from .pianoroll import pianoroll_png
+    from .tokenizer import seconds_of
+
+    parts = parts or _PrimerParts(primer)
+    ids = list(ids)
+    if not cancelled and not ended_by_model:
+        ids = _fill_to_length(ids, request.length_seconds)
+    continuation = _continuation_notes(ids, 0.0, parts.track)
+    music_seconds = seconds_of(ids)
     stats = {
         "new_tokens": len(ids),
         "tokens_per_s": round(tokens_per_s, 1),  # all variations together: they run as one batch
-        "seconds_of_music": round(seconds_of(ids), 3),
-        "new_notes": len(continuation.notes),
+        "seconds_of_music": round(music_seconds, 3),
+        "new_notes": len(continuation),
         "primer_tokens": len(primer.ids),
         "prompt_tokens": prompt_tokens,  # what the model saw: at most max_context, or a batch's length
         "batch_size": batch_size,  # primers generated together
         "cancelled": cancelled,
+        "ended_by_model": ended_by_model,  # EOS sampled (only with allow_end)
     }
     provenance = _provenance(request, checkpoint, seed, index, primer, stats)
     text = json.dumps(provenance, separators=(",", ":"), sort_keys=True)
-    full_midi = to_midi_bytes(full, text=text)
-    continuation_midi = to_midi_bytes(continuation, text=text)
-    roll = pianoroll_png(full, seam_seconds=seam if primer.ids else None,
-                         title=f"variation {index} · seed {seed}")
-    audio = None
-    if request.render_audio:
-        from .render import render
+    continuation_track = _pretty_instruments([_shifted(n, 0.0) for n in continuation])
+    for inst in continuation_track:
+        inst.name = "continuation (piano)"
+    continuation_midi = _midi_bytes(continuation_track, text)
+    full_track = _pretty_instruments([_shifted(n, seam) for n in continuation])
+    for inst in full_track:
+        inst.name = "continuation (piano)"
+    full_midi = parts.full_midi(full_track, text)
 
-        audio = render(full, soundfont=request.soundfont, sample_rate=request.sample_rate)
-    variation = Variation(index, list(ids), full_midi, continuation_midi, roll, audio, request.sample_rate, stats,
-                          provenance)
+    lead_notes, lead_in = _lead_in_notes(primer, request.lead_in_seconds)
+    span_notes = lead_notes + [_shifted(n, lead_in) for n in continuation]
+    seam_midi = _midi_bytes(_pretty_instruments(span_notes), None)
+    begin = seam - lead_in
+    roll = pianoroll_png(NoteList(span_notes, lead_in + music_seconds), seam_seconds=lead_in if primer.ids else None,
+                         time_offset=begin,
+                         title=f"variation {index} · seed {seed}"
+                         + (f" · the last {lead_in:.0f} s of the primer, then the continuation" if begin > 0 else ""))
+    audio = None
+    if request.render_audio and live is not None:  # what a front end streamed, finished: not rendered twice
+        audio = live.finished_audio(ids, request.soundfont, request.sample_rate)
+    if request.render_audio and audio is None:
+        from .render import performance_of_notes, render
+
+        audio = render(performance_of_notes(span_notes), soundfont=request.soundfont, sample_rate=request.sample_rate)
+    notice = f"The model ended the piece after {music_seconds:.1f} s." if ended_by_model else None
+    variation = Variation(index, ids, full_midi, continuation_midi, roll, audio, request.sample_rate, stats,
+                          provenance, audio_start_seconds=begin, lead_in_seconds=lead_in, seam_midi=seam_midi,
+                          notice=notice)
     if out_dir is not None:
         variation.files = _write_variation(out_dir, variation, request.audio_format)
     return variation
 
 
-def _cap_generated_notes(ns, seam: float) -> None:
-    for note in ns.notes:
-        if note.start_time >= seam - 1e-9 and note.end_time - note.start_time > MAX_GENERATED_NOTE_SECONDS:
-            note.end_time = note.start_time + MAX_GENERATED_NOTE_SECONDS
-    ns.total_time = max((n.end_time for n in ns.notes), default=0.0)
+def _shifted(note, offset: float):
+    from dataclasses import replace as copy
+
+    return copy(note, start_time=note.start_time + offset, end_time=note.end_time + offset)
+
+
+class NoteList:
+    """A list of notes where render and the piano roll want a NoteSequence."""
+
+    def __init__(self, notes: list, total_time: float) -> None:
+        self.notes = notes
+        self.control_changes: list = []
+        self.pitch_bends: list = []
+        self.total_time = total_time
+
+
+def render_full(variation: Variation, soundfont=None, sample_rate: int | None = None) -> np.ndarray:
+    """The whole piece (the primer window and the continuation) rendered from the full MIDI, on
+    demand: what the lead-in audio leaves out."""
+    from .render import render
+
+    return render(variation.full_midi, soundfont=soundfont, sample_rate=sample_rate or variation.sample_rate)
 
 
 def _write_variation(out_dir: Path, variation: Variation, audio_format: str) -> dict[str, Path]:
@@ -457,6 +767,7 @@ def result_summary(result: ContinueResult) -> dict:
         "cancelled": result.cancelled,
         "elapsed_s": round(result.elapsed_s, 2),
         "output_dir": str(result.output_dir) if result.output_dir else None,
+        "notice": result.notice,
         "variations": [{"index": v.index, **v.stats, "files": {k: str(p) for k, p in v.files.items()}}
                        for v in result.variations],
     }

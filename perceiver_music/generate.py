@@ -32,7 +32,8 @@ from torch import Tensor
 
 from .cpu_precision import low_precision_copy
 from .model import KVCache, PerceiverAR
-from .tokenizer import EOS, PAD, SOS, STEPS_PER_ID, STEPS_PER_SECOND, VOCAB_SIZE
+from .tokenizer import (EOS, NOTE_OFF_BASE, NOTE_ON_BASE, PAD, SOS, STEPS_PER_ID, STEPS_PER_SECOND,
+                        VOCAB_SIZE)
 
 ProgressFn = Callable[[float, float], None]
 
@@ -59,6 +60,7 @@ def sample_next(
     min_p: float = 0.0,
     generator: torch.Generator | None = None,
     uniform: Tensor | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """Next ids (B,) from logits (B, vocab). PAD and SOS are never chosen; temperature 0 is argmax.
 
@@ -66,8 +68,12 @@ def sample_next(
     set of most likely ids whose probability reaches top_p), min-p (ids at least min_p times
     as likely as the most likely one). `uniform` (B,) in [0, 1) draws each row by inverse CDF
     instead of from `generator`: rows seeded apart (generate_batch) stay independent.
+    `bias` (vocab,) or (B, vocab) is added to the logits first: -inf bans an id (EOS before the
+    asked length, a long silence before the first note).
     """
     logits = logits.float().clone()
+    if bias is not None:
+        logits = logits + bias
     logits[:, PAD] = logits[:, SOS] = float("-inf")
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -221,6 +227,8 @@ def generate(
     backend: str = "auto",
     dtype: torch.dtype | None = None,
     stats: dict | None = None,
+    allow_eos: bool = True,
+    first_note_within: float | None = None,
 ) -> list[list[int]]:
     """Continue `prompt_ids`; returns the new ids of each variation (EOS left out).
 
@@ -234,13 +242,19 @@ def generate(
     torch.bfloat16 on CUDA (autocast) and torch.float16 on a CPU (float16 and bfloat16 Linear
     weights, see `cpu_precision`); both change logits slightly. `backend` picks the
     decoder (module docstring). An empty prompt starts from SOS. `stats`, a dict, is kept up
-    to date with "ids" (ids sampled per variation so far), for a front end's tokens/s.
+    to date with "ids" (ids sampled per variation so far), for a front end's tokens/s, with
+    "results" (the kept ids of each variation, growing as they are read: a live view) and, at
+    the end, "ended_by_eos" (per variation: did EOS end it).
+    `allow_eos=False` never samples EOS: the music runs to the asked length. `first_note_within`
+    (seconds): until a variation's first NOTE_ON, no TIME_SHIFT may take it past that much
+    silence, so the music starts sounding at once (after a primer that ends a piece, a model
+    tends to wait).
     """
     return _generate(
         model, [prompt_ids], [seed], max_new_tokens=max_new_tokens, max_seconds=max_seconds,
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, num_variations=num_variations,
         reset_latents=reset_latents, use_cache=use_cache, progress=progress, cancel=cancel, backend=backend,
-        dtype=dtype, stats=stats,
+        dtype=dtype, stats=stats, allow_eos=allow_eos, first_note_within=first_note_within,
     )[0]
 
 
@@ -282,6 +296,8 @@ def _generate(
     backend: str = "auto",
     dtype: torch.dtype | None = None,
     stats: dict | None = None,
+    allow_eos: bool = True,
+    first_note_within: float | None = None,
 ) -> list[list[list[int]]]:
     cfg = model.config
     rows = []
@@ -310,13 +326,18 @@ def _generate(
             generator.manual_seed(seed)
         generators.append(generator)
 
+    rules = _SamplingRules(B, device, allow_eos, first_note_within)
+
     def sample(logits: Tensor) -> Tensor:
-        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+        options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, bias=rules.bias())
         if len(generators) == 1:
-            return sample_next(logits, generator=generators[0], **options)
-        # one draw per row from its own prompt's generator: a prompt's music is its own
-        uniform = torch.cat([torch.rand(V, generator=g, device=device) for g in generators])
-        return sample_next(logits, uniform=uniform, **options)
+            tokens = sample_next(logits, generator=generators[0], **options)
+        else:
+            # one draw per row from its own prompt's generator: a prompt's music is its own
+            uniform = torch.cat([torch.rand(V, generator=g, device=device) for g in generators])
+            tokens = sample_next(logits, uniform=uniform, **options)
+        rules.update(tokens)
+        return tokens
 
     was_training = model.training
     model.eval()
@@ -326,6 +347,8 @@ def _generate(
             window = TokenWindow(torch.tensor(rows).repeat_interleave(V, dim=0), B, cfg.max_context, device)
             sampled = SampledIds(B, device, limit_ids, limit_steps, read_every=reads_every(device))
             steps = 0  # ids sampled per variation so far
+            if stats is not None:
+                stats["results"] = sampled.results  # grows as ids are read: a front end's live view
 
             def report(final: bool = False) -> None:
                 if progress is None:
@@ -368,6 +391,8 @@ def _generate(
                     latents += 1
                     logits = decoder.step(tokens, window.view())
             sampled.read()
+            if stats is not None:
+                stats["ended_by_eos"] = sampled.ended_by_eos.tolist()
             report(final=True)
             return by_prompt()
     finally:
@@ -399,6 +424,7 @@ class SampledIds:
         self.results: list[list[int]] = [[] for _ in range(batch)]
         self.music_steps = np.zeros(batch, dtype=np.int64)
         self.done = np.zeros(batch, dtype=bool)
+        self.ended_by_eos = np.zeros(batch, dtype=bool)
 
     def add(self, tokens: Tensor, read_now: bool = False) -> None:
         self.pending[:, self.count] = tokens
@@ -432,9 +458,47 @@ class SampledIds:
                 keep, self.done[i] = first_last[i] + 1, True
             else:
                 keep, self.done[i] = first_left_out[i], first_left_out[i] < k
+                self.ended_by_eos[i] = bool(self.done[i] and chunk[i, keep] == EOS)
             if keep:
                 self.results[i].extend(chunk[i, :keep].tolist())
                 self.music_steps[i] = music[i, keep - 1]
+
+
+class _SamplingRules:
+    """Ids banned per row before sampling: EOS (unless allowed) and, until a row's first NOTE_ON,
+    any TIME_SHIFT that would make its silence longer than `first_note_within` seconds. Kept on
+    the device (no host wait); the silence rule is dropped once every row has sounded (checked
+    every few steps on a GPU)."""
+
+    def __init__(self, batch: int, device: torch.device, allow_eos: bool, first_note_within: float | None) -> None:
+        self.base = None
+        if not allow_eos:
+            self.base = torch.zeros(VOCAB_SIZE, device=device)
+            self.base[EOS] = float("-inf")
+        self.limit = None if first_note_within is None else int(round(first_note_within * STEPS_PER_SECOND))
+        if self.limit is not None:
+            self.shift = torch.as_tensor(STEPS_PER_ID, device=device)
+            self.note_on = torch.zeros(VOCAB_SIZE, dtype=torch.bool, device=device)
+            self.note_on[NOTE_ON_BASE:NOTE_OFF_BASE] = True
+            self.silence = torch.zeros(batch, dtype=torch.long, device=device)
+            self.sounded = torch.zeros(batch, dtype=torch.bool, device=device)
+            self.check_every, self.count = reads_every(device), 0
+
+    def bias(self) -> Tensor | None:
+        if self.limit is None:
+            return self.base
+        too_long = (~self.sounded)[:, None] & (self.silence[:, None] + self.shift[None, :] > self.limit)
+        bias = torch.zeros(too_long.shape, device=too_long.device).masked_fill_(too_long, float("-inf"))
+        return bias if self.base is None else bias + self.base
+
+    def update(self, tokens: Tensor) -> None:
+        if self.limit is None:
+            return
+        self.sounded |= self.note_on[tokens]
+        self.silence += self.shift[tokens]
+        self.count += 1
+        if self.count % self.check_every == 0 and bool(self.sounded.all()):
+            self.limit = None
 
 
 def _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations) -> None:

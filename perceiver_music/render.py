@@ -518,6 +518,13 @@ def _performance_from_pretty_midi(pm) -> _Performance:
     return _Performance(notes, controls, bends)
 
 
+def performance_of_notes(notes) -> _Performance:
+    """Notes with NoteSequence's field names (instrument, program, is_drum, pitch, velocity,
+    start_time, end_time) as something `render` takes, without a round trip through MIDI."""
+    return _Performance([_Note(int(n.instrument), int(n.program), bool(n.is_drum), int(n.pitch), int(n.velocity),
+                               float(n.start_time), float(n.end_time)) for n in notes], [], [])
+
+
 def _load_music(midi: Any):
     """A validated NoteSequence, or for MIDI files, bytes and PrettyMIDIs a _Performance.
 
@@ -531,6 +538,8 @@ def _load_music(midi: Any):
         from .tokenizer import decode
 
         midi = decode(midi)
+    if isinstance(midi, _Performance):
+        return midi
     limits = midi_input.DEFAULT_LIMITS
     if isinstance(midi, (str, os.PathLike)):
         name = Path(midi).name or str(midi)
@@ -603,6 +612,121 @@ def _render_loaded(music, loaded: _LoadedSynth, lib: _Lib) -> np.ndarray:
         fade = min(position, int(END_FADE_SECONDS * sample_rate))
         audio[position - fade : position] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
     return _soft_limit(audio[:position])
+
+
+class StreamRenderer:
+    """Render while the music is still being written: the same synth calls, in the same order, as
+    `render` makes for the finished music, so the stream sounds exactly like the final render.
+
+    The tracks (instrument, program, is_drum) are named up front (they fix the channels). Notes
+    are added as they become known; `render_until(t)` renders every event before t and the
+    audio up to t (call it only once every event before t has been added); `finish()` renders
+    the rest and the release tail. A synth is checked out of the pool until `close()`.
+    """
+
+    def __init__(self, tracks, soundfont: str | os.PathLike | None = None,
+                 sample_rate: int = DEFAULT_SAMPLE_RATE) -> None:
+        import heapq
+
+        self._heapq = heapq
+        self.sample_rate = _check_sample_rate(sample_rate)
+        _, self._lib = _fluid()
+        self._stack = contextlib.ExitStack()
+        self._loaded = self._stack.enter_context(SYNTH_POOL.checkout(find_soundfont(soundfont), self.sample_rate))
+        stub = _Performance([_Note(i, p, bool(d), 60, 1, 0.0, 0.0) for i, p, d in tracks], [], [])
+        self._channels = _assign_channels(stub, int(self._loaded.synth.get_setting("synth.midi-channels") or 16))
+        _select_presets(self._loaded, self._lib, self._channels)
+        self._events: list = []
+        self._on_at: dict = {}
+        self.position = 0  # samples rendered so far
+        self._last_event = 0
+        self.closed = False
+
+    def add_notes(self, notes) -> None:
+        """Whole notes with NoteSequence fields (instrument, program, is_drum, pitch, velocity, times)."""
+        rate = self.sample_rate
+        for note in notes:
+            if note.velocity <= 0 or not 0 <= note.pitch <= 127:
+                continue
+            track = (note.instrument, note.program, bool(note.is_drum))
+            start = round(note.start_time * rate)
+            self._push(start, True, track, note.pitch, note.velocity)
+            self._push(max(round(note.end_time * rate), start + 1), False, track, note.pitch, 0)
+
+    def add_event(self, seconds: float, on: bool, track: tuple, pitch: int, velocity: int = 0) -> None:
+        """One note-on or note-off, for notes whose end is not known when they start. A note-off
+        is sent at least one sample after its note-on, as `render` does."""
+        sample = round(seconds * self.sample_rate)
+        if not on:
+            sample = max(sample, self._on_at.get((track, pitch), -1) + 1)
+        self._push(sample, on, track, pitch, velocity)
+
+    def _push(self, sample: int, on: bool, track: tuple, pitch: int, velocity: int) -> None:
+        if not 0 <= pitch <= 127 or (on and velocity <= 0):
+            return
+        channel = self._channels.by_track[(track[0], track[1], bool(track[2]))]
+        if on:
+            self._on_at[(track, pitch)] = sample
+            self._heapq.heappush(self._events, (sample, _NOTE_ON, channel, pitch, min(127, velocity)))
+        else:
+            self._heapq.heappush(self._events, (sample, _NOTE_OFF, channel, pitch, 0))
+
+    def _run_events(self, until: int | None, audio_parts: list) -> None:
+        lib, loaded = self._lib, self._loaded
+        synth, noteon, noteoff = loaded.ptr, lib.noteon, lib.noteoff
+        pop = self._heapq.heappop
+        while self._events and (until is None or self._events[0][0] < until):
+            sample, kind, channel, a, b = pop(self._events)
+            if sample > self.position:
+                audio_parts.append(self._write(sample - self.position))
+            self._last_event = max(self._last_event, sample)
+            if kind == _NOTE_ON:
+                noteon(synth, channel, a, b)
+            else:
+                noteoff(synth, channel, a)
+
+    def _write(self, count: int) -> np.ndarray:
+        buffer = np.zeros((count, 2), dtype=np.float32)
+        _write(self._lib, self._loaded, buffer, 0, count)
+        self.position += count
+        return buffer
+
+    def render_until(self, seconds: float) -> np.ndarray:
+        """The audio from where the last call ended up to `seconds`."""
+        until = round(seconds * self.sample_rate)
+        parts: list = []
+        self._run_events(until, parts)
+        if until > self.position:
+            parts.append(self._write(until - self.position))
+        return _soft_limit(np.concatenate(parts)) if parts else np.zeros((0, 2), dtype=np.float32)
+
+    def finish(self) -> np.ndarray:
+        """The rest: remaining events, then the pedals lifted and the tail until silence (as render)."""
+        parts: list = []
+        self._run_events(None, parts)
+        lib, loaded, rate = self._lib, self._loaded, self.sample_rate
+        for channel in self._channels.presets:
+            lib.cc(loaded.ptr, channel, 64, 0)
+            lib.cc(loaded.ptr, channel, 66, 0)
+        # as _render_loaded: its buffer ends TAIL_MAX_SECONDS after the last event
+        end = max(self._last_event, 0) + int(TAIL_MAX_SECONDS * rate)
+        block = max(1, int(TAIL_BLOCK_SECONDS * rate))
+        while self.position < end:
+            chunk = self._write(min(block, end - self.position))
+            parts.append(chunk)
+            if float(np.abs(chunk).max()) < TAIL_SILENCE:
+                break
+        else:
+            if parts:
+                fade = min(len(parts[-1]), int(END_FADE_SECONDS * rate))
+                parts[-1][len(parts[-1]) - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)[:, None]
+        self.close()
+        return _soft_limit(np.concatenate(parts)) if parts else np.zeros((0, 2), dtype=np.float32)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._stack.close()
 
 
 def duration_seconds(audio: np.ndarray, sample_rate: int) -> float:
@@ -685,6 +809,7 @@ __all__: Sequence[str] = (
     "DEFAULT_SAMPLE_RATE",
     "GAIN",
     "SYNTH_POOL",
+    "StreamRenderer",
     "SynthPool",
     "audio_format",
     "audio_to_wav_bytes",
@@ -694,6 +819,7 @@ __all__: Sequence[str] = (
     "embedded_soundfont",
     "find_soundfont",
     "preload",
+    "performance_of_notes",
     "render",
     "write_audio",
 )

@@ -83,16 +83,20 @@ class EncodeReport:
         return asdict(self)
 
 
-def to_piano_sequence(ns):
+def to_piano_sequence(ns, keep_folded: list | None = None):
     """Fold the sustain pedal, drop drums and merge every instrument into one piano.
 
     Returns the merged NoteSequence (seconds, unquantised) and an EncodeReport without tokens.
+    `keep_folded`, a list, gets the pedal-folded sequence with its own instruments and drums appended
+    (the primer as written, for the outputs).
     """
     import_note_seq()
     from note_seq import music_pb2, sequences_lib
 
     had_pedal = any(cc.control_number == 64 for cc in ns.control_changes)
     folded = sequences_lib.apply_sustain_control_changes(ns) if had_pedal else ns
+    if keep_folded is not None:
+        keep_folded.append(folded)
     piano = music_pb2.NoteSequence()
     piano.ticks_per_quarter = ns.ticks_per_quarter or 220
     piano.tempos.add(qpm=120.0)

@@ -2,6 +2,7 @@
 # Makes sure the system parts named as arguments are present:
 #   libfluidsynth - the synthesizer behind pyfluidsynth (Debian libfluidsynth3)
 #   chromium      - the browser the UI tests drive (Debian chromium)
+#   ffmpeg        - Gradio encodes the page's streamed audio with it (Debian ffmpeg)
 # Installs them with apt when running as root, else prints the one command to run.
 set -e
 missing=""
@@ -11,6 +12,8 @@ for part in "$@"; do
       ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so' || missing="$missing libfluidsynth3" ;;
     chromium)
       [ -x /usr/bin/chromium ] || missing="$missing chromium" ;;
+    ffmpeg)
+      command -v ffmpeg >/dev/null 2>&1 || missing="$missing ffmpeg" ;;
   esac
 done
 [ -z "$missing" ] && exit 0

@@ -38,7 +38,7 @@ def tiny_data(tiny_corpus, tmp_path_factory):
     return out
 
 
-def _tiny_random_checkpoint(folder, held_down, note):
+def _tiny_random_checkpoint(folder, held_down, note, winner=None):
     from model_fixtures import pin_logits
     from perceiver_music.checkpoint import save_checkpoint
     from perceiver_music.model import PerceiverAR, PerceiverARConfig
@@ -47,7 +47,7 @@ def _tiny_random_checkpoint(folder, held_down, note):
     model = PerceiverAR(PerceiverARConfig(max_context=512, num_latents=64, d_model=64, n_heads=2, cross_heads=2, n_layers=2))
     with torch.no_grad():
         torch.nn.init.normal_(model.head.weight, std=0.5)
-    pin_logits(model, low=held_down)
+    pin_logits(model, low=held_down, high=winner)
     save_checkpoint(model, folder, metadata={"step": 0, "note": note})
     return folder
 
@@ -60,6 +60,14 @@ def random_checkpoint(tmp_path_factory):
     and a long one can be stopped."""
     return _tiny_random_checkpoint(tmp_path_factory.mktemp("checkpoint"), [EOS],
                                    "random weights for tests, no EOS")
+
+
+@pytest.fixture(scope="session")
+def eos_checkpoint(tmp_path_factory):
+    """A model that always prefers EOS (its logit near +100 at every step): the model that ends
+    every piece at once, as a real one often does after a primer's final chord."""
+    return _tiny_random_checkpoint(tmp_path_factory.mktemp("eos-checkpoint"), None,
+                                   "random weights for tests, EOS always wins", winner=EOS)
 
 
 @pytest.fixture(scope="session")

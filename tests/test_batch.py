@@ -377,3 +377,19 @@ def test_files_generated_together_in_groups(tmp_path, random_checkpoint, monkeyp
         assert records[rel]["seed"] == B.file_seed(4, rel)
         pretty_midi.PrettyMIDI(str(out / rel))
     assert not temp_files(out)
+
+
+def test_batch_renders_the_whole_piece_unless_told_lead_in_and_allow_end_lets_the_model_stop(
+        tmp_path, random_checkpoint, eos_checkpoint):
+    folder = make_folder(tmp_path / "in", good=["p.mid"], bad={}, seconds=20.0)
+    whole, seam = tmp_path / "whole", tmp_path / "seam"
+    assert main(batch_args(folder, whole, random_checkpoint, "--seed", "1", "--workers", "0")) == 0
+    assert main(batch_args(folder, seam, random_checkpoint, "--seed", "1", "--workers", "0", "--lead-in", "3")) == 0
+    whole_s = soundfile.info(str(whole / "p.wav")).frames / 22050
+    seam_s = soundfile.info(str(seam / "p.wav")).frames / 22050
+    assert whole_s >= 19 + 2 and 3 + 2 - 0.01 <= seam_s <= 3 + 2 + 4.1
+    stops = tmp_path / "stops"
+    assert main(batch_args(folder, stops, eos_checkpoint, "--render", "none", "--allow-end")) == 0
+    assert pretty_midi.PrettyMIDI(str(stops / "p.mid")).instruments == [] or not any(
+        i.notes for i in pretty_midi.PrettyMIDI(str(stops / "p.mid")).instruments)
+    assert latest(stops)["p.mid"]["status"] == "done"

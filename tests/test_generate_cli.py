@@ -60,9 +60,9 @@ def test_generate_variations_and_from_scratch(tmp_path, random_checkpoint, capsy
         pretty_midi.PrettyMIDI(str(tmp_path / f"v-{i}.mid"))
         assert not (tmp_path / f"v-{i}.full.mid").exists()  # from scratch: nothing to prepend
     assert not out.exists()
-    assert output_names("x/o.mid", "x/o.flac", 2, True) == [
-        {"continuation": "x/o-1.mid", "full": "x/o-1.full.mid", "audio": "x/o-1.flac"},
-        {"continuation": "x/o-2.mid", "full": "x/o-2.full.mid", "audio": "x/o-2.flac"},
+    assert output_names("x/o.mid", "x/o.flac", 2, True, audio_full="x/w.wav") == [
+        {"continuation": "x/o-1.mid", "full": "x/o-1.full.mid", "audio": "x/o-1.flac", "audio_full": "x/w-1.wav"},
+        {"continuation": "x/o-2.mid", "full": "x/o-2.full.mid", "audio": "x/o-2.flac", "audio_full": "x/w-2.wav"},
     ]
 
 
@@ -96,3 +96,41 @@ def test_generate_console_script_bad_primer(tmp_path, random_checkpoint):
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: song.mid")
     assert "Traceback" not in done.stderr and not (tmp_path / "o.mid").exists()
+
+
+def test_generate_audio_is_the_seam_of_a_ten_minute_primer_and_audio_full_the_whole(tmp_path, random_checkpoint,
+                                                                                    eos_checkpoint, capsys):
+    """A 10-minute primer made by code: --audio is the 8 s lead-in and the asked 3 s (and the
+    release tail), --audio-full the whole piece; a model that always wants to stop still writes
+    3 s, and with --allow-end it stops and the CLI says so."""
+    primer = tmp_path / "whole piece.mid"
+    primer.write_bytes(midi_bytes(piano_performance(seed=12, seconds=600)))
+    out, seam, whole = tmp_path / "c.mid", tmp_path / "seam.wav", tmp_path / "whole.wav"
+    args = ["generate", str(primer), "-o", str(out), "--audio", str(seam), "--audio-full", str(whole),
+            "--checkpoint", str(eos_checkpoint), "--length", "3", "--seed", "1", "--soundfont", SOUNDFONT, "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "the last 8.0 s of the primer, then the continuation" in printed and "the whole piece" in printed
+    info = soundfile.info(str(seam))
+    assert 8 + 3 - 0.01 <= info.frames / info.samplerate <= 8 + 3 + 4.1
+    assert soundfile.info(str(whole)).frames / 44100 >= 595 + 3
+    assert pretty_midi.PrettyMIDI(str(out)).get_end_time() > 2.0  # the continuation, as long as asked
+    lead = tmp_path / "lead.wav"
+    assert main([*args[:4], "--audio", str(lead), "--lead-in", "2", *args[8:]]) == 0
+    assert 2 + 3 - 0.01 <= soundfile.info(str(lead)).frames / 44100 <= 2 + 3 + 4.1
+    capsys.readouterr()
+    assert main([*args[:4], *args[8:], "--allow-end"]) == 0
+    assert "The model ended the piece after 0.0 s." in capsys.readouterr().out
+
+
+def test_a_band_primer_says_the_continuation_is_piano(tmp_path, random_checkpoint, capsys):
+    from midi_fixtures import band_with_drums
+
+    primer = tmp_path / "band.mid"
+    primer.write_bytes(midi_bytes(band_with_drums(seconds=10)))
+    assert main(["generate", str(primer), "-o", str(tmp_path / "b.mid"), "--checkpoint", str(random_checkpoint),
+                 "--length", "2", "--quiet"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "piano" in line]
+    assert len(lines) == 1 and "drums" in lines[0] and "continuation is piano" in lines[0]
+    full = pretty_midi.PrettyMIDI(str(tmp_path / "b.full.mid"))
+    assert any(i.is_drum for i in full.instruments) and {33, 48, 80} <= {i.program for i in full.instruments}

@@ -35,7 +35,7 @@ def test_widget_generate_stop_upload_and_errors(tmp_path, random_checkpoint):
     assert not widget.generate_button.disabled and widget.stop_button.disabled
     panel = widget.results.children[0].children
     kinds = [type(w).__name__ for w in panel]
-    assert kinds == ["HTML", "Audio", "Image", "HTML", "Button"]
+    assert kinds == ["HTML", "Audio", "Image", "HTML", "HBox"]
     assert panel[1].value[:4] == b"RIFF" and panel[2].value[:8] == b"\x89PNG\r\n\x1a\n"
     assert 'href="data:audio/midi;base64,' in panel[3].value and "download=" in panel[3].value
     assert all(Path(p).is_file() for v in result.variations for p in v.files.values())  # output_dir
@@ -81,6 +81,36 @@ def test_widget_generate_stop_upload_and_errors(tmp_path, random_checkpoint):
     assert widget.progress.bar_style == "danger" and not widget.generate_button.disabled
     widget.no_primer_button.click()
     assert widget.request().primer is None
+
+
+def test_widget_draws_the_rolls_as_they_come_and_renders_the_whole_piece_on_demand(tmp_path, random_checkpoint,
+                                                                                  eos_checkpoint):
+    import io
+
+    import soundfile
+
+    primer = midi_bytes(piano_performance(seed=12, seconds=600))  # ten minutes
+    widget = ContinuationWidget(primer, checkpoint=random_checkpoint, length=60, variations=2, seed=3,
+                                soundfont=embedded_soundfont())
+    frames = []
+    widget.live.observe(lambda change: frames.append(change["new"]), names="value")
+    result = widget.generate(wait=True)
+    drawn = [f for f in frames if f]
+    assert widget.live_frames >= 2 and len(drawn) >= 2 and drawn[0].count("<svg") == 2  # both variations
+    assert widget.live.value == ""  # the finished panels replace the live rolls
+    v = result.variations[0]
+    audio = soundfile.read(io.BytesIO(widget.results.children[0].children[1].value))[0]
+    assert 8 + 60 - 0.05 <= len(audio) / 44100 <= 8 + 60 + 4.1  # the lead-in, then the continuation
+    whole = widget.render_whole(1)
+    assert len(whole) / 44100 >= result.seam_seconds + 60
+    assert type(widget.results.children[0].children[-1]).__name__ == "Audio"
+    assert v.provenance["settings"]["lead_in_seconds"] == 8.0
+
+    stops = ContinuationWidget(primer, checkpoint=eos_checkpoint, length=5, allow_end=True, seed=1,
+                               soundfont=embedded_soundfont(), render_audio=False)
+    stopped = stops.generate(wait=True)
+    assert stopped.variations[0].stats["ended_by_model"]
+    assert "The model ended the piece after 0.0 s." in stops.status.value
 
 
 def _outputs(cell) -> list[dict]:

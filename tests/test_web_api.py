@@ -66,7 +66,7 @@ def continue_args(primer: Path, seed: int, length: float = 3.0, variations: int 
 
 def test_only_continue_and_preview_are_in_the_api(web_server, tmp_path, loopback_only):
     api = client(web_server, tmp_path).view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/continue", "/preview"}
+    assert set(api["named_endpoints"]) == {"/continue", "/continue_live", "/preview"}
     assert api["unnamed_endpoints"] == {}
     names = [p["parameter_name"] for p in api["named_endpoints"]["/continue"]["parameters"]]
     assert names == ["primer", "primer_window_seconds", "length_seconds", "temperature", "top_k", "top_p",
@@ -106,6 +106,33 @@ def test_continue_returns_playable_audio_and_midi_our_tokenizer_reads(web_server
     assert Path(on_server["audio"]).is_relative_to(web_server.output_dir.resolve())
     sidecar = json.loads(Path(on_server["provenance"]).read_text())
     assert sidecar["seed"] == 7
+
+
+def test_continue_live_streams_while_it_writes_and_ends_with_the_files(web_server, tmp_path, loopback_only):
+    """/continue_live yields the status while the model writes (ids and seconds per variation,
+    how much lead-in audio was sent), then the files; the audio is the lead-in and the continuation."""
+    from gradio_client import handle_file
+
+    primer = primer_file(tmp_path, seed=3, seconds=20.0)
+    job = client(web_server, tmp_path).submit(handle_file(str(primer)), 0, 30.0, 1.0, 0, 0.95, 0.0, 5, 2, 4.0, False,
+                                              api_name="/continue_live")
+    updates = []
+    for output in job:
+        updates.append(output)
+    final = job.result()
+    statuses = [u[0] for u in updates if u and u[0]]
+    live = [s for s in statuses if s.get("stage") == "generating" and "ids" in s]
+    assert len(live) >= 2, statuses
+    assert live[-1]["ids"][0] >= live[0]["ids"][0] and len(live[0]["ids"]) == 2  # both variations
+    assert any(s["audio_sent"] for s in live)  # the lead-in streamed at once: the tiny model outruns the music
+    status, _, full, audio, summary = final
+    assert status["stage"] == "done" and len(full) == len(audio) == 2
+    for path, v in zip(audio, summary["variations"]):
+        info = soundfile.info(path)
+        assert v["seconds_of_music"] == 30.0  # as long as asked
+        assert 4.0 + 30.0 - 0.05 <= info.frames / info.samplerate <= 4.0 + 30.0 + 4.1
+    assert summary["provenance"][0]["settings"]["lead_in_seconds"] == 4.0
+    assert summary["provenance"][0]["settings"]["allow_end"] is False
 
 
 def test_preview_reports_the_token_budget(web_server, tmp_path, loopback_only):
@@ -201,3 +228,29 @@ def test_start_up_says_where_it_serves_and_never_suggests_a_share_link(web_serve
     log = web_server.log_path.read_text()
     assert f"perceiver-music is serving on {web_server.url} (this machine only" in log
     assert "public link" not in log and "gradio.live" not in log  # Gradio's banner and its tunnels
+
+
+def test_the_page_says_the_model_ended_the_piece_and_that_a_band_becomes_piano(eos_checkpoint, tmp_path):
+    """The page's own generation code (handlers.stream_generation, in process): with "Let the
+    model end the piece" an always-EOS model stops at once and the status says after how long."""
+    from app.web.handlers import Handlers, WebConfig, status_text, stream_generation
+    from app.web.session import Session
+    from midi_fixtures import band_with_drums
+    from perceiver_music.checkpoint import ModelCache
+    from perceiver_music.engine import ContinueRequest
+
+    handlers = Handlers(WebConfig(checkpoint=eos_checkpoint, output_dir=tmp_path / "out"), ModelCache())
+    band = tmp_path / "band.mid"
+    band.write_bytes(midi_bytes(band_with_drums(seconds=10)))
+    for allow_end, words in ((True, "The model ended variation 1 after 0.0 s"), (False, None)):
+        request = ContinueRequest(primer=str(band), length_seconds=3, seed=1, checkpoint=str(eos_checkpoint),
+                                  output_dir=tmp_path / "out", allow_end=allow_end)
+        updates = list(stream_generation(handlers, request, Session(tmp_path / "s"), 1))
+        kind, result, error = updates[-1]
+        assert kind == "done" and error is None
+        text = status_text(result)
+        assert "continuation is piano" in text and "drums" in text
+        if words:
+            assert words in text
+        else:
+            assert "ended" not in text and result.variations[0].stats["seconds_of_music"] == 3.0

@@ -135,3 +135,45 @@ def test_stop_keeps_what_exists(page, tmp_path):
     wait_for_text(page, "#status", "Stopped")
     assert page.locator("#variation-1").is_visible()
     playable_audio(page, "#variation-1-audio")
+
+
+def long_primer(tmp_path, minutes=10.0, name="ten-minutes.mid") -> Path:
+    """A primer of `minutes` minutes built by code (a whole piece, as people bring them)."""
+    path = tmp_path / name
+    path.write_bytes(midi_bytes(piano_performance(seed=12, seconds=minutes * 60)))
+    return path
+
+
+def audio_duration(page, component) -> float:
+    wav = playable_audio(page, component)
+    info = soundfile.info(io.BytesIO(wav))
+    return info.frames / info.samplerate
+
+
+def test_the_seam_is_heard_watched_as_it_is_written_and_the_whole_piece_is_a_click_away(page, tmp_path):
+    """A 10-minute primer: the piano roll of variation 1 grows while the model writes (Gradio's
+    streaming of a generator handler), the audio is the 8 s lead-in and the asked 20 s, and the
+    whole piece renders on demand."""
+    page.set_input_files("#primer-file input[type=file]", str(long_primer(tmp_path)))
+    wait_for_text(page, "#budget", "ten-minutes.mid")
+    wait_for_text(page, "#budget", "last 30 s")
+    assert audio_duration(page, "#primer-audio") < 36  # the preview's last 30 s (and its release tail)
+    set_length(page, 20)
+    page.evaluate("""() => {
+        window.__rolls = [];
+        const seen = () => { const svg = document.querySelector('#variation-1-live svg');
+                             const html = svg ? svg.outerHTML : '';
+                             if (html && window.__rolls[window.__rolls.length - 1] !== html) window.__rolls.push(html); };
+        new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }""")
+    page.click("#generate")
+    wait_for_text(page, "#status", "Done")
+    rolls = page.evaluate("window.__rolls")
+    assert len(rolls) >= 2, f"the live piano roll was drawn {len(rolls)} times"
+    # it grew: the last frame has more continuation notes than the first
+    assert rolls[-1].count("#e07b39") > rolls[0].count("#e07b39")
+    seam_audio = audio_duration(page, "#variation-1-audio")
+    assert 8 + 20 - 0.05 <= seam_audio <= 8 + 20 + 4.1, seam_audio  # lead-in + continuation + release tail
+    page.click("#variation-1-whole")
+    whole = audio_duration(page, "#variation-1-whole-audio")
+    assert whole >= 10 * 60 - 5 + 20, whole  # the whole primer window and the continuation

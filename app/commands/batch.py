@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", metavar="K/N", help="do only the K-th of N parts of the folder (1-based)")
     parser.add_argument("--skip-failed", action="store_true",
                         help="do not retry files that failed in an earlier run with the same settings")
+    parser.add_argument("--lead-in", type=float, metavar="SECONDS",
+                        help="render only the seam: the primer's last SECONDS, then the continuation "
+                             "(default: the whole piece)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_generation_arguments(parser)
     for action in parser._actions:

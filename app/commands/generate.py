@@ -1,7 +1,10 @@
 """`perceiver-music generate PRIMER.mid -o OUT.mid [--audio OUT.wav]`: continue one MIDI file.
 
 Writes OUT.mid (the continuation alone) and OUT.full.mid (the primer window followed by the
-continuation); --audio renders the full piece. With --variations N (2 to 4) every name gets
+continuation, the primer with its own instruments and drums). --audio renders the seam: the
+last --lead-in seconds of the primer (8 by default) and then the continuation; --audio-full
+FULL.wav renders the whole piece too. The continuation is as long as asked unless
+--allow-end lets the model end the piece. With --variations N (2 to 4) every name gets
 -1 ... -N before its suffix: OUT-1.mid, OUT-1.full.mid, OUT-1.wav, ... `--from-scratch` starts
 from nothing instead of a primer (then only OUT.mid: there is no primer to prepend). The seed
 is printed, so a result can be made again with --seed.
@@ -30,6 +33,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest ids (default 0: off)")
     group.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
     group.add_argument("--min-p", type=float, default=0.0, help="drop ids below this share of the top one (default 0)")
+    group.add_argument("--allow-end", action="store_true",
+                       help="let the model end the piece before the asked length (default: it never does)")
     group.add_argument("--seed", type=int, help="reproduce a result (default: a fresh random seed, printed)")
     group.add_argument("--variations", type=int, default=1, help="1 to 4 continuations, sampled as one batch")
     group.add_argument("--checkpoint", default=os.environ.get(CHECKPOINT_ENV) or None,
@@ -54,6 +59,8 @@ def request_from_args(args: argparse.Namespace, **overrides):
         min_p=args.min_p,
         seed=args.seed,
         variations=args.variations,
+        allow_end=args.allow_end,
+        lead_in_seconds=args.lead_in,
         soundfont=args.soundfont,
         sample_rate=args.sample_rate,
         checkpoint=args.checkpoint,
@@ -68,13 +75,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-scratch", action="store_true", help="no primer: start from nothing")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.mid",
                         help="the continuation; OUT.full.mid gets the primer window + continuation")
-    parser.add_argument("--audio", metavar="OUT.wav", help="also render the full piece: .wav or .flac")
+    parser.add_argument("--audio", metavar="OUT.wav",
+                        help="also render the seam: the primer's last --lead-in seconds, then the continuation "
+                             "(.wav or .flac)")
+    parser.add_argument("--lead-in", type=float, default=8.0, metavar="SECONDS",
+                        help="seconds of primer before the continuation in --audio (default 8)")
+    parser.add_argument("--audio-full", metavar="FULL.wav",
+                        help="also render the whole piece: the primer window and the continuation")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_generation_arguments(parser)
 
 
-def output_names(output: str, audio: str | None, variations: int, with_full: bool) -> list[dict]:
-    """Per variation: {"continuation": path, "full": path or None, "audio": path or None}."""
+def output_names(output: str, audio: str | None, variations: int, with_full: bool,
+                 audio_full: str | None = None) -> list[dict]:
+    """Per variation: {"continuation": path, "full": path or None, "audio": path or None,
+    "audio_full": path or None}."""
     from pathlib import Path
 
     def named(path: str, index: int | None, role: str = "") -> str:
@@ -88,6 +103,7 @@ def output_names(output: str, audio: str | None, variations: int, with_full: boo
             "continuation": named(output, index),
             "full": named(output, index, ".full") if with_full else None,
             "audio": named(audio, index) if audio else None,
+            "audio_full": named(audio_full, index) if audio_full else None,
         })
     return names
 
@@ -108,14 +124,17 @@ def run(args: argparse.Namespace) -> int:
         raise OutputPathError(f"{args.output}: the output must be a MIDI file (.mid)")
     ensure_output_dir(Path(args.output).parent)
     audio_format = None
-    if args.audio:
-        from perceiver_music.render import audio_format as check_audio_format
+    for path in (args.audio, args.audio_full):
+        if path:
+            from perceiver_music.render import audio_format as check_audio_format
 
-        check_audio_format(args.audio)
+            check_audio_format(path)
+            suffix = Path(path).suffix.lower().lstrip(".")
+            if suffix not in ("wav", "flac"):
+                raise OutputPathError(f"{path}: the audio must be .wav or .flac")
+            ensure_output_dir(Path(path).parent)
+    if args.audio:
         audio_format = Path(args.audio).suffix.lower().lstrip(".")
-        if audio_format not in ("wav", "flac"):
-            raise OutputPathError(f"{args.audio}: the audio must be .wav or .flac")
-        ensure_output_dir(Path(args.audio).parent)
     request = request_from_args(
         args,
         primer=None if args.from_scratch else args.primer,
@@ -131,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(f"seed {result.seed}")
-    names = output_names(args.output, args.audio, len(result.variations), with_full=not args.from_scratch)
+    names = output_names(args.output, args.audio, len(result.variations), with_full=not args.from_scratch,
+                         audio_full=args.audio_full)
+    if result.notice:
+        print(result.notice)
     for variation, paths in zip(result.variations, names):
         stats = variation.stats
         write_bytes(paths["continuation"], variation.continuation_midi)
@@ -146,8 +168,20 @@ def run(args: argparse.Namespace) -> int:
             from perceiver_music.render import duration_seconds, write_audio
 
             write_audio(paths["audio"], variation.audio, variation.sample_rate)
+            lead = (f"the last {variation.lead_in_seconds:.1f} s of the primer, then the continuation"
+                    if variation.lead_in_seconds < result.seam_seconds else "the whole piece")
             print(f"{label}wrote {paths['audio']} ({duration_seconds(variation.audio, variation.sample_rate):.1f} s "
-                  f"of audio)")
+                  f"of audio: {lead})")
+        if paths["audio_full"]:
+            from perceiver_music.engine import render_full
+            from perceiver_music.render import duration_seconds, write_audio
+
+            whole = render_full(variation, soundfont=args.soundfont, sample_rate=args.sample_rate)
+            write_audio(paths["audio_full"], whole, args.sample_rate)
+            print(f"{label}wrote {paths['audio_full']} ({duration_seconds(whole, args.sample_rate):.1f} s of audio: "
+                  f"the whole piece)")
+        if variation.notice:
+            print(f"{label}{variation.notice}")
     speed = result.variations[0].stats["tokens_per_s"] if result.variations else 0
     print(f"{result.elapsed_s:.1f} s in all, {speed:.0f} tokens/s")
     return 0

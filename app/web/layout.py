@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from perceiver_music.checkpoint import ModelCache
-from perceiver_music.engine import MAX_VARIATIONS
+from perceiver_music.engine import DEFAULT_LEAD_IN, MAX_VARIATIONS
 
 from .handlers import WINDOW_LAST, WINDOW_MODES, WINDOW_SPAN, WINDOW_WHOLE, Handlers, WebConfig, new_seed
 
@@ -22,6 +22,7 @@ MONO = ["ui-monospace", "SFMono-Regular", "DejaVu Sans Mono", "Menlo", "Consolas
 CSS = """
 .pm-status { min-height: 2.5em; }
 .pm-slot { padding: 8px; }
+.pm-live svg { display: block; width: 100%; height: 200px; }
 """
 PRIVATE = {"api_visibility": "private"}
 # The browser's own <audio> player: it streams the WAV and seeks at once, where the waveform view
@@ -56,7 +57,8 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
                     span_a = gr.Number(0, label="span from (s)", minimum=0, visible=False, elem_id="span-start")
                     span_b = gr.Number(10, label="span to (s)", minimum=0, visible=False, elem_id="span-end")
                 budget = gr.Markdown("**No primer**: the model starts from silence.", elem_id="budget")
-                preview_audio = gr.Audio(label="Primer window", elem_id="primer-audio", **PLAYER)
+                preview_audio = gr.Audio(label="Primer window (its last 30 s)", elem_id="primer-audio", **PLAYER)
+                preview_whole = gr.Checkbox(False, label="Play the whole window", elem_id="preview-whole")
                 preview_roll = gr.Image(label="Primer piano roll", type="filepath", interactive=False,
                                         elem_id="primer-roll", height=180)
             with gr.Column(scale=1):
@@ -72,25 +74,43 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
                     dice = gr.Button("⚄ New seed", size="sm", scale=1, elem_id="dice")
                 variations = gr.Slider(1, MAX_VARIATIONS, value=1, step=1, label="Variations", elem_id="variations")
                 with gr.Row():
+                    lead_in = gr.Number(DEFAULT_LEAD_IN, label="Lead-in: seconds of primer before the continuation",
+                                        minimum=0, maximum=120, elem_id="lead-in", scale=2)
+                    allow_end = gr.Checkbox(False, label="Let the model end the piece", elem_id="allow-end",
+                                            scale=1)
+                with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 status = gr.Markdown("", elem_id="status", elem_classes="pm-status")
 
-        slots, slot_outputs, continue_buttons = [], [], []
+        slots, slot_outputs, continue_buttons, whole_buttons, whole_audios = [], [], [], [], []
         with gr.Row():
             for index in range(1, MAX_VARIATIONS + 1):
                 with gr.Column(visible=False, min_width=280, elem_id=f"variation-{index}",
                                elem_classes="pm-slot") as slot:
-                    caption = gr.Markdown(f"**Variation {index}**")
-                    audio = gr.Audio(label=f"Variation {index}", elem_id=f"variation-{index}-audio", **PLAYER)
+                    caption = gr.Markdown(f"**Variation {index}**", elem_id=f"variation-{index}-caption")
+                    if index == 1:
+                        # Variation 1 as it is written: the lead-in at once, then the continuation.
+                        live_audio = gr.Audio(label="Listening as it is written", streaming=True, autoplay=True,
+                                              interactive=False, visible=False, elem_id="live-audio")
+                    live_roll = gr.HTML("", visible=False, elem_id=f"variation-{index}-live", elem_classes="pm-live")
+                    audio = gr.Audio(label=f"Variation {index}: the lead-in, then the continuation",
+                                     elem_id=f"variation-{index}-audio", **PLAYER)
                     roll = gr.Image(label="Piano roll", type="filepath", interactive=False, height=200,
                                     elem_id=f"variation-{index}-roll")
                     files = gr.File(label="Downloads: full MIDI, continuation MIDI, WAV", file_count="multiple",
                                     interactive=False, elem_id=f"variation-{index}-files")
-                    button = gr.Button("Continue this output", size="sm", elem_id=f"variation-{index}-continue")
+                    with gr.Row():
+                        whole_button = gr.Button("Render the whole piece", size="sm",
+                                                 elem_id=f"variation-{index}-whole")
+                        button = gr.Button("Continue this output", size="sm", elem_id=f"variation-{index}-continue")
+                    whole_audio = gr.Audio(label="The whole piece", visible=False,
+                                           elem_id=f"variation-{index}-whole-audio", **PLAYER)
                 slots.append(slot)
-                slot_outputs += [slot, audio, roll, files, caption]
+                slot_outputs += [slot, audio, roll, files, caption, live_roll, whole_audio]
                 continue_buttons.append(button)
+                whole_buttons.append(whole_button)
+                whole_audios.append(whole_audio)
 
         # The public API, on hidden components: /continue and /preview.
         with gr.Column(visible=False):
@@ -108,7 +128,15 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
             api_audio = gr.File(label="audio", file_count="multiple")
             api_summary = gr.JSON(label="summary")
             api_budget = gr.JSON(label="budget")
+            api_lead_in = gr.Number(DEFAULT_LEAD_IN, label="lead_in_seconds")
+            api_allow_end = gr.Checkbox(False, label="allow_end")
+            api_live_status = gr.JSON(label="status")
+            api_live_audio = gr.Audio(label="audio_stream", streaming=True, interactive=False)
+            api_live_full = gr.File(label="full_midi", file_count="multiple")
+            api_live_files = gr.File(label="audio", file_count="multiple")
+            api_live_summary = gr.JSON(label="summary")
             api_continue_button = gr.Button("continue")
+            api_live_button = gr.Button("continue_live")
             api_preview_button = gr.Button("preview")
 
         # ---- wiring ----------------------------------------------------------------------------
@@ -122,6 +150,10 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
         undo.click(h.undo, window_inputs, primer_outputs, **PRIVATE, **preview_group)
         for index, button in enumerate(continue_buttons, start=1):
             button.click(h.continue_from(index), [length], primer_outputs, **PRIVATE, **preview_group)
+        for index, (button, target) in enumerate(zip(whole_buttons, whole_audios), start=1):
+            button.click(h.whole_piece(index), None, target, **PRIVATE, **preview_group)
+        preview_whole.change(h.set_preview_whole, [preview_whole, *window_inputs], preview_outputs,
+                             show_progress="minimal", **PRIVATE, **preview_group)
 
         mode.change(lambda m: [gr.update(visible=m == WINDOW_LAST), gr.update(visible=m == WINDOW_SPAN),
                                gr.update(visible=m == WINDOW_SPAN)],
@@ -131,8 +163,9 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
               **PRIVATE, **preview_group)
 
         dice.click(new_seed, None, seed, queue=False, show_progress="hidden", **PRIVATE)
-        generate.click(h.generate, [*window_inputs, temperature, top_k, top_p, min_p, seed, variations],
-                       [status, *slot_outputs], show_progress_on=[status], **PRIVATE, **generate_group)
+        generate.click(h.generate, [*window_inputs, temperature, top_k, top_p, min_p, seed, variations, lead_in,
+                                    allow_end],
+                       [status, live_audio, *slot_outputs], show_progress="hidden", **PRIVATE, **generate_group)
         stop.click(h.stop, None, None, queue=False, show_progress="hidden", **PRIVATE)
         demo.load(new_seed, None, seed, show_progress="hidden", **PRIVATE)  # a fresh seed per tab
         demo.load(h.refresh, window_inputs, preview_outputs, show_progress="hidden", **PRIVATE)  # the budget
@@ -144,6 +177,12 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
              api_variations],
             [api_full, api_continuation, api_audio, api_summary],
             api_name="continue", **generate_group)
+        api_live_button.click(
+            h.api_continue_live,
+            [api_primer, api_window, api_length, api_temperature, api_top_k, api_top_p, api_min_p, api_seed,
+             api_variations, api_lead_in, api_allow_end],
+            [api_live_status, api_live_audio, api_live_full, api_live_files, api_live_summary],
+            api_name="continue_live", **generate_group)
         api_preview_button.click(h.api_preview, [api_primer, api_window, api_length], api_budget,
                                  api_name="preview", concurrency_id="preview", concurrency_limit=2)
 

@@ -43,6 +43,7 @@ class Session:
     history: list[Primer] = field(default_factory=list)
     variations: dict[int, Path] = field(default_factory=dict)  # index -> full MIDI of the last result
     previews: OrderedDict = field(default_factory=OrderedDict)  # window key -> (audio, roll) files
+    preview_whole: bool = False  # the primer player plays the whole window, not its last 30 s
     cancel: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
