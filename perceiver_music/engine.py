@@ -35,6 +35,10 @@ SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 AUDIO_FORMATS = ("wav", "flac")
 # A generated note whose NOTE_OFF never came still ends: a held key, not a drone.
 MAX_GENERATED_NOTE_SECONDS = 4.0
+CPU_RUNTIMES = ("auto", "onnx", "torch")
+# The onnx runtime's precision on a CPU, the fastest that costs under 0.01 nats/token of NLL
+# (bench/precision.py; BENCHMARKS.md, "Compiled CPU decode step"). None: float32.
+ONNX_DTYPE = None
 
 
 @dataclass
@@ -57,6 +61,9 @@ class ContinueRequest:
     render_audio: bool = True
     checkpoint: str | os.PathLike | None = None  # None: the embedded default model
     device: str = "auto"
+    # On a CPU: "onnx" (the compiled decode step, decode_onnx.py), "torch" (the eager PyTorch
+    # step) or "auto" (onnx when onnxruntime is installed). Ignored on CUDA (a CUDA graph).
+    cpu_runtime: str = "auto"
     output_dir: str | os.PathLike | None = None  # None: nothing is written to disk
 
     def settings(self) -> dict:
@@ -173,6 +180,14 @@ def check_request(request: ContinueRequest) -> None:
         a, b = r.window_span
         if not 0 <= a < b:
             raise BadRequestError(f"the primer span must satisfy 0 <= start < end, not [{a}, {b})")
+    if r.cpu_runtime not in CPU_RUNTIMES:
+        raise BadRequestError(f"the CPU runtime must be one of {', '.join(CPU_RUNTIMES)}, not {r.cpu_runtime!r}")
+    if r.cpu_runtime == "onnx":
+        from .decode_onnx import available
+
+        if not available():
+            raise BadRequestError("the onnx CPU runtime needs onnxruntime (pip install onnxruntime); "
+                                  "or use the torch runtime")
     if r.seed is not None and not 0 <= r.seed < 2**63:
         raise BadRequestError("the seed must be a whole number from 0 to 2^63 - 1")
 
@@ -268,7 +283,7 @@ def continue_midi(
 
 
 # Settings every request of one batch must share: they shape the whole batch's sampling.
-BATCH_SHARED = ("checkpoint", "device", "length_seconds", "length_tokens", "temperature", "top_k", "top_p",
+BATCH_SHARED = ("checkpoint", "device", "cpu_runtime", "length_seconds", "length_tokens", "temperature", "top_k", "top_p",
                 "min_p", "variations")
 
 
@@ -314,6 +329,7 @@ def continue_batch(
         notify(Progress("generating", done, total, live.get("ids", 0) * rows / elapsed))
 
     new_ids = _generate(checkpoint.model, prompts, first, seeds, on_progress, cancel, live)
+    runtime = live.get("runtime")
     generation_seconds = time.monotonic() - generation_started
     tokens_per_s = sum(len(v) for ids in new_ids for v in ids) / max(1e-6, generation_seconds)
     cancelled = bool(cancel is not None and cancel.is_set())
@@ -324,7 +340,7 @@ def continue_batch(
             notify(Progress("rendering", index - 1, len(ids), message=f"rendering variation {index}"))
             variation = _build_variation(index, variation_ids, primer, primer.seconds, request, checkpoint, seed,
                                          tokens_per_s, cancelled, out_dir, prompt_tokens=len(prompt),
-                                         batch_size=len(requests))
+                                         batch_size=len(requests), runtime=runtime)
             variations.append(variation)
         results.append(ContinueResult(variations, seed, primer.ids, primer.seconds, cancelled,
                                       time.monotonic() - started, out_dir))
@@ -338,9 +354,7 @@ def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progre
 
     from .generate import generate_batch
 
-    # GPU: bfloat16 autocast. CPU: float16 and bfloat16 copies of the Linear weights, read by the
-    # rows multiplied (cpu_precision: about 2x the tokens/s of float32; test NLL unchanged).
-    on_gpu = next(model.parameters()).device.type == "cuda"
+    backend, dtype = generation_backend(model, request.cpu_runtime)
     return generate_batch(
         model,
         prompts,
@@ -354,9 +368,28 @@ def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progre
         num_variations=request.variations,
         progress=progress,
         cancel=cancel,
-        dtype=torch.bfloat16 if on_gpu else torch.float16,
+        backend=backend,
+        dtype=dtype,
         stats=live,
     )
+
+
+def generation_backend(model, cpu_runtime: str = "auto"):
+    """(backend, dtype) for generate(): on a GPU a CUDA graph in bfloat16; on a CPU the onnx
+    runtime in ONNX_DTYPE when asked for or, with "auto", when onnxruntime is installed; else the
+    eager step with float16 and bfloat16 copies of the Linear weights, read by the rows
+    multiplied (cpu_precision: about 2x the tokens/s of eager float32; test NLL unchanged)."""
+    import torch
+
+    from .generate import auto_backend
+
+    if next(model.parameters()).device.type == "cuda":
+        return "auto", torch.bfloat16
+    if cpu_runtime == "onnx" and model.config.attention != "softmax":
+        raise BadRequestError("the onnx CPU runtime supports softmax attention only; use the torch runtime")
+    if cpu_runtime == "onnx" or (cpu_runtime == "auto" and auto_backend(model, ONNX_DTYPE) == "onnx"):
+        return "onnx", ONNX_DTYPE
+    return "eager", torch.float16
 
 
 def _request_folder(root: str | os.PathLike) -> Path:
@@ -389,7 +422,7 @@ def _provenance(request, checkpoint: Checkpoint, seed: int, index: int, primer: 
 
 
 def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir,
-                     prompt_tokens: int, batch_size: int = 1):
+                     prompt_tokens: int, batch_size: int = 1, runtime: str | None = None):
     from .pianoroll import pianoroll_png
     from .tokenizer import SOS, decode, seconds_of, to_midi_bytes
 
@@ -405,6 +438,7 @@ def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens
         "primer_tokens": len(primer.ids),
         "prompt_tokens": prompt_tokens,  # what the model saw: at most max_context, or a batch's length
         "batch_size": batch_size,  # primers generated together
+        "runtime": runtime,  # what computed the logits: onnx-float32, eager, graph, ... (generate.runtime_name)
         "cancelled": cancelled,
     }
     provenance = _provenance(request, checkpoint, seed, index, primer, stats)

@@ -16,7 +16,9 @@ so this changes nothing in exact arithmetic) and so stay below max_context + N.
 
 Backends: "eager" (KVCache, the readable reference), "static" (the fixed-shape ring-buffer step
 of decode_graph.py, run eagerly), "graph" (that step captured in a CUDA graph; chosen by
-"auto" on CUDA), and `use_cache=False`: the same schedule with a full forward per token.
+"auto" on CUDA), "onnx" (that step exported and run by onnxruntime, decode_onnx.py; chosen by
+"auto" on a CPU when onnxruntime is installed), and `use_cache=False`: the same schedule with a
+full forward per token.
 """
 
 from __future__ import annotations
@@ -183,20 +185,71 @@ def cpu_model(model: PerceiverAR, dtype: torch.dtype | None) -> PerceiverAR:
     return low_precision_copy(model) if dtype == torch.float16 and _on_cpu(model) else model
 
 
-def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: str, dtype: torch.dtype | None):
+BACKENDS = ("auto", "eager", "static", "graph", "onnx")
+# dtype of generate() -> precision of the onnx runtime: None is float32 (the exact reference);
+# torch.qint8 asks for onnxruntime's int8 weight products (decode_onnx.py).
+ONNX_PRECISIONS = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
+
+
+def onnx_available() -> bool:
+    from .decode_onnx import available
+
+    return available()
+
+
+def auto_backend(model: PerceiverAR, dtype: torch.dtype | None = None) -> str:
+    """What backend="auto" runs: a CUDA graph on CUDA, the onnx runtime on a CPU when it is
+    installed (and the dtype is one it has), else eager."""
+    softmax = model.config.attention == "softmax"
     device = next(model.parameters()).device
-    if backend not in ("auto", "eager", "static", "graph"):
-        raise ValueError(f"backend must be auto, eager, static or graph, not {backend!r}")
+    if device.type == "cuda" and softmax:
+        return "graph"
+    if device.type == "cpu" and softmax and dtype in ONNX_PRECISIONS and onnx_available():
+        return "onnx"
+    return "eager"
+
+
+def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: str, dtype: torch.dtype | None):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if dtype == torch.qint8 and backend not in ("auto", "onnx"):
+        raise ValueError("int8 weights (dtype torch.qint8) are the onnx runtime's; use backend onnx")
     if not use_cache:
+        if dtype == torch.qint8:
+            raise ValueError("int8 weights (dtype torch.qint8) need the cache (the onnx runtime)")
         return NaiveDecoder(model, dtype)
-    if backend == "auto":
-        graphable = device.type == "cuda" and model.config.attention == "softmax"
-        backend = "graph" if graphable else "eager"
-    if backend == "eager":
+    chosen = auto_backend(model, dtype) if backend == "auto" else backend
+    if chosen == "onnx":
+        if dtype not in ONNX_PRECISIONS:
+            raise ValueError(f"the onnx runtime computes float32 or int8 (torch.qint8), not {dtype}")
+        if not onnx_available():
+            raise ValueError("the onnx runtime needs onnxruntime: pip install onnxruntime, or use backend eager")
+        from .decode_onnx import OnnxDecoder
+
+        try:
+            return OnnxDecoder(model, batch, precision=ONNX_PRECISIONS[dtype])
+        except Exception as error:  # noqa: BLE001 - "auto" falls back to the exact eager path
+            if backend != "auto" or dtype == torch.qint8:
+                raise
+            import warnings
+
+            warnings.warn(f"the onnx runtime failed ({error}); generating with the eager path", RuntimeWarning)
+            chosen = "eager"
+    if chosen == "eager":
         return EagerDecoder(model, dtype)
     from .decode_graph import GraphDecoder
 
     return GraphDecoder(model, batch, dtype=dtype, capture=backend == "graph")
+
+
+def runtime_name(decoder) -> str:
+    """What computed the logits, for provenance: eager, naive, static, graph, onnx-float32, ..."""
+    name = type(decoder).__name__
+    if name == "OnnxDecoder":
+        return f"onnx-{decoder.precision}"
+    if name == "GraphDecoder":
+        return "graph" if decoder.graph is not None else "static"
+    return {"EagerDecoder": "eager", "NaiveDecoder": "naive"}.get(name, name)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -231,10 +284,13 @@ def generate(
     returns what exists. `progress(done, total)` is called at least every 0.1 s between
     steps and at the end, counting ids when max_new_tokens is given, else music seconds.
     `dtype=None` computes in the model's own precision: the exact reference. For speed pass
-    torch.bfloat16 on CUDA (autocast) and torch.float16 on a CPU (float16 and bfloat16 Linear
-    weights, see `cpu_precision`); both change logits slightly. `backend` picks the
-    decoder (module docstring). An empty prompt starts from SOS. `stats`, a dict, is kept up
-    to date with "ids" (ids sampled per variation so far), for a front end's tokens/s.
+    torch.bfloat16 on CUDA (autocast) and torch.float16 on a CPU with the eager backend (float16
+    and bfloat16 Linear weights, see `cpu_precision`); torch.qint8 asks the onnx runtime for
+    int8 weight products; all change logits slightly. `backend` picks the decoder (module
+    docstring): "auto" is a CUDA graph on CUDA and, on a CPU, the onnx runtime when onnxruntime
+    is installed and the dtype is None, float32 or qint8 (else eager). An empty prompt starts from SOS. `stats`, a dict, is kept up
+    to date with "ids" (ids sampled per variation so far), for a front end's tokens/s, and
+    gets "runtime" (`runtime_name`).
     """
     return _generate(
         model, [prompt_ids], [seed], max_new_tokens=max_new_tokens, max_seconds=max_seconds,
@@ -323,6 +379,8 @@ def _generate(
     try:
         with torch.inference_mode():
             decoder = make_decoder(model, B, use_cache=use_cache, backend=backend, dtype=dtype)
+            if stats is not None:
+                stats["runtime"] = runtime_name(decoder)
             window = TokenWindow(torch.tensor(rows).repeat_interleave(V, dim=0), B, cfg.max_context, device)
             sampled = SampledIds(B, device, limit_ids, limit_steps, read_every=reads_every(device))
             steps = 0  # ids sampled per variation so far
