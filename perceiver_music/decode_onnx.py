@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from .model import PerceiverAR
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 4
 PRECISIONS = ("float32", "int8")
 OPSET = 17
 
@@ -68,11 +68,14 @@ def cache_folder() -> Path:
 # ---- the exported graphs: the model's own modules, written as functions of explicit buffers ----
 
 
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """model.apply_rope: x (B, L, H, hd), cos/sin broadcastable to (B, L, H, rot/2)."""
-    half = cos.size(-1)
-    x1, x2 = x[..., :half], x[..., half : 2 * half]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., 2 * half :]), dim=-1)
+def _rope(x: Tensor, cos: Tensor, sin: Tensor, half: int, head_dim: int) -> Tensor:
+    """model.apply_rope: x (B, L, H, hd), cos/sin broadcastable to (B, L, H, rot/2). Sizes are
+    Python ints, so the graph splits by constants (no shape arithmetic)."""
+    rest = head_dim - 2 * half
+    parts = x.split([half, half, rest] if rest else [half, half], dim=-1)
+    x1, x2 = parts[0], parts[1]
+    rotated = (x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+    return torch.cat(rotated + ((parts[2],) if rest else ()), dim=-1)
 
 
 def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
@@ -81,17 +84,17 @@ def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
 
 def _step_attention(q: Tensor, k_t: Tensor, v: Tensor, mask: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
     """One query (B, H, 1, hd) over cached keys k_t (B, H, hd, S) with additive mask (S,), and
-    over its own new key/value (B, H, 1, hd): one softmax over both, no cache copied."""
-    q = q * (q.size(-1) ** -0.5)
+    over its own new key/value (B, H, 1, hd): one softmax over both, no cache copied. The query
+    comes scaled by head_dim ** -0.5."""
     cached = q @ k_t + mask  # (B, H, 1, S)
     own = (q * k_new).sum(-1, keepdim=True)  # (B, H, 1, 1)
     weights = torch.cat((cached, own), dim=-1).softmax(dim=-1)
     return weights[..., :-1] @ v + weights[..., -1:] * v_new
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
     """Full attention with an additive mask (Lq, Lk): q (B, H, Lq, hd), k/v (B, H, Lk, hd)."""
-    scores = (q * (q.size(-1) ** -0.5)) @ k.transpose(-1, -2) + mask
+    scores = (q * scale) @ k.transpose(-1, -2) + mask
     return scores.softmax(dim=-1) @ v
 
 
@@ -114,32 +117,35 @@ class StepGraph(nn.Module):
         self.register_buffer("self_sin", sin.clone(), persistent=False)
 
     def forward(self, tokens, pos, cross_k_t, cross_v, cross_mask, latent_mask, *latent):
+        # Reshapes name every size but the batch (-1): the graph needs no shape arithmetic.
         m = self.model
         c = m.cross
-        hc, hdc = c.heads, c.head_dim
-        x = m.tok_emb(tokens)[:, None]  # (B, 1, d)
+        hc, hdc, d = c.heads, c.head_dim, m.config.d_model
+        x = m.tok_emb(tokens).reshape(-1, 1, d)  # (B, 1, d)
         cos, sin = self.cross_cos[pos][:, None], self.cross_sin[pos][:, None]  # (1, 1, half)
-        k, v = c.kv(c.kv_norm(x)).unflatten(-1, (2 * hc, hdc)).chunk(2, dim=2)  # (B, 1, Hc, hd)
-        k = _rope(k, cos, sin).transpose(1, 2)  # (B, Hc, 1, hd)
+        half = self.cross_cos.size(-1)
+        k, v = c.kv(c.kv_norm(x)).reshape(-1, 1, 2 * hc, hdc).chunk(2, dim=2)  # (B, 1, Hc, hd)
+        k = _rope(k, cos, sin, half, hdc).transpose(1, 2)  # (B, Hc, 1, hd)
         v = v.transpose(1, 2)
-        q = _rope(c.q(c.q_norm(x)).unflatten(-1, (hc, hdc)), cos, sin).transpose(1, 2)
-        y = _step_attention(q, cross_k_t, cross_v, cross_mask, k, v)
-        h = x + c.out(y.transpose(1, 2).flatten(2))
+        q = _rope(c.q(c.q_norm(x)).reshape(-1, 1, hc, hdc), cos, sin, half, hdc).transpose(1, 2)
+        y = _step_attention(q * hdc**-0.5, cross_k_t, cross_v, cross_mask, k, v)
+        h = x + c.out(y.reshape(-1, 1, d))  # (B, Hc, 1, hd) -> (B, 1, d): the 1 makes it a reshape
         h = h + _mlp(c.mlp, c.mlp_norm(h))
-        cross_k, cross_v_new = k[:, :, 0], v[:, :, 0]
+        cross_k, cross_v_new = k.reshape(-1, hc, hdc), v.reshape(-1, hc, hdc)
         cos, sin = self.self_cos[pos][:, None], self.self_sin[pos][:, None]
+        half = self.self_cos.size(-1)
         new_k, new_v = [], []
         for i, block in enumerate(m.blocks):
             H, hd = block.heads, block.head_dim
-            qkv = block.qkv(block.norm1(h)).unflatten(-1, (3 * H, hd))  # (B, 1, 3H, hd)
-            qk = _rope(qkv[:, :, : 2 * H], cos, sin).transpose(1, 2)
-            q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, 2 * H :].transpose(1, 2)
-            y = _step_attention(q, latent[2 * i], latent[2 * i + 1], latent_mask, k, v)
-            h = h + block.out(y.transpose(1, 2).flatten(2))
+            qk, v = block.qkv(block.norm1(h)).reshape(-1, 1, 3 * H, hd).split([2 * H, H], dim=2)
+            q, k = _rope(qk, cos, sin, half, hd).transpose(1, 2).split([H, H], dim=1)  # one rotation for both
+            v = v.transpose(1, 2)
+            y = _step_attention(q * hd**-0.5, latent[2 * i], latent[2 * i + 1], latent_mask, k, v)
+            h = h + block.out(y.reshape(-1, 1, d))
             h = h + _mlp(block.mlp, block.norm2(h))
-            new_k.append(k[:, :, 0])
-            new_v.append(v[:, :, 0])
-        logits = m.head(m.norm(h))[:, 0]
+            new_k.append(k.reshape(-1, H, hd))
+            new_v.append(v.reshape(-1, H, hd))
+        logits = m.head(m.norm(h)).reshape(-1, m.config.vocab_size)
         return logits, cross_k, cross_v_new, torch.stack(new_k), torch.stack(new_v)
 
 
@@ -169,26 +175,28 @@ class ResetGraph(nn.Module):
         neg = torch.full((), float("-inf"), dtype=x.dtype)
         cross_mask = torch.where(kv_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, T), bottom-right
         self_mask = torch.where(q_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, n)
+        half = s.cross_cos.size(-1)
         k, v = c.kv(c.kv_norm(x)).unflatten(-1, (2 * hc, hdc)).chunk(2, dim=2)
-        k = _rope(k, kv_cos, kv_sin).transpose(1, 2)  # (B, Hc, T, hd)
+        k = _rope(k, kv_cos, kv_sin, half, hdc).transpose(1, 2)  # (B, Hc, T, hd)
         v = v.transpose(1, 2)
-        q = _rope(c.q(c.q_norm(lat)).unflatten(-1, (hc, hdc)), q_cos, q_sin).transpose(1, 2)
-        y = _attention(q, k, v, cross_mask)
+        q = _rope(c.q(c.q_norm(lat)).unflatten(-1, (hc, hdc)), q_cos, q_sin, half, hdc).transpose(1, 2)
+        y = _attention(q, k, v, cross_mask, hdc**-0.5)
         h = lat + c.out(y.transpose(1, 2).flatten(2))
         h = h + _mlp(c.mlp, c.mlp_norm(h))
         outputs = [k.transpose(-1, -2), v]
         cos, sin = s.self_cos[q_pos][:, None], s.self_sin[q_pos][:, None]
+        half = s.self_cos.size(-1)
         last = len(m.blocks) - 1
         for i, block in enumerate(m.blocks):
             H, hd = block.heads, block.head_dim
-            qkv = block.qkv(block.norm1(h)).unflatten(-1, (3 * H, hd))
-            qk = _rope(qkv[:, :, : 2 * H], cos, sin).transpose(1, 2)
-            q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, 2 * H :].transpose(1, 2)
+            qk, v = block.qkv(block.norm1(h)).unflatten(-1, (3 * H, hd)).split([2 * H, H], dim=2)
+            q, k = _rope(qk, cos, sin, half, hd).transpose(1, 2).split([H, H], dim=1)
+            v = v.transpose(1, 2)
             outputs += [k.transpose(-1, -2), v]
             mask = self_mask
             if i == last:  # only the last position's output is needed past the last K/V
                 q, h, mask = q[:, :, -1:], h[:, -1:], self_mask[-1:]
-            y = _attention(q, k, v, mask)
+            y = _attention(q, k, v, mask, hd**-0.5)
             h = h + block.out(y.transpose(1, 2).flatten(2))
             h = h + _mlp(block.mlp, block.norm2(h))
         logits = m.head(m.norm(h[:, -1]))
