@@ -45,6 +45,8 @@ from .model import PerceiverAR
 
 EXPORT_VERSION = 4
 PRECISIONS = ("float32", "int8")
+# generate()'s dtype -> the precision here: None is float32 (exact); torch.qint8 int8 weight products.
+PRECISION_OF = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
 OPSET = 17
 
 

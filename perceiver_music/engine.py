@@ -313,6 +313,7 @@ def continue_batch(
     checkpoint = load_model(first.checkpoint, first.device, models)
     cfg = checkpoint.config
     primers = [prepare_primer(r, cfg.max_context, cfg.num_latents) for r in requests]
+    runtime = prepare_runtime(checkpoint.model, first.cpu_runtime, notify)
     seeds = [r.seed if r.seed is not None else secrets.randbelow(2**31) for r in requests]
     out_dirs = [_request_folder(r.output_dir) if r.output_dir is not None else None for r in requests]
     if len({bool(p.ids) for p in primers}) > 1:
@@ -328,7 +329,7 @@ def continue_batch(
         elapsed = max(1e-6, time.monotonic() - generation_started)
         notify(Progress("generating", done, total, live.get("ids", 0) * rows / elapsed))
 
-    new_ids = _generate(checkpoint.model, prompts, first, seeds, on_progress, cancel, live)
+    new_ids = _generate(checkpoint.model, prompts, runtime, first, seeds, on_progress, cancel, live)
     runtime = live.get("runtime")
     generation_seconds = time.monotonic() - generation_started
     tokens_per_s = sum(len(v) for ids in new_ids for v in ids) / max(1e-6, generation_seconds)
@@ -348,13 +349,11 @@ def continue_batch(
     return results
 
 
-def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progress, cancel,
+def _generate(model, prompts, runtime: tuple, request: ContinueRequest, seeds: list[int], progress, cancel,
               live: dict) -> list[list[list[int]]]:
-    import torch
-
     from .generate import generate_batch
 
-    backend, dtype = generation_backend(model, request.cpu_runtime)
+    backend, dtype = runtime
     return generate_batch(
         model,
         prompts,
@@ -372,6 +371,29 @@ def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progre
         dtype=dtype,
         stats=live,
     )
+
+
+def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn) -> tuple:
+    """(backend, dtype) for this model, with the compiled CPU step exported (once per model, then
+    cached on disk) and loaded before generation starts, so tokens/s counts only generating. With
+    "auto", a compiled step that cannot be made falls back to the eager one."""
+    backend, dtype = generation_backend(model, cpu_runtime)
+    if backend != "onnx":
+        return backend, dtype
+    from .decode_onnx import SESSIONS, PRECISION_OF
+    import torch
+
+    notify(Progress("loading", 0, 1, message="preparing the compiled CPU decode step (the first time: an export)"))
+    try:
+        SESSIONS.get(model, PRECISION_OF[dtype], torch.get_num_threads())
+    except Exception as error:  # noqa: BLE001 - auto: the eager step is the fallback
+        if cpu_runtime != "auto":
+            raise
+        import warnings
+
+        warnings.warn(f"the compiled CPU step could not be prepared ({error}); using the eager step", RuntimeWarning)
+        return "eager", torch.float16
+    return backend, dtype
 
 
 def generation_backend(model, cpu_runtime: str = "auto"):

@@ -142,6 +142,7 @@ class EagerDecoder:
 
     def __init__(self, model: PerceiverAR, dtype: torch.dtype | None = None) -> None:
         self.model, self.dtype = cpu_model(model, dtype), autocast_dtype(model, dtype)
+        self.requested_dtype = dtype
         self.cache = KVCache(model.config)
 
     def reset(self, window: Tensor, num_latents: int) -> Tensor:
@@ -187,8 +188,8 @@ def cpu_model(model: PerceiverAR, dtype: torch.dtype | None) -> PerceiverAR:
 
 BACKENDS = ("auto", "eager", "static", "graph", "onnx")
 # dtype of generate() -> precision of the onnx runtime: None is float32 (the exact reference);
-# torch.qint8 asks for onnxruntime's int8 weight products (decode_onnx.py).
-ONNX_PRECISIONS = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
+# torch.qint8 asks for onnxruntime's int8 weight products (decode_onnx.PRECISION_OF).
+ONNX_PRECISIONS = (None, torch.float32, torch.qint8)
 
 
 def onnx_available() -> bool:
@@ -224,10 +225,10 @@ def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: st
             raise ValueError(f"the onnx runtime computes float32 or int8 (torch.qint8), not {dtype}")
         if not onnx_available():
             raise ValueError("the onnx runtime needs onnxruntime: pip install onnxruntime, or use backend eager")
-        from .decode_onnx import OnnxDecoder
+        from .decode_onnx import PRECISION_OF, OnnxDecoder
 
         try:
-            return OnnxDecoder(model, batch, precision=ONNX_PRECISIONS[dtype])
+            return OnnxDecoder(model, batch, precision=PRECISION_OF[dtype])
         except Exception as error:  # noqa: BLE001 - "auto" falls back to the exact eager path
             if backend != "auto" or dtype == torch.qint8:
                 raise
@@ -243,12 +244,15 @@ def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: st
 
 
 def runtime_name(decoder) -> str:
-    """What computed the logits, for provenance: eager, naive, static, graph, onnx-float32, ..."""
+    """What computed the logits, for provenance: eager, eager-float16 (on a CPU: cpu_precision's
+    weights), eager-bfloat16, naive, static, graph, onnx-float32, onnx-int8."""
     name = type(decoder).__name__
     if name == "OnnxDecoder":
         return f"onnx-{decoder.precision}"
     if name == "GraphDecoder":
         return "graph" if decoder.graph is not None else "static"
+    if name == "EagerDecoder" and decoder.requested_dtype is not None:
+        return "eager-" + str(decoder.requested_dtype).removeprefix("torch.")  # eager-float16: cpu_precision
     return {"EagerDecoder": "eager", "NaiveDecoder": "naive"}.get(name, name)
 
 

@@ -251,9 +251,12 @@ def test_engine_cpu_runtime(random_checkpoint, monkeypatch):
                                   checkpoint=str(random_checkpoint), render_audio=False, cpu_runtime=runtime, **kw)
         return continue_midi(request, models=models).variations[0]
 
+    from perceiver_music import engine
+
+    compiled = "onnx-" + decode_onnx.PRECISION_OF[engine.ONNX_DTYPE]
     onnx, auto, torch_ = run("onnx"), run("auto"), run("torch")
-    assert onnx.stats["runtime"] == auto.stats["runtime"] == "onnx-float32"
-    assert torch_.stats["runtime"] == "eager" and onnx.provenance["stats"]["runtime"] == "onnx-float32"
+    assert onnx.stats["runtime"] == auto.stats["runtime"] == compiled
+    assert torch_.stats["runtime"] == "eager-float16" and onnx.provenance["stats"]["runtime"] == compiled
     assert onnx.new_ids == auto.new_ids and len(onnx.new_ids) == 120
     keys = [json.loads(m.read_text())["key"] for m in (decode_onnx.cache_folder() / "onnx").glob("*/meta.json")]
     sha = models.get(random_checkpoint, "cpu").sha256
@@ -263,7 +266,7 @@ def test_engine_cpu_runtime(random_checkpoint, monkeypatch):
     monkeypatch.setattr(decode_onnx, "available", lambda: False)
     with pytest.raises(BadRequestError, match="onnxruntime"):
         run("onnx")
-    assert run("auto").stats["runtime"] == "eager"
+    assert run("auto").stats["runtime"] == "eager-float16"
 
 
 def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
@@ -284,10 +287,18 @@ def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
                      "--cpu-runtime", runtime, "--quiet"]) == 0
         outs[runtime] = out.read_bytes()
     capsys.readouterr()
-    # greedy from both runtimes: the same notes (the MIDI's provenance text names the runtime)
-    from perceiver_music import tokenizer as tk
+    import io
 
-    assert tk.encode(outs["torch"]) == tk.encode(outs["onnx"])
+    import mido
+
+    from perceiver_music import engine
+
+    def runtime_of(data: bytes) -> str:  # the provenance that the MIDI carries
+        text = [m.text for t in mido.MidiFile(file=io.BytesIO(data)).tracks for m in t if m.type == "text"][0]
+        return json.loads(text)["stats"]["runtime"]
+
+    assert runtime_of(outs["torch"]) == "eager-float16"
+    assert runtime_of(outs["onnx"]) == "onnx-" + decode_onnx.PRECISION_OF[engine.ONNX_DTYPE]
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--cpu-runtime", "fast"])
     assert stop.value.code == 2
