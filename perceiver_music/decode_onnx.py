@@ -356,7 +356,16 @@ def exported_files(model: PerceiverAR, precision: str = "float32", *, weights: s
     root = Path(cache_dir or cache_folder()) / "onnx"
     folder = root / _key_digest(key)
     if not _valid_export(folder, key):
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.TemporaryFile(dir=root)
+            probe.close()
+        except OSError:  # a cache folder we cannot write: this process's temporary one
+            root = Path(tempfile.gettempdir()) / f"perceiver-music-{os.getuid()}" / "onnx"
+            root.mkdir(parents=True, exist_ok=True)
+            folder = root / _key_digest(key)
+            if _valid_export(folder, key):
+                return {"step": folder / "step.onnx", "reset": folder / "reset.onnx"}
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
         try:
             build_export(model, precision, tmp, key)

@@ -302,3 +302,15 @@ def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--cpu-runtime", "fast"])
     assert stop.value.code == 2
+
+
+def test_a_cache_folder_that_cannot_be_written_falls_back_to_a_temporary_one(tmp_path):
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    model = random_model()
+    files = exported_files(model, cache_dir=blocked / "cache")
+    assert files["step"].is_file() and blocked not in files["step"].parents
+    window = torch.tensor([ids_stream(30)])
+    with torch.inference_mode():
+        got = decoder(model, cache_dir=blocked / "cache").reset(window, 12)
+        torch.testing.assert_close(got, EagerDecoder(model).reset(window, 12), atol=1e-4, rtol=1e-4)
