@@ -253,6 +253,11 @@ def cpu_features() -> dict:
         "amx_int8": "amx_int8" in flags,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
+        # onnxruntime (MLAS) picks its kernels by CPUID at run time and has no switch to leave
+        # AVX-512 out (only the QMoE operator reads ORT_QMOE_CPU_DISABLE_AVX512): its figures
+        # here are this CPU's.
         "torch_native_bfloat16": native_bfloat16(),
     }
 
