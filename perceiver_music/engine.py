@@ -36,9 +36,11 @@ AUDIO_FORMATS = ("wav", "flac")
 # A generated note whose NOTE_OFF never came still ends: a held key, not a drone.
 MAX_GENERATED_NOTE_SECONDS = 4.0
 CPU_RUNTIMES = ("auto", "onnx", "torch")
-# The onnx runtime's precision on a CPU, the fastest that costs under 0.01 nats/token of NLL
-# (bench/precision.py; BENCHMARKS.md, "Compiled CPU decode step"). None: float32.
-ONNX_DTYPE = None
+# The onnx runtime's precision on a CPU: the fastest that costs under 0.01 nats/token of NLL.
+# int8 weight products: NLL -0.0006 and +0.00001 nats/id against float32 on held-out piano and
+# scores (bench/precision.py), and faster than float32 at batch 1 in every bench run
+# (BENCHMARKS.md, "Compiled CPU decode step"). "float32" is the exact one.
+ONNX_PRECISION = "int8"
 
 
 @dataclass
@@ -313,7 +315,7 @@ def continue_batch(
     checkpoint = load_model(first.checkpoint, first.device, models)
     cfg = checkpoint.config
     primers = [prepare_primer(r, cfg.max_context, cfg.num_latents) for r in requests]
-    runtime = prepare_runtime(checkpoint.model, first.cpu_runtime, notify)
+    runtime = prepare_runtime(checkpoint.model, first.cpu_runtime, notify, prompts=len(requests))
     seeds = [r.seed if r.seed is not None else secrets.randbelow(2**31) for r in requests]
     out_dirs = [_request_folder(r.output_dir) if r.output_dir is not None else None for r in requests]
     if len({bool(p.ids) for p in primers}) > 1:
@@ -373,11 +375,11 @@ def _generate(model, prompts, runtime: tuple, request: ContinueRequest, seeds: l
     )
 
 
-def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn) -> tuple:
+def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 1) -> tuple:
     """(backend, dtype) for this model, with the compiled CPU step exported (once per model, then
     cached on disk) and loaded before generation starts, so tokens/s counts only generating. With
     "auto", a compiled step that cannot be made falls back to the eager one."""
-    backend, dtype = generation_backend(model, cpu_runtime)
+    backend, dtype = generation_backend(model, cpu_runtime, prompts)
     if backend != "onnx":
         return backend, dtype
     from .decode_onnx import SESSIONS, PRECISION_OF
@@ -396,9 +398,9 @@ def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn) -> tuple:
     return backend, dtype
 
 
-def generation_backend(model, cpu_runtime: str = "auto"):
+def generation_backend(model, cpu_runtime: str = "auto", prompts: int = 1):
     """(backend, dtype) for generate(): on a GPU a CUDA graph in bfloat16; on a CPU the onnx
-    runtime in ONNX_DTYPE when asked for or, with "auto", when onnxruntime is installed; else the
+    runtime in ONNX_PRECISION when asked for or, with "auto", when onnxruntime is installed; else the
     eager step with float16 and bfloat16 copies of the Linear weights, read by the rows
     multiplied (cpu_precision: about 2x the tokens/s of eager float32; test NLL unchanged)."""
     import torch
@@ -409,8 +411,12 @@ def generation_backend(model, cpu_runtime: str = "auto"):
         return "auto", torch.bfloat16
     if cpu_runtime == "onnx" and model.config.attention != "softmax":
         raise BadRequestError("the onnx CPU runtime supports softmax attention only; use the torch runtime")
-    if cpu_runtime == "onnx" or (cpu_runtime == "auto" and auto_backend(model, ONNX_DTYPE) == "onnx"):
-        return "onnx", ONNX_DTYPE
+    # int8 quantises each product's input with one scale for the whole batch, so a row's logits
+    # would depend on its batch-mates: several prompts in one batch (whose music must not depend
+    # on each other) run in float32. One prompt's variations share it.
+    onnx_dtype = torch.qint8 if ONNX_PRECISION == "int8" and prompts == 1 else None
+    if cpu_runtime == "onnx" or (cpu_runtime == "auto" and auto_backend(model, onnx_dtype) == "onnx"):
+        return "onnx", onnx_dtype
     return "eager", torch.float16
 
 

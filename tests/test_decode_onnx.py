@@ -253,7 +253,7 @@ def test_engine_cpu_runtime(random_checkpoint, monkeypatch):
 
     from perceiver_music import engine
 
-    compiled = "onnx-" + decode_onnx.PRECISION_OF[engine.ONNX_DTYPE]
+    compiled = "onnx-" + engine.ONNX_PRECISION
     onnx, auto, torch_ = run("onnx"), run("auto"), run("torch")
     assert onnx.stats["runtime"] == auto.stats["runtime"] == compiled
     assert torch_.stats["runtime"] == "eager-float16" and onnx.provenance["stats"]["runtime"] == compiled
@@ -298,7 +298,7 @@ def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
         return json.loads(text)["stats"]["runtime"]
 
     assert runtime_of(outs["torch"]) == "eager-float16"
-    assert runtime_of(outs["onnx"]) == "onnx-" + decode_onnx.PRECISION_OF[engine.ONNX_DTYPE]
+    assert runtime_of(outs["onnx"]) == "onnx-" + engine.ONNX_PRECISION
     with pytest.raises(SystemExit) as stop:
         parser.parse_args(["--cpu-runtime", "fast"])
     assert stop.value.code == 2
@@ -314,3 +314,18 @@ def test_a_cache_folder_that_cannot_be_written_falls_back_to_a_temporary_one(tmp
     with torch.inference_mode():
         got = decoder(model, cache_dir=blocked / "cache").reset(window, 12)
         torch.testing.assert_close(got, EagerDecoder(model).reset(window, 12), atol=1e-4, rtol=1e-4)
+
+
+def test_a_batch_of_several_prompts_runs_the_compiled_step_in_float32(random_checkpoint):
+    """int8 quantises a product's input with one scale for the whole batch: a prompt's music
+    would depend on its batch-mates, so several prompts in one batch run in float32."""
+    from perceiver_music.checkpoint import ModelCache
+    from perceiver_music.engine import ContinueRequest, continue_batch
+
+    models = ModelCache()
+    requests = [ContinueRequest(length_tokens=20, length_seconds=None, seed=s, device="cpu", render_audio=False,
+                                checkpoint=str(random_checkpoint)) for s in (1, 2)]
+    results = continue_batch(requests, models=models)
+    assert {r.variations[0].stats["runtime"] for r in results} == {"onnx-float32"}
+    alone = continue_batch(requests[:1], models=models)[0]
+    assert alone.variations[0].stats["runtime"] == "onnx-int8"
