@@ -9,8 +9,16 @@ Prints one JSON object:
   training    forward + backward + AdamW step, Perceiver AR vs the dense decoder.
   peak_memory per phase (CUDA: max_memory_allocated; CPU: ru_maxrss so far, it only grows).
   targets     issue 3's targets next to this run's figures, each with met: true/false.
+  compiled    CPU: the compiled decode step (onnxruntime, decode_onnx.py) next to eager in the
+              same run, per context: reset and step ms and tokens/s at batch 1 and with 4
+              variations, per precision; its export and second-start costs; issue 13's
+              targets. `machine.cpu_features` lists AVX2, AVX-512, AVX512-BF16, AMX.
 
     python bench/generate.py --device cpu            # the CPU figures in BENCHMARKS.md
+    python bench/generate.py --device cpu --threads 2 --skip naive,dense,candidates,training
+                                                     # eager vs compiled only (a few minutes)
+    ATEN_CPU_CAPABILITY=avx2 python bench/generate.py --no-native-bfloat16 ...
+                                                     # PyTorch as on an AVX2-only laptop
     python bench/generate.py --device cuda --dtype bfloat16
     python bench/generate.py --quick                 # small sizes, a smoke run
     scripts/device/bench_gpu.sh PART                 # the GPU figures, in parts that fit a device call
@@ -88,17 +96,28 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
-def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: int) -> dict:
+def make_bench_decoder(model, dtype, backend: str = "eager", batch: int = 1):
+    if backend == "onnx":
+        from perceiver_music.decode_onnx import OnnxDecoder
+
+        return OnnxDecoder(model, batch, precision="int8" if dtype == torch.qint8 else "float32")
+    return EagerDecoder(model, dtype)
+
+
+def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: int, backend: str = "eager",
+                      batch: int = 1) -> dict:
     """One reset (a full forward with R latents over `context` ids) and cached steps, timed apart."""
     cfg = model.config
     R = default_reset_latents(cfg.num_latents)
-    ids = torch.randint(3, VOCAB_SIZE, (1, context), device=device)
-    tok = torch.randint(3, VOCAB_SIZE, (1,), device=device)
-    decoder = EagerDecoder(model, dtype)
+    ids = torch.randint(3, VOCAB_SIZE, (batch, context), device=device)
+    tok = torch.randint(3, VOCAB_SIZE, (batch,), device=device)
+    decoder = make_bench_decoder(model, dtype, backend, batch)
     steps = min(steps, cfg.num_latents - R)
     with torch.inference_mode():
         decoder.reset(ids, R)  # warm-up
         reset_s = min(timed(lambda: decoder.reset(ids, R), device) for _ in range(2))
+        decoder.step(tok, ids)  # warm-up
+        decoder.reset(ids, R)
         step_s = timed(lambda: [decoder.step(tok, ids) for _ in range(steps)], device) / steps
     cycle = cfg.num_latents - R + 1  # ids per reset cycle: N - R steps and one reset
     per_token = (reset_s + (cycle - 1) * step_s) / cycle
@@ -119,8 +138,9 @@ def generation_rate(model, prompt, new_tokens, device, repeats: int = REPEATS, *
     """
     cfg = model.config
     R = default_reset_latents(cfg.num_latents)
-    window = torch.tensor([prompt[-cfg.max_context :]], device=device)
-    decoder = EagerDecoder(model, kw.get("dtype"))
+    V = kw.get("num_variations", 1)
+    window = torch.tensor([prompt[-cfg.max_context :]] * V, device=device)
+    decoder = make_bench_decoder(model, kw.get("dtype"), kw.get("backend", "eager"), V)
     with torch.inference_mode():
         prefill_s = min(timed(lambda: decoder.reset(window, min(R, window.size(1))), device) for _ in range(2))
     made = new_tokens * kw.get("num_variations", 1)
@@ -211,6 +231,138 @@ def check_targets(report: dict, gpu: bool) -> list[dict]:
     return checks
 
 
+def cpu_features() -> dict:
+    """What /proc/cpuinfo says the CPU has, and what PyTorch dispatches to (ATEN_CPU_CAPABILITY)."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    from perceiver_music.cpu_precision import native_bfloat16
+
+    return {
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "amx": "amx_tile" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "amx_int8": "amx_int8" in flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
+        # onnxruntime (MLAS) picks its kernels by CPUID at run time and has no switch to leave
+        # AVX-512 out (only the QMoE operator reads ORT_QMOE_CPU_DISABLE_AVX512): its figures
+        # here are this CPU's.
+        "torch_native_bfloat16": native_bfloat16(),
+    }
+
+
+def compiled_part(model, prompt, context, new_tokens, device, precisions, eager_row, cache_dir, timing) -> dict:
+    """The compiled step (onnxruntime) of this model at this context, next to the eager figures
+    of the same run (eager_row): batch 1 and 4 variations, per precision."""
+    import onnxruntime
+
+    from perceiver_music import decode_onnx
+
+    out: dict = {"onnxruntime": onnxruntime.__version__}
+    if timing:  # export (first start) and load (second start) costs, from an empty cache folder
+        t0 = time.perf_counter()
+        digest = decode_onnx.model_digest(model)
+        out["weights_digest_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        files = decode_onnx.exported_files(model, "float32", weights=digest, cache_dir=cache_dir)
+        out["export_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()  # a second start: find and check the cached files, load both sessions
+        files = decode_onnx.exported_files(model, "float32", weights=digest, cache_dir=cache_dir)
+        decode_onnx.CompiledStep(files, torch.get_num_threads())
+        out["second_start_s"] = round(time.perf_counter() - t0, 2)
+        out["export_mb"] = round(sum(f.stat().st_size for f in files.values()) / 2**20, 1)
+    for precision in precisions:
+        dtype = torch.qint8 if precision == "int8" else None
+        row: dict = {}
+        one = reset_and_step_ms(model, context, device, dtype, steps=64, backend="onnx")
+        four = reset_and_step_ms(model, context, device, dtype, steps=64, backend="onnx", batch=4)
+        _, rate1 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx")
+        _, rate4 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx", num_variations=4)
+        row.update({
+            "reset_ms": one["reset_ms"], "step_ms": one["step_ms"], "tokens_per_s": round(rate1, 1),
+            "estimated_tokens_per_s": one["estimated_tokens_per_s"],
+            "batch4_reset_ms": four["reset_ms"], "batch4_step_ms": four["step_ms"],
+            "tokens_per_s_4_variations": round(rate4, 1),
+            "batch4_over_batch1_step": round(four["step_ms"] / one["step_ms"], 2),
+            "over_eager_float32": round(rate1 / eager_row["cached_tokens_per_s"], 2),
+        })
+        if "cached_low_precision_tokens_per_s" in eager_row:
+            row["over_eager_cpu_setting"] = round(rate1 / eager_row["cached_low_precision_tokens_per_s"], 2)
+        if "cached_low_precision_tokens_per_s_4_variations" in eager_row:
+            row["over_eager_cpu_setting_4_variations"] = round(
+                rate4 / eager_row["cached_low_precision_tokens_per_s_4_variations"], 2)
+        if precision == "float32":  # the reset by PyTorch into the compiled step's buffers instead
+            torch_reset = decode_onnx.OnnxDecoder(model, 1, reset_runtime="torch")
+            ids = torch.randint(3, VOCAB_SIZE, (1, context), device=device)
+            R = default_reset_latents(model.config.num_latents)
+            with torch.inference_mode():
+                torch_reset.reset(ids, R)
+                row["torch_reset_ms"] = round(min(timed(lambda: torch_reset.reset(ids, R), device) for _ in range(2)) * 1e3, 2)
+        out[precision] = row
+    return out
+
+
+def check_compiled_targets(report: dict) -> list[dict]:
+    """Issue 13's targets (batch 1, context 4096) against this run's compiled figures."""
+    checks = []
+    for row in report["generation"]:
+        if row["context"] != 4096 or "compiled" not in row:
+            continue
+        for precision in ("float32", "int8"):
+            c = row["compiled"].get(precision)
+            if not c:
+                continue
+            avx512 = report["machine"]["cpu_features"]["avx512f"]
+            checks += [
+                {"target": f"{precision}: x the eager CPU setting's tokens/s, batch 1, 4096", "at_least": 3,
+                 "measured": c.get("over_eager_cpu_setting"), "met": (c.get("over_eager_cpu_setting") or 0) >= 3},
+                {"target": f"{precision}: tokens/s, batch 1, 4096 ({'AVX-512' if avx512 else 'AVX2-only'} CPU)",
+                 "at_least": 400 if avx512 else 250, "measured": c["tokens_per_s"],
+                 "met": c["tokens_per_s"] >= (400 if avx512 else 250)},
+                {"target": f"{precision}: 4 variations' step / one variation's step", "at_most": 2,
+                 "measured": c["batch4_over_batch1_step"], "met": c["batch4_over_batch1_step"] <= 2},
+            ]
+    return checks
+
+
+def torch_compile_step(model, context, device, steps: int = 64) -> dict:
+    """The alternative to onnxruntime: torch.compile (inductor) of the same static step."""
+    from perceiver_music.decode_graph import GraphDecoder
+
+    R = default_reset_latents(model.config.num_latents)
+    ids = torch.randint(3, VOCAB_SIZE, (1, context), device=device)
+    tok = torch.randint(3, VOCAB_SIZE, (1,), device=device)
+    static = GraphDecoder(model, 1, capture=False)
+    out = {}
+    with torch.inference_mode():
+        static.reset(ids, R)
+        static.step(tok, ids)
+        static.reset(ids, R)
+        out["static_uncompiled_step_ms"] = round(timed(lambda: [static.step(tok, ids) for _ in range(steps)], device)
+                                                 / steps * 1e3, 3)
+        static._step = torch.compile(static._step, dynamic=False)
+        static.reset(ids, R)
+        t0 = time.perf_counter()
+        static.step(tok, ids)
+        static.step(tok, ids)
+        out["compile_s"] = round(time.perf_counter() - t0, 1)
+        static.reset(ids, R)
+        out["static_torch_compile_step_ms"] = round(timed(lambda: [static.step(tok, ids) for _ in range(steps)], device)
+                                                    / steps * 1e3, 3)
+    return out
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -226,6 +378,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
+        "cpu_features": cpu_features(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -247,12 +400,30 @@ def main() -> None:
     ap.add_argument("--contexts", default=None, help="comma-separated, default 1024,4096,16384")
     ap.add_argument("--new-tokens", type=int, default=None, help="cached ids per measurement")
     ap.add_argument("--train-batch", type=int, default=None, help="training-step batch (default: 4 on CUDA, 1 on CPU)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: generation,batch64,training")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to leave out: generation,batch64,training,naive,dense,candidates,"
+                         "compiled,eager4 (eager with 4 variations)")
+    ap.add_argument("--onnx-precisions", default="float32,int8",
+                    help="CPU: precisions of the compiled step to measure (float32, int8; default both)")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="CPU: also time torch.compile of the static step at context 4096 (the alternative)")
+    ap.add_argument("--no-native-bfloat16", action="store_true",
+                    help="CPU: resets in the eager CPU setting without bfloat16 weights, as on a CPU without "
+                         "AVX512-BF16 or AMX (cpu_precision.native_bfloat16 -> False)")
     args = ap.parse_args()
 
     skip = {part for part in args.skip.split(",") if part}
-    if skip - {"generation", "batch64", "training"}:
-        ap.error(f"--skip takes generation, batch64 or training, not {sorted(skip)}")
+    parts = {"generation", "batch64", "training", "naive", "dense", "candidates", "compiled", "eager4"}
+    if skip - parts:
+        ap.error(f"--skip takes {', '.join(sorted(parts))}, not {sorted(skip - parts)}")
+    from perceiver_music.decode_onnx import available as onnx_available
+
+    if not onnx_available():
+        skip.add("compiled")
+    if args.no_native_bfloat16:
+        from perceiver_music import cpu_precision
+
+        cpu_precision.native_bfloat16 = lambda: False
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -278,6 +449,12 @@ def main() -> None:
     }
 
     # -- batch 1: cached vs naive vs dense, per context --
+    precisions = [p for p in args.onnx_precisions.split(",") if p]
+    import tempfile
+
+    cache_dir = Path(tempfile.mkdtemp(prefix="bench-compiled-"))  # exports of this run's random models
+    os.environ["PERCEIVER_MUSIC_CACHE"] = str(cache_dir)
+    report["bfloat16_switched_off"] = bool(args.no_native_bfloat16)
     rows = []
     for context in contexts:
         cfg = replace(base, max_context=context)
@@ -293,10 +470,26 @@ def main() -> None:
             row["low_precision_reset_ms"], row["low_precision_step_ms"] = low["reset_ms"], low["step_ms"]
             _, fast = generation_rate(model, prompt, new_tokens, device, dtype=torch.float16, backend="eager")
             row["cached_low_precision_tokens_per_s"] = round(fast, 1)
+            if "eager4" not in skip:
+                low4 = reset_and_step_ms(model, context, device, torch.float16, steps=64, batch=4)
+                row["low_precision_batch4_step_ms"] = low4["step_ms"]
+                _, fast4 = generation_rate(model, prompt, new_tokens, device, dtype=torch.float16, backend="eager",
+                                           num_variations=4)
+                row["cached_low_precision_tokens_per_s_4_variations"] = round(fast4, 1)
+            if "compiled" not in skip:
+                row["compiled"] = compiled_part(model, prompt, context, new_tokens, device, precisions, row,
+                                                cache_dir, timing=context == contexts[0])
+            if args.torch_compile and context == 4096:
+                row["torch_compile"] = torch_compile_step(model, context, device)
         if gpu:
             graph_all, graph = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="graph")
             row["graph_tokens_per_s"] = round(graph, 1)
             row["graph_tokens_per_s_whole_call"] = round(graph_all, 1)
+        if "naive" in skip or "dense" in skip:
+            row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            continue
         naive_tokens = max(4, (new_tokens // 16 if gpu else 16) * 4096 // max(context, 4096))
         _, naive = generation_rate(model, prompt, naive_tokens, device, dtype=dtype, use_cache=False)
         row["naive_tokens"] = naive_tokens
@@ -325,7 +518,7 @@ def main() -> None:
     report["cached_tokens"] = new_tokens
 
     # -- model-size candidates at context 4096 (CPU: why default_config is what it is) --
-    if not args.quick and not gpu and contexts:
+    if not args.quick and not gpu and contexts and "candidates" not in skip:
         candidates = {
             "d384_L6_N512 (default)": replace(base, num_latents=512, n_layers=6),
             "d384_L8_N512": replace(base, num_latents=512, n_layers=8),
@@ -396,8 +589,13 @@ def main() -> None:
         print(json.dumps(row), file=sys.stderr, flush=True)
     report["training"] = training
     report["targets"] = check_targets(report, gpu)
+    if not gpu:
+        report["compiled_targets"] = check_compiled_targets(report)
     report["machine"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     report["peak_memory_mb"]["process"] = round(peak_memory_mb(device), 1)
+    import shutil
+
+    shutil.rmtree(cache_dir, ignore_errors=True)
     print(json.dumps(report, indent=2))
 
 

@@ -1,14 +1,22 @@
-"""What the CPU's lower-precision weights (perceiver_music/cpu_precision.py) cost in quality.
+"""What the CPU's faster settings cost in quality, against the exact eager float32 step.
 
 Real music is fed through the decoder on generate's own schedule (a reset, then one cached step
-per id, a reset again every N - R + 1 ids, the window sliding past max_context), once in float32
-and once with generate(dtype=torch.float16)'s weights, and every next id is scored. Prints one
-JSON object: NLL (nats per id) of each, how far apart their next-id distributions are (total
-variation distance, mean and max), how often their most likely ids agree, and the mean reset and
-step times of each.
+per id, a reset again every N - R + 1 ids, the window sliding past max_context), once in eager
+float32 (the reference) and once per variant, and every next id is scored. Variants:
+
+  low_precision  the eager step with generate(dtype=torch.float16)'s weights (cpu_precision.py)
+  onnx-float32   the compiled step (decode_onnx.py) in float32
+  onnx-int8      the compiled step with onnxruntime's int8 dynamic quantisation of the weights
+
+Prints one JSON object: NLL (nats per id) of each, and per variant its NLL minus float32's, how
+far apart their next-id distributions are (total variation distance, mean and max), how often
+their most likely ids agree, and whether it passes (|NLL difference| < 0.01 nats/id); the mean
+reset and step times of each. The top-level total_variation and same_most_likely_id are the
+first variant's.
 
     python bench/precision.py                              # the primers in assets/primers
     python bench/precision.py --data data/music21          # a prepared DATA_DIR's test split
+    python bench/precision.py --variants onnx-float32,onnx-int8
 """
 
 from __future__ import annotations
@@ -63,7 +71,15 @@ def main() -> None:
     ap.add_argument("--score", type=int, default=774, help="ids scored per work (774: six reset cycles)")
     ap.add_argument("--works", type=int, default=8, help="at most this many works")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--variants", default=None,
+                    help="comma-separated: low_precision, onnx-float32, onnx-int8 (default: all that are installed)")
     args = ap.parse_args()
+    from perceiver_music.decode_onnx import available
+
+    known = ["low_precision", "onnx-float32", "onnx-int8"]
+    variants = args.variants.split(",") if args.variants else [v for v in known if available() or "onnx" not in v]
+    if set(variants) - set(known):
+        ap.error(f"--variants takes {', '.join(known)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -74,32 +90,49 @@ def main() -> None:
     # ids cross resets and (for works long enough) the slide.
     works = sorted(works, key=len, reverse=True)[: args.works]
 
-    names = ("float32", "low_precision")
+    names = ("float32", *variants)
     nll = {name: 0.0 for name in names}
     timings = {name: {"reset": [], "step": []} for name in names}
-    tv, agree, count = [], 0, 0
+    tv = {name: [] for name in variants}
+    agree = {name: 0 for name in variants}
+    count = 0
+
+    def make(name):
+        if name == "float32":
+            return EagerDecoder(model)
+        if name == "low_precision":
+            return EagerDecoder(model, torch.float16)
+        from perceiver_music.decode_onnx import OnnxDecoder
+
+        return OnnxDecoder(model, 1, precision=name.split("-")[1])
+
+    decoders = {name: make(name) for name in names}  # exported once, before any timing
     with torch.inference_mode():
         for ids in works:
             score = min(args.score, len(ids) // 2)
             prompt_len = min(len(ids) - score, cfg.max_context - 2 * (cfg.num_latents - default_reset_latents(cfg.num_latents) + 1))
             targets = torch.from_numpy(ids[prompt_len : prompt_len + score].astype(np.int64))
-            streams = {
-                "float32": decode_along_schedule(model, EagerDecoder(model), ids[: prompt_len + score], prompt_len, timings["float32"]),
-                "low_precision": decode_along_schedule(
-                    model, EagerDecoder(model, torch.float16), ids[: prompt_len + score], prompt_len, timings["low_precision"]
-                ),
-            }
-            for target, exact, low in zip(targets.tolist(), streams["float32"], streams["low_precision"]):
-                p, q = exact.float().log_softmax(-1)[0], low.float().log_softmax(-1)[0]
+            streams = [decode_along_schedule(model, decoders[name], ids[: prompt_len + score], prompt_len, timings[name])
+                       for name in names]
+            for target, *logits in zip(targets.tolist(), *streams):
+                p = logits[0].float().log_softmax(-1)[0]
                 nll["float32"] -= float(p[target])
-                nll["low_precision"] -= float(q[target])
-                tv.append(0.5 * float((p.exp() - q.exp()).abs().sum()))
-                agree += int(p.argmax() == q.argmax())
+                for name, other in zip(variants, logits[1:]):
+                    q = other.float().log_softmax(-1)[0]
+                    nll[name] -= float(q[target])
+                    tv[name].append(0.5 * float((p.exp() - q.exp()).abs().sum()))
+                    agree[name] += int(p.argmax() == q.argmax())
                 count += 1
 
     def ms(values):
         return round(1e3 * sum(values) / max(len(values), 1), 2)
 
+    first = variants[0] if variants else None
+    vs = {name: {"nll_minus_float32": round((nll[name] - nll["float32"]) / count, 5),
+                 "total_variation": {"mean": round(float(np.mean(tv[name])), 5), "max": round(float(np.max(tv[name])), 5)},
+                 "same_most_likely_id": round(agree[name] / count, 4),
+                 "passes_0.01_nats": abs(nll[name] - nll["float32"]) / count < 0.01}
+          for name in variants}
     print(json.dumps({
         "command": "python bench/precision.py " + " ".join(sys.argv[1:]),
         "checkpoint": args.checkpoint,
@@ -108,8 +141,9 @@ def main() -> None:
         "scored_ids": count,
         "torch_threads": torch.get_num_threads(),
         "nll": {name: round(nll[name] / count, 4) for name in names},
-        "total_variation": {"mean": round(float(np.mean(tv)), 5), "max": round(float(np.max(tv)), 5)},
-        "same_most_likely_id": round(agree / count, 4),
+        "vs_float32": vs,
+        "total_variation": vs[first]["total_variation"] if first else None,
+        "same_most_likely_id": vs[first]["same_most_likely_id"] if first else None,
         "reset_ms": {name: ms(timings[name]["reset"]) for name in names},
         "step_ms": {name: ms(timings[name]["step"]) for name in names},
     }, indent=2))

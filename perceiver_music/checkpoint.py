@@ -130,6 +130,9 @@ def load_checkpoint(path: str | os.PathLike = DEFAULT_CHECKPOINT, device: str = 
         first = str(error).splitlines()[0]
         raise CheckpointError(f"checkpoint {folder}: weights do not match its config ({first})") from None
     model.to(torch.device(device)).eval()
+    # The weights' identity for caches of compiled forms (decode_onnx): the file's sha256, valid
+    # while the parameters are not changed in place (their version counters say so).
+    model.checkpoint_sha256 = (actual, tuple(p._version for p in model.parameters()))
     return Checkpoint(model=model, path=folder, sha256=actual, metadata=data.get("metadata", {}))
 
 

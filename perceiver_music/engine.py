@@ -42,6 +42,12 @@ MAX_LEAD_IN = 120.0
 FIRST_NOTE_WITHIN_SECONDS = 1.5
 # General MIDI programs 0-7 are pianos: anything else, or drums, is "other instruments".
 PIANO_PROGRAMS = range(0, 8)
+CPU_RUNTIMES = ("auto", "onnx", "torch")
+# The onnx runtime's precision on a CPU: the fastest that costs under 0.01 nats/token of NLL.
+# int8 weight products: NLL -0.0006 and +0.00001 nats/id against float32 on held-out piano and
+# scores (bench/precision.py), and faster than float32 at batch 1 in every bench run
+# (BENCHMARKS.md, "Compiled CPU decode step"). "float32" is the exact one.
+ONNX_PRECISION = "int8"
 
 
 @dataclass
@@ -67,6 +73,9 @@ class ContinueRequest:
     # the continuation; None: the whole piece (the full MIDI is always the whole piece)
     checkpoint: str | os.PathLike | None = None  # None: the embedded default model
     device: str = "auto"
+    # On a CPU: "onnx" (the compiled decode step, decode_onnx.py), "torch" (the eager PyTorch
+    # step) or "auto" (onnx when onnxruntime is installed). Ignored on CUDA (a CUDA graph).
+    cpu_runtime: str = "auto"
     output_dir: str | os.PathLike | None = None  # None: nothing is written to disk
 
     def settings(self) -> dict:
@@ -224,6 +233,14 @@ def check_request(request: ContinueRequest) -> None:
             raise BadRequestError(f"the primer span must satisfy 0 <= start < end, not [{a}, {b})")
     if r.lead_in_seconds is not None and not 0 <= r.lead_in_seconds <= MAX_LEAD_IN:
         raise BadRequestError(f"the lead-in must be 0 to {MAX_LEAD_IN:g} seconds (or none: the whole piece)")
+    if r.cpu_runtime not in CPU_RUNTIMES:
+        raise BadRequestError(f"the CPU runtime must be one of {', '.join(CPU_RUNTIMES)}, not {r.cpu_runtime!r}")
+    if r.cpu_runtime == "onnx":
+        from .decode_onnx import available
+
+        if not available():
+            raise BadRequestError("the onnx CPU runtime needs onnxruntime (pip install onnxruntime); "
+                                  "or use the torch runtime")
     if r.seed is not None and not 0 <= r.seed < 2**63:
         raise BadRequestError("the seed must be a whole number from 0 to 2^63 - 1")
 
@@ -370,8 +387,8 @@ def continue_midi(
 
 
 # Settings every request of one batch must share: they shape the whole batch's sampling.
-BATCH_SHARED = ("checkpoint", "device", "length_seconds", "length_tokens", "temperature", "top_k", "top_p",
-                "min_p", "variations", "allow_end")
+BATCH_SHARED = ("checkpoint", "device", "cpu_runtime", "length_seconds", "length_tokens", "temperature", "top_k",
+                "top_p", "min_p", "variations", "allow_end")
 
 
 def continue_batch(
@@ -401,6 +418,7 @@ def continue_batch(
     checkpoint = load_model(first.checkpoint, first.device, models)
     cfg = checkpoint.config
     primers = [prepare_primer(r, cfg.max_context, cfg.num_latents) for r in requests]
+    runtime = prepare_runtime(checkpoint.model, first.cpu_runtime, notify, prompts=len(requests))
     seeds = [r.seed if r.seed is not None else secrets.randbelow(2**31) for r in requests]
     out_dirs = [_request_folder(r.output_dir) if r.output_dir is not None else None for r in requests]
     if len({bool(p.ids) for p in primers}) > 1:
@@ -420,7 +438,8 @@ def continue_batch(
         elapsed = max(1e-6, time.monotonic() - generation_started)
         notify(Progress("generating", done, total, counters.get("ids", 0) * rows / elapsed))
 
-    new_ids = _generate(checkpoint.model, prompts, first, seeds, on_progress, cancel, counters)
+    new_ids = _generate(checkpoint.model, prompts, runtime, first, seeds, on_progress, cancel, counters)
+    runtime = counters.get("runtime")
     generation_seconds = time.monotonic() - generation_started
     ended_by_eos = counters.get("ended_by_eos") or [False] * rows
     if live is not None:
@@ -438,7 +457,7 @@ def continue_batch(
             variation = _build_variation(index, variation_ids, primer, primer.seconds, request, checkpoint, seed,
                                          tokens_per_s, cancelled, out_dir, prompt_tokens=len(prompt),
                                          batch_size=len(requests), ended_by_model=by_eos, parts=parts,
-                                         live=live if number == 0 and index == 1 else None)
+                                         live=live if number == 0 and index == 1 else None, runtime=runtime)
             variations.append(variation)
         results.append(ContinueResult(variations, seed, primer.ids, primer.seconds, cancelled,
                                       time.monotonic() - started, out_dir, notice=primer.notice))
@@ -446,15 +465,11 @@ def continue_batch(
     return results
 
 
-def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progress, cancel,
+def _generate(model, prompts, runtime: tuple, request: ContinueRequest, seeds: list[int], progress, cancel,
               live: dict) -> list[list[list[int]]]:
-    import torch
-
     from .generate import generate_batch
 
-    # GPU: bfloat16 autocast. CPU: float16 and bfloat16 copies of the Linear weights, read by the
-    # rows multiplied (cpu_precision: about 2x the tokens/s of float32; test NLL unchanged).
-    on_gpu = next(model.parameters()).device.type == "cuda"
+    backend, dtype = runtime
     return generate_batch(
         model,
         prompts,
@@ -468,11 +483,57 @@ def _generate(model, prompts, request: ContinueRequest, seeds: list[int], progre
         num_variations=request.variations,
         progress=progress,
         cancel=cancel,
-        dtype=torch.bfloat16 if on_gpu else torch.float16,
+        backend=backend,
+        dtype=dtype,
         stats=live,
         allow_eos=request.allow_end,
         first_note_within=FIRST_NOTE_WITHIN_SECONDS,
     )
+
+
+def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 1) -> tuple:
+    """(backend, dtype) for this model, with the compiled CPU step exported (once per model, then
+    cached on disk) and loaded before generation starts, so tokens/s counts only generating. With
+    "auto", a compiled step that cannot be made falls back to the eager one."""
+    backend, dtype = generation_backend(model, cpu_runtime, prompts)
+    if backend != "onnx":
+        return backend, dtype
+    from .decode_onnx import SESSIONS, PRECISION_OF
+    import torch
+
+    notify(Progress("loading", 0, 1, message="preparing the compiled CPU decode step (the first time: an export)"))
+    try:
+        SESSIONS.get(model, PRECISION_OF[dtype], torch.get_num_threads())
+    except Exception as error:  # noqa: BLE001 - auto: the eager step is the fallback
+        if cpu_runtime != "auto":
+            raise
+        import warnings
+
+        warnings.warn(f"the compiled CPU step could not be prepared ({error}); using the eager step", RuntimeWarning)
+        return "eager", torch.float16
+    return backend, dtype
+
+
+def generation_backend(model, cpu_runtime: str = "auto", prompts: int = 1):
+    """(backend, dtype) for generate(): on a GPU a CUDA graph in bfloat16; on a CPU the onnx
+    runtime in ONNX_PRECISION when asked for or, with "auto", when onnxruntime is installed; else the
+    eager step with float16 and bfloat16 copies of the Linear weights, read by the rows
+    multiplied (cpu_precision: about 2x the tokens/s of eager float32; test NLL unchanged)."""
+    import torch
+
+    from .generate import auto_backend
+
+    if next(model.parameters()).device.type == "cuda":
+        return "auto", torch.bfloat16
+    if cpu_runtime == "onnx" and model.config.attention != "softmax":
+        raise BadRequestError("the onnx CPU runtime supports softmax attention only; use the torch runtime")
+    # int8 quantises each product's input with one scale for the whole batch, so a row's logits
+    # would depend on its batch-mates: several prompts in one batch (whose music must not depend
+    # on each other) run in float32. One prompt's variations share it.
+    onnx_dtype = torch.qint8 if ONNX_PRECISION == "int8" and prompts == 1 else None
+    if cpu_runtime == "onnx" or (cpu_runtime == "auto" and auto_backend(model, onnx_dtype) == "onnx"):
+        return "onnx", onnx_dtype
+    return "eager", torch.float16
 
 
 def _request_folder(root: str | os.PathLike) -> Path:
@@ -662,7 +723,7 @@ def _fill_to_length(ids: list[int], length_seconds: float | None) -> list[int]:
 
 def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens_per_s, cancelled, out_dir,
                      prompt_tokens: int, batch_size: int = 1, ended_by_model: bool = False,
-                     parts: _PrimerParts | None = None, live: Any = None):
+                     parts: _PrimerParts | None = None, live: Any = None, runtime: str | None = None):
     from .pianoroll import pianoroll_png
     from .tokenizer import seconds_of
 
@@ -680,6 +741,7 @@ def _build_variation(index, ids, primer, seam, request, checkpoint, seed, tokens
         "primer_tokens": len(primer.ids),
         "prompt_tokens": prompt_tokens,  # what the model saw: at most max_context, or a batch's length
         "batch_size": batch_size,  # primers generated together
+        "runtime": runtime,  # what computed the logits: onnx-float32, eager, graph, ... (generate.runtime_name)
         "cancelled": cancelled,
         "ended_by_model": ended_by_model,  # EOS sampled (only with allow_end)
     }

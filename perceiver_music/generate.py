@@ -16,7 +16,9 @@ so this changes nothing in exact arithmetic) and so stay below max_context + N.
 
 Backends: "eager" (KVCache, the readable reference), "static" (the fixed-shape ring-buffer step
 of decode_graph.py, run eagerly), "graph" (that step captured in a CUDA graph; chosen by
-"auto" on CUDA), and `use_cache=False`: the same schedule with a full forward per token.
+"auto" on CUDA), "onnx" (that step exported and run by onnxruntime, decode_onnx.py; chosen by
+"auto" on a CPU when onnxruntime is installed), and `use_cache=False`: the same schedule with a
+full forward per token.
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ class EagerDecoder:
 
     def __init__(self, model: PerceiverAR, dtype: torch.dtype | None = None) -> None:
         self.model, self.dtype = cpu_model(model, dtype), autocast_dtype(model, dtype)
+        self.requested_dtype = dtype
         self.cache = KVCache(model.config)
 
     def reset(self, window: Tensor, num_latents: int) -> Tensor:
@@ -189,20 +192,74 @@ def cpu_model(model: PerceiverAR, dtype: torch.dtype | None) -> PerceiverAR:
     return low_precision_copy(model) if dtype == torch.float16 and _on_cpu(model) else model
 
 
-def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: str, dtype: torch.dtype | None):
+BACKENDS = ("auto", "eager", "static", "graph", "onnx")
+# dtype of generate() -> precision of the onnx runtime: None is float32 (the exact reference);
+# torch.qint8 asks for onnxruntime's int8 weight products (decode_onnx.PRECISION_OF).
+ONNX_PRECISIONS = (None, torch.float32, torch.qint8)
+
+
+def onnx_available() -> bool:
+    from .decode_onnx import available
+
+    return available()
+
+
+def auto_backend(model: PerceiverAR, dtype: torch.dtype | None = None) -> str:
+    """What backend="auto" runs: a CUDA graph on CUDA, the onnx runtime on a CPU when it is
+    installed (and the dtype is one it has), else eager."""
+    softmax = model.config.attention == "softmax"
     device = next(model.parameters()).device
-    if backend not in ("auto", "eager", "static", "graph"):
-        raise ValueError(f"backend must be auto, eager, static or graph, not {backend!r}")
+    if device.type == "cuda" and softmax:
+        return "graph"
+    if device.type == "cpu" and softmax and dtype in ONNX_PRECISIONS and onnx_available():
+        return "onnx"
+    return "eager"
+
+
+def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: str, dtype: torch.dtype | None):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if dtype == torch.qint8 and backend not in ("auto", "onnx"):
+        raise ValueError("int8 weights (dtype torch.qint8) are the onnx runtime's; use backend onnx")
     if not use_cache:
+        if dtype == torch.qint8:
+            raise ValueError("int8 weights (dtype torch.qint8) need the cache (the onnx runtime)")
         return NaiveDecoder(model, dtype)
-    if backend == "auto":
-        graphable = device.type == "cuda" and model.config.attention == "softmax"
-        backend = "graph" if graphable else "eager"
-    if backend == "eager":
+    chosen = auto_backend(model, dtype) if backend == "auto" else backend
+    if chosen == "onnx":
+        if dtype not in ONNX_PRECISIONS:
+            raise ValueError(f"the onnx runtime computes float32 or int8 (torch.qint8), not {dtype}")
+        if not onnx_available():
+            raise ValueError("the onnx runtime needs onnxruntime: pip install onnxruntime, or use backend eager")
+        from .decode_onnx import PRECISION_OF, OnnxDecoder
+
+        try:
+            return OnnxDecoder(model, batch, precision=PRECISION_OF[dtype])
+        except Exception as error:  # noqa: BLE001 - "auto" falls back to the exact eager path
+            if backend != "auto" or dtype == torch.qint8:
+                raise
+            import warnings
+
+            warnings.warn(f"the onnx runtime failed ({error}); generating with the eager path", RuntimeWarning)
+            chosen = "eager"
+    if chosen == "eager":
         return EagerDecoder(model, dtype)
     from .decode_graph import GraphDecoder
 
     return GraphDecoder(model, batch, dtype=dtype, capture=backend == "graph")
+
+
+def runtime_name(decoder) -> str:
+    """What computed the logits, for provenance: eager, eager-float16 (on a CPU: cpu_precision's
+    weights), eager-bfloat16, naive, static, graph, onnx-float32, onnx-int8."""
+    name = type(decoder).__name__
+    if name == "OnnxDecoder":
+        return f"onnx-{decoder.precision}"
+    if name == "GraphDecoder":
+        return "graph" if decoder.graph is not None else "static"
+    if name == "EagerDecoder" and decoder.requested_dtype is not None:
+        return "eager-" + str(decoder.requested_dtype).removeprefix("torch.")  # eager-float16: cpu_precision
+    return {"EagerDecoder": "eager", "NaiveDecoder": "naive"}.get(name, name)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -239,12 +296,15 @@ def generate(
     returns what exists. `progress(done, total)` is called at least every 0.1 s between
     steps and at the end, counting ids when max_new_tokens is given, else music seconds.
     `dtype=None` computes in the model's own precision: the exact reference. For speed pass
-    torch.bfloat16 on CUDA (autocast) and torch.float16 on a CPU (float16 and bfloat16 Linear
-    weights, see `cpu_precision`); both change logits slightly. `backend` picks the
-    decoder (module docstring). An empty prompt starts from SOS. `stats`, a dict, is kept up
-    to date with "ids" (ids sampled per variation so far), for a front end's tokens/s, with
-    "results" (the kept ids of each variation, growing as they are read: a live view) and, at
-    the end, "ended_by_eos" (per variation: did EOS end it).
+    torch.bfloat16 on CUDA (autocast) and torch.float16 on a CPU with the eager backend (float16
+    and bfloat16 Linear weights, see `cpu_precision`); torch.qint8 asks the onnx runtime for
+    int8 weight products; all change logits slightly. `backend` picks the decoder (module
+    docstring): "auto" is a CUDA graph on CUDA and, on a CPU, the onnx runtime when onnxruntime
+    is installed and the dtype is None, float32 or qint8 (else eager). An empty prompt starts
+    from SOS. `stats`, a dict, is kept up to date with "ids" (ids sampled per variation so far),
+    for a front end's tokens/s, with "results" (the kept ids of each variation, growing as they
+    are read: a live view), gets "runtime" (`runtime_name`) and, at the end, "ended_by_eos" (per
+    variation: did EOS end it).
     `allow_eos=False` never samples EOS: the music runs to the asked length. `first_note_within`
     (seconds): until a variation's first NOTE_ON, no TIME_SHIFT may take it past that much
     silence, so the music starts sounding at once (after a primer that ends a piece, a model
@@ -344,6 +404,8 @@ def _generate(
     try:
         with torch.inference_mode():
             decoder = make_decoder(model, B, use_cache=use_cache, backend=backend, dtype=dtype)
+            if stats is not None:
+                stats["runtime"] = runtime_name(decoder)
             window = TokenWindow(torch.tensor(rows).repeat_interleave(V, dim=0), B, cfg.max_context, device)
             sampled = SampledIds(B, device, limit_ids, limit_steps, read_every=reads_every(device))
             steps = 0  # ids sampled per variation so far

@@ -13,6 +13,22 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 torch.set_flush_denormal(True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_step_cache(tmp_path_factory):
+    """The onnx runtime's exports (decode_onnx.cache_folder) go to a folder of this test run, not
+    to the user's cache; set before any server or kernel starts, so those inherit it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("compiled-step-cache")
+    old = os.environ.get("PERCEIVER_MUSIC_CACHE")
+    os.environ["PERCEIVER_MUSIC_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("PERCEIVER_MUSIC_CACHE", None)
+    else:
+        os.environ["PERCEIVER_MUSIC_CACHE"] = old
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """For modules of tiny models that run thousands of small ops: with several OpenMP threads

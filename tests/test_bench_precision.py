@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_precision_bench_scores_both_precisions_on_the_shipped_primers():
+def test_precision_bench_scores_every_variant_on_the_shipped_primers():
     proc = subprocess.run([sys.executable, "bench/precision.py", "--works", "1", "--score", "40", "--threads", "1"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -21,3 +21,13 @@ def test_precision_bench_scores_both_precisions_on_the_shipped_primers():
     assert abs(nll["low_precision"] - nll["float32"]) < 0.01
     assert 0.0 <= report["total_variation"]["mean"] < 0.01 and report["same_most_likely_id"] > 0.9
     assert report["step_ms"]["float32"] > 0 and report["step_ms"]["low_precision"] > 0
+    vs = report["vs_float32"]
+    assert vs["low_precision"]["total_variation"] == report["total_variation"]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        assert set(vs) == {"low_precision"}
+        return
+    # the compiled step: float32 the same distributions; int8 weights close
+    assert vs["onnx-float32"]["total_variation"]["max"] < 1e-4 and abs(vs["onnx-float32"]["nll_minus_float32"]) < 1e-4
+    assert vs["onnx-int8"]["passes_0.01_nats"] and vs["onnx-int8"]["same_most_likely_id"] > 0.9

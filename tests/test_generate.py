@@ -111,17 +111,29 @@ def test_static_ring_buffer_matches_eager_cache_far_past_the_window(prompt_len, 
     assert count > 3 * MAX_CONTEXT
 
 
-def test_generate_follows_one_schedule_of_latent_counts(monkeypatch):
+def decoder_class(backend: str):
+    """The class generate() runs for `backend` (the onnx runtime's is skipped without onnxruntime)."""
+    if backend == "eager":
+        return EagerDecoder
+    pytest.importorskip("onnxruntime")
+    from perceiver_music.decode_onnx import OnnxDecoder
+
+    return OnnxDecoder
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_generate_follows_one_schedule_of_latent_counts(monkeypatch, backend):
     calls = []
-    real_reset = EagerDecoder.reset
+    cls = decoder_class(backend)
+    real_reset = cls.reset
 
     def spy(self, window, num_latents):
         calls.append((window.shape[1], num_latents))
         return real_reset(self, window, num_latents)
 
-    monkeypatch.setattr(EagerDecoder, "reset", spy)
+    monkeypatch.setattr(cls, "reset", spy)
     model = random_model()
-    generate(model, ids_stream(40), max_new_tokens=100, temperature=0)
+    generate(model, ids_stream(40), max_new_tokens=100, temperature=0, backend=backend)
     R = default_reset_latents(N)
     assert calls[0] == (40, R)  # the prefill is a reset with R latents
     # then a reset every N - R + 1 new ids
@@ -130,11 +142,13 @@ def test_generate_follows_one_schedule_of_latent_counts(monkeypatch):
     assert calls[1:] == expected
 
 
-def test_short_prompt_grows_its_latents_before_the_first_reset(monkeypatch):
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_short_prompt_grows_its_latents_before_the_first_reset(monkeypatch, backend):
     calls = []
-    real_reset = EagerDecoder.reset
-    monkeypatch.setattr(EagerDecoder, "reset", lambda s, w, n: calls.append((w.shape[1], n)) or real_reset(s, w, n))
-    generate(random_model(), [5], max_new_tokens=30, temperature=0)
+    cls = decoder_class(backend)
+    real_reset = cls.reset
+    monkeypatch.setattr(cls, "reset", lambda s, w, n: calls.append((w.shape[1], n)) or real_reset(s, w, n))
+    generate(random_model(), [5], max_new_tokens=30, temperature=0, backend=backend)
     R = default_reset_latents(N)
     assert calls[:2] == [(1, 1), (1 + N, R)]  # 1 latent, N - 1 steps up to N, then a reset
 
@@ -333,17 +347,20 @@ def test_cancel_from_another_thread():
     assert 0 < len(out[0]) < 200_000
 
 
-def test_progress_is_reported_often_and_at_the_end(monkeypatch):
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_progress_is_reported_often_and_at_the_end(monkeypatch, backend):
     model = random_model()
-    real_step = EagerDecoder.step
+    cls = decoder_class(backend)
+    real_step = cls.step
 
     def slow_step(self, tokens, window):  # ~20 ms a step, like a big model
         time.sleep(0.02)
         return real_step(self, tokens, window)
 
-    monkeypatch.setattr(EagerDecoder, "step", slow_step)
+    monkeypatch.setattr(cls, "step", slow_step)
     calls = []
-    generate(model, [5], max_new_tokens=60, seed=0, progress=lambda d, t: calls.append((time.monotonic(), d, t)))
+    generate(model, [5], max_new_tokens=60, seed=0, backend=backend,
+             progress=lambda d, t: calls.append((time.monotonic(), d, t)))
     assert calls[-1][1:] == (60, 60)
     assert len(calls) >= 5
     dones = [d for _, d, _ in calls]

@@ -44,6 +44,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                             "else TimGM6mb)")
     group.add_argument("--sample-rate", type=int, default=44100, help="audio samples per second (default 44100)")
     group.add_argument("--device", default="auto", help="auto (default: cuda when there is one), cpu, cuda")
+    group.add_argument("--cpu-runtime", choices=["auto", "onnx", "torch"], default="auto",
+                       help="on a CPU: onnx (the compiled decode step, onnxruntime), torch (the eager "
+                            "PyTorch step) or auto (default: onnx when onnxruntime is installed)")
 
 
 def request_from_args(args: argparse.Namespace, **overrides):
@@ -65,6 +68,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
         sample_rate=args.sample_rate,
         checkpoint=args.checkpoint,
         device=args.device,
+        cpu_runtime=args.cpu_runtime,
     )
     fields.update(overrides)
     return ContinueRequest(**fields)

@@ -1,0 +1,573 @@
+"""A compiled CPU decode step: the static ring-buffer step (decode_graph.py) run by onnxruntime.
+
+On a CPU a decode step of the default model is ~1,340 small PyTorch ops, and each costs a few
+microseconds of dispatch: the step is bound by dispatch, not arithmetic. Exported to ONNX and
+run by onnxruntime's CPU provider, the same step is a few hundred fused kernels with no Python
+in between (figures in BENCHMARKS.md).
+
+Two graphs per model, exported once and cached on disk (`cache_folder()`):
+
+* **step**: one token per row -> next-token logits, and the new token's K/V (cross-attend and
+  every latent layer). The caches are graph *inputs*, bound once to preallocated numpy buffers
+  (`OrtValue`s that share their memory), so nothing is copied per step: the new token's K/V
+  come back as small outputs that the decoder writes into its ring slot, as StaticKVCache does.
+  The attention over cache + new token is one softmax over [cached scores, the new score], so
+  the graph never concatenates a cache. Keys are cached transposed, (B, H, head_dim, slots),
+  so that q @ K is a plain MatMul.
+* **reset**: a full forward with R latents over the window (as `PerceiverAR.forward` with a
+  cache): last logits and the K/V that refill the caches.
+
+The disk cache is keyed by the checkpoint's sha256 (for a model changed since, or made by
+code, the sha256 of its tensors), the model's config, the precision, the
+onnxruntime and torch versions and EXPORT_VERSION; files are written to a temporary name and
+moved into place (os.replace), and each file's own sha256 is checked on load: a damaged or
+stale export is rebuilt, never a crash. Precision: "float32" (the exact reference, atol 1e-4
+against the eager step) or "int8" (onnxruntime's dynamic quantisation of the weight products).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .model import PerceiverAR
+
+EXPORT_VERSION = 4
+PRECISIONS = ("float32", "int8")
+# generate()'s dtype -> the precision here: None is float32 (exact); torch.qint8 int8 weight products.
+PRECISION_OF = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
+OPSET = 17
+
+
+def available() -> bool:
+    """Whether onnxruntime is installed (the eager path needs nothing more)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cache_folder() -> Path:
+    """$PERCEIVER_MUSIC_CACHE, else $XDG_CACHE_HOME/perceiver-music, else ~/.cache/perceiver-music."""
+    if os.environ.get("PERCEIVER_MUSIC_CACHE"):
+        return Path(os.environ["PERCEIVER_MUSIC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "perceiver-music"
+
+
+# ---- the exported graphs: the model's own modules, written as functions of explicit buffers ----
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor, half: int, head_dim: int) -> Tensor:
+    """model.apply_rope: x (B, L, H, hd), cos/sin broadcastable to (B, L, H, rot/2). Sizes are
+    Python ints, so the graph splits by constants (no shape arithmetic)."""
+    rest = head_dim - 2 * half
+    parts = x.split([half, half, rest] if rest else [half, half], dim=-1)
+    x1, x2 = parts[0], parts[1]
+    rotated = (x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+    return torch.cat(rotated + ((parts[2],) if rest else ()), dim=-1)
+
+
+def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
+    return mlp.proj(F.relu(mlp.fc(x)).square())
+
+
+def _step_attention(q: Tensor, k_t: Tensor, v: Tensor, mask: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+    """One query (B, H, 1, hd) over cached keys k_t (B, H, hd, S) with additive mask (S,), and
+    over its own new key/value (B, H, 1, hd): one softmax over both, no cache copied. The query
+    comes scaled by head_dim ** -0.5."""
+    cached = q @ k_t + mask  # (B, H, 1, S)
+    own = (q * k_new).sum(-1, keepdim=True)  # (B, H, 1, 1)
+    weights = torch.cat((cached, own), dim=-1).softmax(dim=-1)
+    return weights[..., :-1] @ v + weights[..., -1:] * v_new
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+    """Full attention with an additive mask (Lq, Lk): q (B, H, Lq, hd), k/v (B, H, Lk, hd)."""
+    scores = (q * scale) @ k.transpose(-1, -2) + mask
+    return scores.softmax(dim=-1) @ v
+
+
+class StepGraph(nn.Module):
+    """The decode step of `PerceiverAR.decode_step` over StaticKVCache-like buffers.
+
+    forward(tokens (B,), pos (1,), cross_k_t, cross_v, cross_mask, latent_mask, k_t0, v0, k_t1,
+    v1, ...) -> logits (B, V), new cross k (B, Hc, hd), new cross v, new latent k (L, B, H, hd),
+    new latent v. The caller writes the new K/V into the slots and marks them valid.
+    """
+
+    def __init__(self, model: PerceiverAR) -> None:
+        super().__init__()
+        self.model = model
+        cos, sin = model.rope_cross._table(torch.device("cpu"))
+        self.register_buffer("cross_cos", cos.clone(), persistent=False)
+        self.register_buffer("cross_sin", sin.clone(), persistent=False)
+        cos, sin = model.rope_self._table(torch.device("cpu"))
+        self.register_buffer("self_cos", cos.clone(), persistent=False)
+        self.register_buffer("self_sin", sin.clone(), persistent=False)
+
+    def forward(self, tokens, pos, cross_k_t, cross_v, cross_mask, latent_mask, *latent):
+        # Reshapes name every size but the batch (-1): the graph needs no shape arithmetic.
+        m = self.model
+        c = m.cross
+        hc, hdc, d = c.heads, c.head_dim, m.config.d_model
+        x = m.tok_emb(tokens).reshape(-1, 1, d)  # (B, 1, d)
+        cos, sin = self.cross_cos[pos][:, None], self.cross_sin[pos][:, None]  # (1, 1, half)
+        half = self.cross_cos.size(-1)
+        k, v = c.kv(c.kv_norm(x)).reshape(-1, 1, 2 * hc, hdc).chunk(2, dim=2)  # (B, 1, Hc, hd)
+        k = _rope(k, cos, sin, half, hdc).transpose(1, 2)  # (B, Hc, 1, hd)
+        v = v.transpose(1, 2)
+        q = _rope(c.q(c.q_norm(x)).reshape(-1, 1, hc, hdc), cos, sin, half, hdc).transpose(1, 2)
+        y = _step_attention(q * hdc**-0.5, cross_k_t, cross_v, cross_mask, k, v)
+        h = x + c.out(y.reshape(-1, 1, d))  # (B, Hc, 1, hd) -> (B, 1, d): the 1 makes it a reshape
+        h = h + _mlp(c.mlp, c.mlp_norm(h))
+        cross_k, cross_v_new = k.reshape(-1, hc, hdc), v.reshape(-1, hc, hdc)
+        cos, sin = self.self_cos[pos][:, None], self.self_sin[pos][:, None]
+        half = self.self_cos.size(-1)
+        new_k, new_v = [], []
+        for i, block in enumerate(m.blocks):
+            H, hd = block.heads, block.head_dim
+            qk, v = block.qkv(block.norm1(h)).reshape(-1, 1, 3 * H, hd).split([2 * H, H], dim=2)
+            q, k = _rope(qk, cos, sin, half, hd).transpose(1, 2).split([H, H], dim=1)  # one rotation for both
+            v = v.transpose(1, 2)
+            y = _step_attention(q * hd**-0.5, latent[2 * i], latent[2 * i + 1], latent_mask, k, v)
+            h = h + block.out(y.reshape(-1, 1, d))
+            h = h + _mlp(block.mlp, block.norm2(h))
+            new_k.append(k.reshape(-1, H, hd))
+            new_v.append(v.reshape(-1, H, hd))
+        logits = m.head(m.norm(h)).reshape(-1, m.config.vocab_size)
+        return logits, cross_k, cross_v_new, torch.stack(new_k), torch.stack(new_v)
+
+
+class ResetGraph(nn.Module):
+    """`PerceiverAR.forward(window, n, cache=..., last_only=True)` with the caches as outputs.
+
+    forward(ids (B, T), latent_ids (B, n) = ids[:, T-n:], kv_pos (T,) = 0..T-1, q_pos (n,) =
+    T-n..T-1) -> logits (B, V) of the last position, cross k_t (B, Hc, hd, T), cross v
+    (B, Hc, T, hd), then k_t (B, H, hd, n) and v (B, H, n, hd) of each latent layer. Shapes come
+    from the inputs, so one graph serves every window length and latent count.
+    """
+
+    def __init__(self, model: PerceiverAR) -> None:
+        super().__init__()
+        self.step = StepGraph(model)  # shares the tables
+        self.model = model
+
+    def forward(self, ids, latent_ids, kv_pos, q_pos):
+        m, s = self.model, self.step
+        c = m.cross
+        hc, hdc = c.heads, c.head_dim
+        x = m.tok_emb(ids)
+        lat = m.tok_emb(latent_ids)
+        kv_cos, kv_sin = s.cross_cos[kv_pos][:, None], s.cross_sin[kv_pos][:, None]  # (T, 1, half)
+        q_cos, q_sin = s.cross_cos[q_pos][:, None], s.cross_sin[q_pos][:, None]
+        zero = torch.zeros((), dtype=x.dtype)
+        neg = torch.full((), float("-inf"), dtype=x.dtype)
+        cross_mask = torch.where(kv_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, T), bottom-right
+        self_mask = torch.where(q_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, n)
+        half = s.cross_cos.size(-1)
+        k, v = c.kv(c.kv_norm(x)).unflatten(-1, (2 * hc, hdc)).chunk(2, dim=2)
+        k = _rope(k, kv_cos, kv_sin, half, hdc).transpose(1, 2)  # (B, Hc, T, hd)
+        v = v.transpose(1, 2)
+        q = _rope(c.q(c.q_norm(lat)).unflatten(-1, (hc, hdc)), q_cos, q_sin, half, hdc).transpose(1, 2)
+        y = _attention(q, k, v, cross_mask, hdc**-0.5)
+        h = lat + c.out(y.transpose(1, 2).flatten(2))
+        h = h + _mlp(c.mlp, c.mlp_norm(h))
+        outputs = [k.transpose(-1, -2), v]
+        cos, sin = s.self_cos[q_pos][:, None], s.self_sin[q_pos][:, None]
+        half = s.self_cos.size(-1)
+        last = len(m.blocks) - 1
+        for i, block in enumerate(m.blocks):
+            H, hd = block.heads, block.head_dim
+            qk, v = block.qkv(block.norm1(h)).unflatten(-1, (3 * H, hd)).split([2 * H, H], dim=2)
+            q, k = _rope(qk, cos, sin, half, hd).transpose(1, 2).split([H, H], dim=1)
+            v = v.transpose(1, 2)
+            outputs += [k.transpose(-1, -2), v]
+            mask = self_mask
+            if i == last:  # only the last position's output is needed past the last K/V
+                q, h, mask = q[:, :, -1:], h[:, -1:], self_mask[-1:]
+            y = _attention(q, k, v, mask, hd**-0.5)
+            h = h + block.out(y.transpose(1, 2).flatten(2))
+            h = h + _mlp(block.mlp, block.norm2(h))
+        logits = m.head(m.norm(h[:, -1]))
+        return (logits, *outputs)
+
+
+# ---- export and the disk cache --------------------------------------------------------------------
+
+
+def weights_sha256(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_digest(model: nn.Module, versions: tuple | None = None) -> str:
+    """The checkpoint file's sha256 when the model came from load_checkpoint unchanged, else the
+    sha256 of its tensors."""
+    versions = versions if versions is not None else tuple(p._version for p in model.parameters())
+    loaded = getattr(model, "checkpoint_sha256", None)
+    if loaded is not None and loaded[1] == versions:
+        return "checkpoint:" + loaded[0]
+    return "tensors:" + weights_sha256(model)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_key(model: PerceiverAR, precision: str, weights: str) -> dict:
+    import onnxruntime
+
+    return {
+        "export_version": EXPORT_VERSION,
+        "weights_sha256": weights,
+        "config": model.config.to_dict(),
+        "precision": precision,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__.split("+")[0],
+        "opset": OPSET,
+    }
+
+
+def _example_inputs(model: PerceiverAR, batch: int = 2):
+    cfg = model.config
+    hc, hs = cfg.cross_heads, cfg.n_heads
+    S, N = cfg.max_context, cfg.num_latents
+    z = torch.zeros
+    step = [torch.full((batch,), 3, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+            z(batch, hc, cfg.d_model // hc, S), z(batch, hc, S, cfg.d_model // hc), z(S), z(N)]
+    for _ in range(cfg.n_layers):
+        step += [z(batch, hs, cfg.d_model // hs, N), z(batch, hs, N, cfg.d_model // hs)]
+    T = min(S, max(2 * N, 8))  # dummy sizes; the axes are dynamic
+    n = min(N, T - 1) if T > 1 else 1
+    ids = torch.full((batch, T), 3, dtype=torch.long)
+    reset = [ids, ids[:, T - n :].clone(), torch.arange(T), torch.arange(T - n, T)]
+    return step, reset
+
+
+def _export(module: nn.Module, args, path: Path, inputs: list[str], outputs: list[str], dynamic: dict) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(args), str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def _quantize(path: Path, out: Path) -> None:
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Weight products only (MatMulConstBOnly): attention's activation products stay float32.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
+    try:
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
+
+
+def step_names(n_layers: int) -> tuple[list[str], list[str]]:
+    inputs = ["tokens", "pos", "cross_k_t", "cross_v", "cross_mask", "latent_mask"]
+    for i in range(n_layers):
+        inputs += [f"latent_k_t{i}", f"latent_v{i}"]
+    return inputs, ["logits", "new_cross_k", "new_cross_v", "new_latent_k", "new_latent_v"]
+
+
+def reset_names(n_layers: int) -> tuple[list[str], list[str]]:
+    outputs = ["logits", "cross_k_t", "cross_v"]
+    for i in range(n_layers):
+        outputs += [f"latent_k_t{i}", f"latent_v{i}"]
+    return ["ids", "latent_ids", "kv_pos", "q_pos"], outputs
+
+
+def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) -> None:
+    """Export both graphs into `folder` (made fresh), quantise if asked, write meta.json last."""
+    model = model.eval()
+    L = model.config.n_layers
+    step_args, reset_args = _example_inputs(model)
+    s_in, s_out = step_names(L)
+    r_in, r_out = reset_names(L)
+    s_dyn = {name: {0: "batch"} for name in s_in if name not in ("pos", "cross_mask", "latent_mask")}
+    s_dyn.update({"logits": {0: "batch"}, "new_cross_k": {0: "batch"}, "new_cross_v": {0: "batch"},
+                  "new_latent_k": {1: "batch"}, "new_latent_v": {1: "batch"}})
+    r_dyn = {"ids": {0: "batch", 1: "T"}, "latent_ids": {0: "batch", 1: "n"}, "kv_pos": {0: "T"}, "q_pos": {0: "n"},
+             "logits": {0: "batch"}, "cross_k_t": {0: "batch", 3: "T"}, "cross_v": {0: "batch", 2: "T"}}
+    for i in range(L):
+        r_dyn[f"latent_k_t{i}"] = {0: "batch", 3: "n"}
+        r_dyn[f"latent_v{i}"] = {0: "batch", 2: "n"}
+    files = {}
+    for name, module, args, names, dyn in (("step", StepGraph(model), step_args, (s_in, s_out), s_dyn),
+                                           ("reset", ResetGraph(model), reset_args, (r_in, r_out), r_dyn)):
+        plain = folder / f"{name}.float32.onnx"
+        _export(module.eval(), args, plain, *names, dyn)
+        final = folder / f"{name}.onnx"
+        if precision == "int8":
+            _quantize(plain, final)
+            plain.unlink()
+        else:
+            os.replace(plain, final)
+        files[name] = {"file": final.name, "sha256": _file_sha256(final)}
+    meta = {"key": key, "files": files}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _valid_export(folder: Path, key: dict) -> bool:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("key") != key:
+            return False
+        return all(_file_sha256(folder / f["file"]) == f["sha256"] for f in meta["files"].values())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def exported_files(model: PerceiverAR, precision: str = "float32", *, weights: str | None = None,
+                   cache_dir: Path | None = None) -> dict[str, Path]:
+    """The step and reset ONNX files for this model and precision: from the cache, or exported
+    now (atomically: a temporary folder renamed into place). A damaged export is rebuilt."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    key = export_key(model, precision, weights or model_digest(model))
+    root = Path(cache_dir or cache_folder()) / "onnx"
+    folder = root / _key_digest(key)
+    if not _valid_export(folder, key):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.TemporaryFile(dir=root)
+            probe.close()
+        except OSError:  # a cache folder we cannot write: this process's temporary one
+            root = Path(tempfile.gettempdir()) / f"perceiver-music-{os.getuid()}" / "onnx"
+            root.mkdir(parents=True, exist_ok=True)
+            folder = root / _key_digest(key)
+            if _valid_export(folder, key):
+                return {"step": folder / "step.onnx", "reset": folder / "reset.onnx"}
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+        try:
+            build_export(model, precision, tmp, key)
+            stale = None
+            if folder.exists():  # damaged or stale: move aside, then replace
+                stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=root))
+                os.replace(folder, stale / "old")
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process put a valid one there first
+                if not _valid_export(folder, key):
+                    raise
+            if stale is not None:
+                _remove_tree(stale)
+        finally:
+            if tmp.exists():
+                _remove_tree(tmp)
+    return {"step": folder / "step.onnx", "reset": folder / "reset.onnx"}
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- sessions, cached per model object -------------------------------------------------------------
+
+
+class CompiledStep:
+    """The two onnxruntime sessions of one model, precision and thread count."""
+
+    def __init__(self, files: dict[str, Path], threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        self.step = ort.InferenceSession(str(files["step"]), options, providers=providers)
+        self.reset = ort.InferenceSession(str(files["reset"]), options, providers=providers)
+        self.files = files
+
+
+class SessionCache:
+    """Sessions by model object (weakly: they go with the model), precision and threads; a
+    model whose weights changed in place since (parameter versions) gets fresh ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, model: PerceiverAR, precision: str, threads: int, cache_dir: Path | None = None) -> CompiledStep:
+        versions = tuple(p._version for p in model.parameters())
+        with self._lock:
+            entry = self._by_model.get(model)
+            if entry is None or entry["versions"] != versions:
+                entry = {"versions": versions, "weights": None, "sessions": {}}
+                self._by_model[model] = entry
+            key = (precision, threads, str(cache_dir or cache_folder()))
+            if key not in entry["sessions"]:
+                if entry["weights"] is None:
+                    entry["weights"] = model_digest(model, versions)
+                files = exported_files(model, precision, weights=entry["weights"], cache_dir=cache_dir)
+                try:
+                    entry["sessions"][key] = CompiledStep(files, threads)
+                except Exception:  # noqa: BLE001 - a file onnxruntime cannot load: rebuild once
+                    _remove_tree(files["step"].parent)
+                    files = exported_files(model, precision, weights=entry["weights"], cache_dir=cache_dir)
+                    entry["sessions"][key] = CompiledStep(files, threads)
+            return entry["sessions"][key]
+
+
+SESSIONS = SessionCache()
+
+
+# ---- the decoder -------------------------------------------------------------------------------------
+
+
+class OnnxDecoder:
+    """Same interface as generate.EagerDecoder; the caches are numpy buffers that onnxruntime
+    reads in place (IO binding), and the decoder writes each step's new K/V into its slot.
+
+    `reset_runtime`: "onnx" (the reset graph) or "torch" (the model's own forward writing into
+    the same buffers). `threads`: onnxruntime's intra-op threads (default: torch's).
+    """
+
+    def __init__(self, model: PerceiverAR, batch: int, *, precision: str = "float32", reset_runtime: str = "onnx",
+                 threads: int | None = None, cache_dir: Path | None = None, torch_model: PerceiverAR | None = None,
+                 sessions: SessionCache = SESSIONS) -> None:
+        import onnxruntime as ort
+
+        cfg = model.config
+        if cfg.attention != "softmax":
+            raise ValueError("the compiled step supports softmax attention only")
+        if next(model.parameters()).device.type != "cpu":
+            raise ValueError("the onnx runtime is for CPU models")
+        if reset_runtime not in ("onnx", "torch"):
+            raise ValueError(f"reset_runtime must be onnx or torch, not {reset_runtime!r}")
+        self.model, self.torch_model, self.reset_runtime = model, torch_model or model, reset_runtime
+        self.precision = precision
+        self.compiled = sessions.get(model, precision, threads or torch.get_num_threads(), cache_dir)
+        self.ring, self.N, self.L = cfg.max_context, cfg.num_latents, cfg.n_layers
+        hc, hs = cfg.cross_heads, cfg.n_heads
+        hdc, hds = cfg.d_model // hc, cfg.d_model // hs
+        f32 = np.float32
+        B = batch
+        self.cross_k_t = np.zeros((B, hc, hdc, self.ring), f32)
+        self.cross_v = np.zeros((B, hc, self.ring, hdc), f32)
+        self.cross_mask = np.full(self.ring, -np.inf, f32)
+        self.latent_k_t = np.zeros((self.L, B, hs, hds, self.N), f32)  # one block: one write per step
+        self.latent_v = np.zeros((self.L, B, hs, self.N, hds), f32)
+        self.latent_mask = np.full(self.N, -np.inf, f32)
+        self.tokens = np.zeros(B, np.int64)
+        self.pos = np.zeros(1, np.int64)
+        self.logits = np.zeros((B, cfg.vocab_size), f32)
+        self.new_cross_k = np.zeros((B, hc, hdc), f32)
+        self.new_cross_v = np.zeros((B, hc, hdc), f32)
+        self.new_latent_k = np.zeros((self.L, B, hs, hds), f32)
+        self.new_latent_v = np.zeros((self.L, B, hs, hds), f32)
+        self.cross_slot = self.latent_slot = 0
+        # Bound once: OrtValues over the numpy buffers share their memory.
+        self._keep = []  # the OrtValues must outlive the binding
+
+        def value(array: np.ndarray):
+            v = ort.OrtValue.ortvalue_from_numpy(array)
+            self._keep.append(v)
+            return v
+
+        binding = self.compiled.step.io_binding()
+        s_in, s_out = step_names(self.L)
+        arrays = [self.tokens, self.pos, self.cross_k_t, self.cross_v, self.cross_mask, self.latent_mask]
+        for i in range(self.L):
+            arrays += [self.latent_k_t[i], self.latent_v[i]]
+        for name, array in zip(s_in, arrays):
+            binding.bind_ortvalue_input(name, value(array))
+        outs = [self.logits, self.new_cross_k, self.new_cross_v, self.new_latent_k, self.new_latent_v]
+        for name, array in zip(s_out, outs):
+            binding.bind_ortvalue_output(name, value(array))
+        self.binding = binding
+
+    def reset(self, window: Tensor, num_latents: int) -> Tensor:
+        if num_latents > self.N:
+            raise ValueError("more latents than the cache holds")
+        ids = window.to("cpu", torch.long)
+        T = ids.size(1)
+        n = min(num_latents, T)
+        if self.reset_runtime == "onnx":
+            ids_np = np.ascontiguousarray(ids.numpy())
+            out = self.compiled.reset.run(None, {
+                "ids": ids_np, "latent_ids": np.ascontiguousarray(ids_np[:, T - n :]),
+                "kv_pos": np.arange(T, dtype=np.int64), "q_pos": np.arange(T - n, T, dtype=np.int64)})
+            logits, cross_k_t, cross_v, latent = out[0], out[1], out[2], out[3:]
+            self.cross_k_t[..., :T] = cross_k_t
+            self.cross_v[:, :, :T] = cross_v
+            for i in range(self.L):
+                self.latent_k_t[i, ..., :n] = latent[2 * i]
+                self.latent_v[i, :, :, :n] = latent[2 * i + 1]
+            logits = torch.from_numpy(np.array(logits, np.float32))
+        else:
+            logits = self.torch_model(ids, n, cache=_BufferCache(self), last_only=True)[:, -1].float()
+        self.cross_mask.fill(-np.inf)
+        self.cross_mask[:T] = 0.0
+        self.latent_mask.fill(-np.inf)
+        self.latent_mask[:n] = 0.0
+        self.pos[0] = T
+        self.cross_slot, self.latent_slot = T % self.ring, n
+        return logits
+
+    def step(self, tokens: Tensor, window: Tensor) -> Tensor:
+        if self.latent_slot >= self.N:
+            raise RuntimeError("latent cache full: the generation loop missed a reset")
+        self.tokens[:] = tokens.numpy() if tokens.device.type == "cpu" else tokens.cpu().numpy()
+        c, s = self.cross_slot, self.latent_slot
+        self.cross_mask[c] = -np.inf  # the slot's old key (the oldest input once slid) drops out
+        self.compiled.step.run_with_iobinding(self.binding)
+        self.cross_k_t[..., c] = self.new_cross_k
+        self.cross_v[:, :, c] = self.new_cross_v
+        self.cross_mask[c] = 0.0
+        self.latent_k_t[..., s] = self.new_latent_k
+        self.latent_v[:, :, :, s] = self.new_latent_v
+        self.latent_mask[s] = 0.0
+        self.pos[0] += 1
+        self.cross_slot, self.latent_slot = (c + 1) % self.ring, s + 1
+        return torch.from_numpy(self.logits.copy())
+
+
+class _BufferCache:
+    """model.Cache for a reset by the torch model into an OnnxDecoder's buffers (no step)."""
+
+    def __init__(self, decoder: OnnxDecoder) -> None:
+        self.d = decoder
+
+    def store_cross(self, k: Tensor, v: Tensor) -> None:
+        T = k.size(2)
+        self.d.cross_k_t[..., :T] = k.float().transpose(-1, -2).numpy()
+        self.d.cross_v[:, :, :T] = v.float().numpy()
+
+    def store_latent(self, layer: int, k: Tensor, v: Tensor) -> None:
+        n = k.size(2)
+        self.d.latent_k_t[layer, ..., :n] = k.float().transpose(-1, -2).numpy()
+        self.d.latent_v[layer, :, :, :n] = v.float().numpy()

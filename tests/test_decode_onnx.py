@@ -1,0 +1,331 @@
+"""The compiled CPU decode step (decode_onnx.py): exactness against the eager step across resets
+and slides, greedy and seeded continuations, variations, cancel, the disk cache and its repair,
+the engine's and the CLI's runtime choice, and the eager fallback without onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from perceiver_music import decode_onnx  # noqa: E402
+from perceiver_music.decode_onnx import OnnxDecoder, SessionCache, exported_files  # noqa: E402
+from perceiver_music.generate import EagerDecoder, TokenWindow, default_reset_latents, generate  # noqa: E402
+from test_generate import MAX_CONTEXT, N, ids_stream, random_model, replay_schedule  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def decoder(model, batch=1, cache_dir=None, **kw) -> OnnxDecoder:
+    return OnnxDecoder(model, batch, cache_dir=cache_dir, sessions=kw.pop("sessions", SessionCache()), **kw)
+
+
+# ---- exactness ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset_runtime", ["onnx", "torch"])
+@pytest.mark.parametrize("prompt_len, R", [(10, None), (6, None), (3, 4)])
+def test_compiled_step_matches_eager_across_resets_and_slides(tmp_path, reset_runtime, prompt_len, R):
+    # prompt 6: a reset lands at window 60, so its steps wrap around the end of the ring.
+    model = random_model()
+    eager, compiled = EagerDecoder(model), decoder(model, cache_dir=tmp_path, reset_runtime=reset_runtime)
+    tokens = ids_stream(4 * MAX_CONTEXT, seed=5)
+    R = R or default_reset_latents(N)
+    kinds = {"reset": 0, "step": 0}
+    slid_steps = 0
+    with torch.inference_mode():
+        pairs = zip(replay_schedule(model, eager, tokens, prompt_len, R),
+                    replay_schedule(model, compiled, tokens, prompt_len, R))
+        for (a, *_), (b, window, _, kind) in pairs:
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+            kinds[kind] += 1
+            slid_steps += kind == "step" and window.shape[1] == MAX_CONTEXT
+    assert kinds["reset"] > 10 and slid_steps > 2 * MAX_CONTEXT
+
+
+def test_compiled_step_in_a_batch_of_different_rows(tmp_path):
+    model = random_model(seed=2)
+    B = 3
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(3, 300, (B, 50), generator=g)
+    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path)
+    R = default_reset_latents(N)
+    with torch.inference_mode():
+        window = TokenWindow(rows, B, MAX_CONTEXT, torch.device("cpu"))
+        torch.testing.assert_close(compiled.reset(window.view(), R), eager.reset(window.view(), R), atol=1e-4, rtol=1e-4)
+        latents = R
+        for _ in range(3 * MAX_CONTEXT):
+            tokens = torch.randint(3, 300, (B,), generator=g)
+            window.append(tokens)
+            if latents >= N:
+                latents = R
+                a, b = eager.reset(window.view(), R), compiled.reset(window.view(), R)
+            else:
+                latents += 1
+                a, b = eager.step(tokens, window.view()), compiled.step(tokens, window.view())
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(a[0], a[1])  # the rows really differ
+
+
+def test_greedy_continuations_match_eager_for_hundreds_of_ids():
+    model = random_model(seed=1)
+    prompt = ids_stream(30, seed=9)
+    eager = generate(model, prompt, max_new_tokens=600, temperature=0, backend="eager")
+    compiled = generate(model, prompt, max_new_tokens=600, temperature=0, backend="onnx")
+    assert compiled == eager
+    assert len(eager[0]) == 600 and len(set(eager[0])) > 20  # varied, and far past the window
+
+
+def test_auto_is_the_compiled_step_on_a_cpu():
+    stats: dict = {}
+    model = random_model()
+    generate(model, ids_stream(5), max_new_tokens=10, seed=0, stats=stats)
+    assert stats["runtime"] == "onnx-float32"
+    generate(model, ids_stream(5), max_new_tokens=10, seed=0, stats=stats, backend="eager")
+    assert stats["runtime"] == "eager"
+    generate(random_model(attention="linear"), ids_stream(5), max_new_tokens=10, seed=0, stats=stats)
+    assert stats["runtime"] == "eager"  # the compiled step is softmax only
+
+
+def test_seeds_and_variations_behave_as_with_eager():
+    model = random_model(seed=4)
+    prompt = ids_stream(7)
+    a = generate(model, prompt, max_new_tokens=200, seed=11, backend="onnx")
+    assert a == generate(model, prompt, max_new_tokens=200, seed=11, backend="eager")
+    assert a == generate(model, prompt, max_new_tokens=200, seed=11, backend="onnx")
+    assert a != generate(model, prompt, max_new_tokens=200, seed=12, backend="onnx")
+    sampled = generate(model, prompt, max_new_tokens=150, seed=3, num_variations=3, backend="onnx")
+    assert sampled == generate(model, prompt, max_new_tokens=150, seed=3, num_variations=3, backend="eager")
+    assert len({tuple(v) for v in sampled}) == 3
+    greedy = generate(model, prompt, max_new_tokens=150, temperature=0, num_variations=3, backend="onnx")
+    assert greedy[0] == greedy[1] == greedy[2]
+
+
+def test_cancel_and_progress_with_the_compiled_step():
+    model = random_model()
+    cancel = threading.Event()
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if done >= 5:
+            cancel.set()
+
+    out = generate(model, [5], max_new_tokens=10_000, seed=0, cancel=cancel, progress=progress, backend="onnx")
+    assert 5 <= len(out[0]) < 10_000 and calls == sorted(calls)
+
+
+def test_int8_weights_quantise_the_products_and_stay_close(tmp_path):
+    import onnx
+
+    model = random_model(seed=3, d_model=64, n_heads=2, cross_heads=2)
+    files = exported_files(model, "int8", cache_dir=tmp_path)
+    ops = {node.op_type for node in onnx.load(str(files["step"])).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    exact = decoder(model, cache_dir=tmp_path)
+    int8 = decoder(model, cache_dir=tmp_path, precision="int8")
+    window = torch.tensor([ids_stream(40)])
+    with torch.inference_mode():
+        a, b = exact.reset(window, N).log_softmax(-1), int8.reset(window, N).log_softmax(-1)
+    assert not torch.equal(a, b)
+    assert 0.5 * (a.exp() - b.exp()).abs().sum() < 0.5  # a distribution close to float32's
+
+
+def test_weights_changed_in_place_get_a_fresh_export(tmp_path):
+    model = random_model()
+    sessions = SessionCache()
+    window = torch.tensor([ids_stream(20)])
+    with torch.inference_mode():
+        before = decoder(model, cache_dir=tmp_path, sessions=sessions).reset(window, 8)
+    with torch.no_grad():
+        model.head.weight.mul_(2.0)
+    with torch.inference_mode():
+        after = decoder(model, cache_dir=tmp_path, sessions=sessions).reset(window, 8)
+        torch.testing.assert_close(after, EagerDecoder(model).reset(window, 8), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(before, after)
+
+
+# ---- the disk cache ------------------------------------------------------------------------------
+
+
+def test_second_start_reuses_the_export(tmp_path, monkeypatch):
+    model = random_model()
+    files = exported_files(model, cache_dir=tmp_path)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == [files["step"].parent.name]  # no temp left
+    meta = json.loads((files["step"].parent / "meta.json").read_text())
+    assert meta["key"]["weights_sha256"].startswith("tensors:")
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(decode_onnx, "build_export", no_export)
+    window = torch.tensor([ids_stream(20)])
+    with torch.inference_mode():
+        decoder(model, cache_dir=tmp_path).reset(window, 8)  # a fresh process's first decoder
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "meta"])
+def test_a_damaged_export_is_rebuilt(tmp_path, damage):
+    model = random_model()
+    files = exported_files(model, cache_dir=tmp_path)
+    step = files["step"]
+    good = step.read_bytes()
+    if damage == "garbage":
+        step.write_bytes(b"not an onnx file" * 100)
+    elif damage == "truncated":
+        step.write_bytes(good[: len(good) // 2])
+    else:
+        (step.parent / "meta.json").write_text("{broken")
+    eager = EagerDecoder(model)
+    window = torch.tensor([ids_stream(30)])
+    with torch.inference_mode():
+        compiled = decoder(model, cache_dir=tmp_path)
+        torch.testing.assert_close(compiled.reset(window, 12), eager.reset(window, 12), atol=1e-4, rtol=1e-4)
+        tok = torch.tensor([7])
+        torch.testing.assert_close(compiled.step(tok, window), eager.step(tok, window), atol=1e-4, rtol=1e-4)
+    assert json.loads((step.parent / "meta.json").read_text())["files"]["step"]["sha256"]
+    assert len(list((tmp_path / "onnx").iterdir())) == 1
+
+
+def test_garbage_that_passes_the_checksum_is_still_rebuilt(tmp_path):
+    """If a broken file's checksum were written too (a bad disk, a bad copy), the session that
+    cannot load it is dropped and the export made again, once."""
+    model = random_model()
+    files = exported_files(model, cache_dir=tmp_path)
+    files["step"].write_bytes(b"\x00garbage")
+    meta_path = files["step"].parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"]["step"]["sha256"] = decode_onnx._file_sha256(files["step"])
+    meta_path.write_text(json.dumps(meta))
+    window = torch.tensor([ids_stream(30)])
+    with torch.inference_mode():
+        got = decoder(model, cache_dir=tmp_path).reset(window, 12)
+        torch.testing.assert_close(got, EagerDecoder(model).reset(window, 12), atol=1e-4, rtol=1e-4)
+
+
+def test_a_stale_export_is_not_used(tmp_path, monkeypatch):
+    model = random_model()
+    old = exported_files(model, cache_dir=tmp_path)
+    monkeypatch.setattr(decode_onnx, "EXPORT_VERSION", decode_onnx.EXPORT_VERSION + 1)
+    new = exported_files(model, cache_dir=tmp_path)
+    assert new["step"].parent != old["step"].parent
+    other = exported_files(random_model(seed=9), cache_dir=tmp_path)
+    assert other["step"].parent not in (old["step"].parent, new["step"].parent)
+
+
+def test_cache_folder_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("PERCEIVER_MUSIC_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert decode_onnx.cache_folder() == tmp_path / "perceiver-music"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert decode_onnx.cache_folder() == tmp_path / "home" / ".cache" / "perceiver-music"
+
+
+# ---- without onnxruntime, the engine and the CLI ---------------------------------------------------
+
+
+def test_without_onnxruntime_auto_runs_eager(monkeypatch):
+    monkeypatch.setattr(decode_onnx, "available", lambda: False)
+    stats: dict = {}
+    model = random_model()
+    out = generate(model, ids_stream(5), max_new_tokens=30, seed=0, stats=stats)
+    assert stats["runtime"] == "eager" and len(out[0]) == 30
+    with pytest.raises(ValueError, match="onnxruntime"):
+        generate(model, ids_stream(5), max_new_tokens=3, backend="onnx")
+
+
+def test_engine_cpu_runtime(random_checkpoint, monkeypatch):
+    from perceiver_music.checkpoint import ModelCache
+    from perceiver_music.engine import ContinueRequest, continue_midi
+    from perceiver_music.errors import BadRequestError
+
+    models = ModelCache()
+
+    def run(runtime, **kw):
+        request = ContinueRequest(length_tokens=120, length_seconds=None, temperature=0, seed=1, device="cpu",
+                                  checkpoint=str(random_checkpoint), render_audio=False, cpu_runtime=runtime, **kw)
+        return continue_midi(request, models=models).variations[0]
+
+    from perceiver_music import engine
+
+    compiled = "onnx-" + engine.ONNX_PRECISION
+    onnx, auto, torch_ = run("onnx"), run("auto"), run("torch")
+    assert onnx.stats["runtime"] == auto.stats["runtime"] == compiled
+    assert torch_.stats["runtime"] == "eager-float16" and onnx.provenance["stats"]["runtime"] == compiled
+    assert onnx.new_ids == auto.new_ids and len(onnx.new_ids) == 120
+    keys = [json.loads(m.read_text())["key"] for m in (decode_onnx.cache_folder() / "onnx").glob("*/meta.json")]
+    sha = models.get(random_checkpoint, "cpu").sha256
+    assert {"weights_sha256": "checkpoint:" + sha} in [{"weights_sha256": k["weights_sha256"]} for k in keys]
+    with pytest.raises(BadRequestError, match="CPU runtime"):
+        run("fast")
+    monkeypatch.setattr(decode_onnx, "available", lambda: False)
+    with pytest.raises(BadRequestError, match="onnxruntime"):
+        run("onnx")
+    assert run("auto").stats["runtime"] == "eager-float16"
+
+
+def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
+    import argparse
+
+    from app.cli import main
+    from app.commands.generate import add_generation_arguments, request_from_args
+
+    parser = argparse.ArgumentParser()
+    add_generation_arguments(parser)
+    assert request_from_args(parser.parse_args([])).cpu_runtime == "auto"
+    assert request_from_args(parser.parse_args(["--cpu-runtime", "torch"])).cpu_runtime == "torch"
+    outs = {}
+    for runtime in ("torch", "onnx"):
+        out = tmp_path / f"{runtime}.mid"
+        assert main(["generate", "--from-scratch", "-o", str(out), "--checkpoint", str(random_checkpoint),
+                     "--length-tokens", "80", "--temperature", "0", "--seed", "1", "--device", "cpu",
+                     "--cpu-runtime", runtime, "--quiet"]) == 0
+        outs[runtime] = out.read_bytes()
+    capsys.readouterr()
+    import io
+
+    import mido
+
+    from perceiver_music import engine
+
+    def runtime_of(data: bytes) -> str:  # the provenance that the MIDI carries
+        text = [m.text for t in mido.MidiFile(file=io.BytesIO(data)).tracks for m in t if m.type == "text"][0]
+        return json.loads(text)["stats"]["runtime"]
+
+    assert runtime_of(outs["torch"]) == "eager-float16"
+    assert runtime_of(outs["onnx"]) == "onnx-" + engine.ONNX_PRECISION
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--cpu-runtime", "fast"])
+    assert stop.value.code == 2
+
+
+def test_a_cache_folder_that_cannot_be_written_falls_back_to_a_temporary_one(tmp_path):
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    model = random_model()
+    files = exported_files(model, cache_dir=blocked / "cache")
+    assert files["step"].is_file() and blocked not in files["step"].parents
+    window = torch.tensor([ids_stream(30)])
+    with torch.inference_mode():
+        got = decoder(model, cache_dir=blocked / "cache").reset(window, 12)
+        torch.testing.assert_close(got, EagerDecoder(model).reset(window, 12), atol=1e-4, rtol=1e-4)
+
+
+def test_a_batch_of_several_prompts_runs_the_compiled_step_in_float32(random_checkpoint):
+    """int8 quantises a product's input with one scale for the whole batch: a prompt's music
+    would depend on its batch-mates, so several prompts in one batch run in float32."""
+    from perceiver_music.checkpoint import ModelCache
+    from perceiver_music.engine import ContinueRequest, continue_batch
+
+    models = ModelCache()
+    requests = [ContinueRequest(length_tokens=20, length_seconds=None, seed=s, device="cpu", render_audio=False,
+                                checkpoint=str(random_checkpoint)) for s in (1, 2)]
+    results = continue_batch(requests, models=models)
+    assert {r.variations[0].stats["runtime"] for r in results} == {"onnx-float32"}
+    alone = continue_batch(requests[:1], models=models)[0]
+    assert alone.variations[0].stats["runtime"] == "onnx-int8"
