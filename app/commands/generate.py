@@ -50,7 +50,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace, **overrides):
-    from perceiver_music.engine import ContinueRequest
+    from perceiver_music.engine import DEFAULT_LEAD_IN, ContinueRequest
 
     fields = dict(
         window_seconds=args.window,
@@ -63,7 +63,8 @@ def request_from_args(args: argparse.Namespace, **overrides):
         seed=args.seed,
         variations=args.variations,
         allow_end=args.allow_end,
-        lead_in_seconds=args.lead_in,
+        # --lead-in belongs to each verb (batch renders the whole piece unless told otherwise)
+        lead_in_seconds=getattr(args, "lead_in", DEFAULT_LEAD_IN),
         soundfont=args.soundfont,
         sample_rate=args.sample_rate,
         checkpoint=args.checkpoint,
