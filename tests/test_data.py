@@ -126,7 +126,7 @@ def _scale_file(path, pitches, seed: int):
     """A short distinct file whose notes use only `pitches`: its corpus can be told from its ids."""
     import pretty_midi
 
-    from midi_fixtures import write
+    from midi_fixtures import midi_bytes, write
 
     rng = np.random.default_rng(seed)
     pm = pretty_midi.PrettyMIDI()
@@ -138,13 +138,7 @@ def _scale_file(path, pitches, seed: int):
         t += length
     pm.instruments.append(piano)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write(path, _bytes(pm))
-
-
-def _bytes(pm) -> bytes:
-    from midi_fixtures import midi_bytes
-
-    return midi_bytes(pm)
+    write(path, midi_bytes(pm))
 
 
 @pytest.fixture(scope="module")
