@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import sha256_of
 from .model import PerceiverAR
 
 EXPORT_VERSION = 4
@@ -226,14 +227,6 @@ def model_digest(model: nn.Module, versions: tuple | None = None) -> str:
     return "tensors:" + weights_sha256(model)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_key(model: PerceiverAR, precision: str, weights: str) -> dict:
     import onnxruntime
 
@@ -327,7 +320,7 @@ def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) ->
             plain.unlink()
         else:
             os.replace(plain, final)
-        files[name] = {"file": final.name, "sha256": _file_sha256(final)}
+        files[name] = {"file": final.name, "sha256": sha256_of(final)}
     meta = {"key": key, "files": files}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
@@ -341,7 +334,7 @@ def _valid_export(folder: Path, key: dict) -> bool:
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("key") != key:
             return False
-        return all(_file_sha256(folder / f["file"]) == f["sha256"] for f in meta["files"].values())
+        return all(sha256_of(folder / f["file"]) == f["sha256"] for f in meta["files"].values())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
