@@ -17,8 +17,12 @@ The summary gives the means, and for notes per second and velocity spread the fa
 the generated and the real figure (max(r, 1/r) of the means' ratio r, and the mean of the
 per-piece factors).
 
+Sampling is the engine's default unless `--temperature` / `--top-p` say otherwise; tune those on
+`--split val` pieces, so the test pieces stay unseen by the choice.
+
 usage: python bench/continuations.py DATA_DIR [--checkpoint C] [--baseline OLD] [--pieces 10]
-       [--seeds 0,1] [--window 60] [--length 20] [--out result.json]
+       [--seeds 0,1] [--window 60] [--length 20] [--split test] [--temperature T] [--top-p P]
+       [--out result.json]
 """
 
 from __future__ import annotations
@@ -39,16 +43,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from perceiver_music.data import MUSIC21, TokenData, source_of  # noqa: E402
 
 
-def choose_pieces(data: TokenData, count: int, window: float, length: float) -> list[dict]:
-    """Test works of the performance corpora with room for the window and the continuation,
-    taken round-robin over the corpora (longest first within each), so each corpus is heard."""
+def choose_pieces(data: TokenData, count: int, window: float, length: float, split: str = "test") -> list[dict]:
+    """Works of the performance corpora in `split` with room for the window and the continuation,
+    taken round-robin over the corpora, so each corpus is heard. Within a corpus each piece (its
+    split group: ASAP holds several performances of one piece) is heard once, by its longest
+    performance, before any piece is heard again; longer pieces first."""
     by_source: dict[str, list[dict]] = {}
-    for entry in data.index("test"):
+    for entry in data.index(split):
         source = entry.get("source") or source_of(entry["work"])
         if source != MUSIC21 and entry["seconds"] >= window + length + 5:
             by_source.setdefault(source, []).append(entry)
-    for entries in by_source.values():
+    for source, entries in by_source.items():
         entries.sort(key=lambda e: -e["seconds"])
+        seen: dict[str, int] = {}  # group -> performances of it taken so far
+        for entry in entries:
+            group = entry.get("group") or entry["work"]
+            entry["_round"] = seen[group] = seen.get(group, -1) + 1
+        entries.sort(key=lambda e: (e.pop("_round"), -e["seconds"]))
     chosen, round_ = [], 0
     while len(chosen) < count and any(len(e) > round_ for e in by_source.values()):
         for source in sorted(by_source):
@@ -140,12 +151,12 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def run_model(checkpoint: str | None, data: TokenData, pieces: list[dict], seeds: list[int], window: float,
-              length: float) -> dict:
+              length: float, split: str = "test", sampling: dict | None = None) -> dict:
     from perceiver_music.engine import ContinueRequest, continue_midi, load_model
     from perceiver_music.tokenizer import decode, to_midi_bytes, window_seconds
 
     model = load_model(checkpoint)
-    tokens = data.tokens("test")
+    tokens = data.tokens(split)
     rows = []
     started = time.time()
     for entry in pieces:
@@ -158,7 +169,7 @@ def run_model(checkpoint: str | None, data: TokenData, pieces: list[dict], seeds
         for seed in seeds:
             request = ContinueRequest(primer=midi, primer_name=entry["work"], window_span=(cut - window, cut),
                                       length_seconds=length, seed=seed, render_audio=False,
-                                      checkpoint=checkpoint)
+                                      checkpoint=checkpoint, **(sampling or {}))
             result = continue_midi(request)
             generated = notes_of(decode(result.variations[0].new_ids))
             rows.append({"work": entry["work"], "cut_s": round(cut, 2), "seed": seed,
@@ -176,6 +187,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--length", type=float, default=20.0)
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument("--temperature", type=float, help="default: the engine's")
+    parser.add_argument("--top-p", type=float, help="default: the engine's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
@@ -184,17 +198,20 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     data = TokenData(args.data)
-    pieces = choose_pieces(data, args.pieces, args.window, args.length)
+    pieces = choose_pieces(data, args.pieces, args.window, args.length, args.split)
     seeds = [int(s) for s in args.seeds.split(",")]
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
+    run = dict(split=args.split, sampling=sampling)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
-        "data": args.data, "window_s": args.window, "length_s": args.length, "seeds": seeds,
+        "data": args.data, "split": args.split, "sampling": sampling or "engine default",
+        "window_s": args.window, "length_s": args.length, "seeds": seeds,
         "pieces": [p["work"] for p in pieces],
-        "model": run_model(args.checkpoint, data, pieces, seeds, args.window, args.length),
+        "model": run_model(args.checkpoint, data, pieces, seeds, args.window, args.length, **run),
     }
     if args.baseline:
-        result["baseline"] = run_model(args.baseline, data, pieces, seeds, args.window, args.length)
+        result["baseline"] = run_model(args.baseline, data, pieces, seeds, args.window, args.length, **run)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -44,3 +44,22 @@ def test_repeats_pitch_classes_and_the_summary():
 def test_the_cut_leaves_room_for_window_and_continuation():
     assert bench.cut_point(300.0, 60.0, 20.0) == 150.0
     assert bench.cut_point(85.0, 60.0, 20.0) == 60.0  # the whole window before, 20 s after
+
+
+def test_each_piece_is_heard_once_before_any_is_heard_again():
+    class Data:
+        def index(self, split):
+            assert split == "val"
+            ondine = [{"work": f"asap/Ravel/Ondine/p{i}.mid", "group": "asap/Ravel/Ondine/", "source": "asap",
+                       "seconds": 400.0 + i} for i in range(5)]
+            lark = [{"work": "asap/Glinka/Lark/a.mid", "group": "asap/Glinka/Lark/", "source": "asap", "seconds": 200.0}]
+            pop = [{"work": f"pop909/{i:03d}.mid", "group": f"pop909/{i:03d}.mid", "source": "pop909",
+                    "seconds": 150.0 + i} for i in range(3)]
+            short = [{"work": "pop909/999.mid", "group": "pop909/999.mid", "source": "pop909", "seconds": 50.0}]
+            score = [{"work": "music21/bach/x.mxl", "group": "music21/bach/x.mxl", "source": "music21", "seconds": 500.0}]
+            return ondine + lark + pop + short + score
+
+    chosen = [e["work"] for e in bench.choose_pieces(Data(), 6, 60.0, 20.0, split="val")]
+    # round-robin over corpora; Ondine's longest performance, then the Lark, before Ondine again
+    assert chosen == ["asap/Ravel/Ondine/p4.mid", "pop909/002.mid", "asap/Glinka/Lark/a.mid", "pop909/001.mid",
+                      "asap/Ravel/Ondine/p3.mid", "pop909/000.mid"]
