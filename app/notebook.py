@@ -9,7 +9,9 @@
 Generation runs in a background thread, so the kernel stays free: Stop (a threading.Event the
 engine checks every step) works while it runs, and the progress bar and the tokens/s label are
 updated from that thread; a watcher thread draws each variation's piano roll as it is written
-(`live.LiveRun`, twice a second). The audio is the primer's last seconds (Lead-in) and the
+(`live.LiveRun`, twice a second) and, where the model writes faster than the music plays, streams
+variation 1's audio to the browser (`notebook_audio.StreamPlayer`: the lead-in at once, then the
+continuation as it is written). The finished audio is the primer's last seconds (Lead-in) and the
 continuation; "Render the whole piece" renders the primer window and the continuation on demand.
 No model logic lives here: a request goes to `engine.continue_midi`.
 """
@@ -24,11 +26,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import ipywidgets as widgets
 
 from perceiver_music.engine import (DEFAULT_LEAD_IN, MAX_VARIATIONS, ContinueRequest, ContinueResult, Progress,
                                     continue_midi, render_full, result_summary)
 from perceiver_music.errors import UserFacingError
+
+from .notebook_audio import StreamPlayer
+
+log = logging.getLogger(__name__)
 
 MIDI_ACCEPT = ".mid,.midi,.kar,.smf"
 _WIDE = {"style": {"description_width": "120px"}, "layout": widgets.Layout(width="460px")}
@@ -106,6 +114,7 @@ class ContinuationWidget:
                                            tooltip="seconds of primer before the continuation in the audio", **_WIDE)
         self.allow_end = widgets.Checkbox(value=allow_end, description="Let the model end the piece", indent=False)
         self.live = widgets.HTML()  # the piano rolls as they are written
+        self.stream_player = StreamPlayer()  # variation 1's audio as it is written
         self.live_frames = 0  # redrawn so far in the last run (for tests)
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
@@ -126,6 +135,7 @@ class ContinuationWidget:
             self.variations,
             widgets.HBox([self.lead_in, self.allow_end]),
             widgets.HBox([self.generate_button, self.stop_button, self.progress, self.status]),
+            self.stream_player,
             self.live,
             self.results,
         ])
@@ -241,16 +251,48 @@ class ContinuationWidget:
         self._cancel.set()
         self.status.value = "stopping"
 
-    def _watch(self, live, done: threading.Event) -> None:
-        """Redraw the live piano rolls until the run ends."""
+    def _watch(self, live, done: threading.Event, request: ContinueRequest) -> None:
+        """Redraw the live piano rolls and stream variation 1's audio until the run ends."""
+        from perceiver_music.live import AudioStream
+
         self.live_frames = 0
-        while not done.wait(LIVE_INTERVAL_S):
-            if not live.ready.is_set():
-                continue
-            rolls = "".join(f"<div><b>Variation {row + 1}</b> · writing…{live.svg(row)}</div>"
-                            for row in range(live.rows))
-            self.live.value = f'<div style="max-width:900px">{rolls}</div>'
-            self.live_frames += 1
+        stream = AudioStream(live, request.soundfont, request.sample_rate) if request.render_audio else None
+        try:
+            # quick looks until the lead-in is out (it plays at once), then every LIVE_INTERVAL_S
+            while not done.wait(LIVE_INTERVAL_S if stream is None or stream.audio is not None else 0.05):
+                if not live.ready.is_set():
+                    continue
+                stream = self._stream_some(stream)
+                rolls = "".join(f"<div><b>Variation {row + 1}</b> · writing…{live.svg(row)}</div>"
+                                for row in range(live.rows))
+                self.live.value = f'<div style="max-width:900px">{rolls}</div>'
+                self.live_frames += 1
+            if stream is not None and stream.audio is not None and stream.streaming:
+                stream = self._stream_some(stream)  # the engine has finished it: its tail
+                self.stream_player.end()
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _stream_some(self, stream):
+        """Send what the stream has now; the stream, or None once it failed."""
+        if stream is None or not stream.streaming:
+            return stream
+        try:
+            started = stream.audio is not None
+            chunk = stream.poll()
+            if not started and stream.audio is not None:
+                self.stream_player.start(stream.sample_rate)
+            if stream.too_slow:
+                self.stream_player.end("slower than the music: the audio comes when it is done")
+            elif chunk is not None:
+                self.stream_player.feed(chunk)
+            return stream
+        except Exception:  # noqa: BLE001 - the stream is a bonus: the finished audio still comes
+            log.exception("streamed audio failed; the finished audio will follow")
+            self.stream_player.stop("the stream failed: the audio comes when it is done")
+            stream.close()
+            return None
 
     def _run(self, request: ContinueRequest, cancel: threading.Event) -> None:
         from perceiver_music.live import LiveRun
@@ -258,7 +300,7 @@ class ContinuationWidget:
         self._unit = "ids" if request.length_tokens is not None else "s"  # what the engine counts
         self._started = None
         live, done = LiveRun(), threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(live, done), daemon=True)
+        watcher = threading.Thread(target=self._watch, args=(live, done, request), daemon=True)
         watcher.start()
         try:
             try:

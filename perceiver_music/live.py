@@ -6,6 +6,9 @@
   arrive (`render.StreamRenderer`): the same synth calls as the final render of the same music.
 - `LiveRun`: handed to `engine.continue_midi(..., live=...)`; the engine fills it in, a front
   end reads it from another thread (ids so far, music seconds, the lead-in).
+- `AudioStream`: what a front end plays of variation 1 while it is written (the page and the
+  notebook widget share it): the lead-in at once, then the music as it becomes certain, as long
+  as the model writes faster than the music plays.
 """
 
 from __future__ import annotations
@@ -302,3 +305,55 @@ class LiveRun:
             return audio.finish(ids)
         except Exception:  # noqa: BLE001 - e.g. closed by a front end that went away: render instead
             return None
+
+
+# Stream audio only where the music is written faster than it plays, with this margin: a stream
+# that runs dry stutters.
+STREAM_MIN_RATIO = 1.1
+
+
+class AudioStream:
+    """Variation 1's audio for a front end to play while the model writes it.
+
+    Call `poll()` from the front end's thread after `live.ready`: the first call gives the
+    lead-in, later ones what became certain since. From one second in, a model slower than
+    `min_ratio` times the music stops the stream (`too_slow` is set; the finished audio comes
+    at the end instead). Once the engine has finished the stream into variation 1's audio,
+    `poll()` gives its tail, then nothing.
+    """
+
+    def __init__(self, live: LiveRun, soundfont=None, sample_rate: int = 44100, min_ratio: float = STREAM_MIN_RATIO):
+        self.live = live
+        self.soundfont = soundfont
+        self.sample_rate = sample_rate
+        self.min_ratio = min_ratio
+        self.audio: LiveAudio | None = None
+        self.too_slow = False
+
+    @property
+    def streaming(self) -> bool:
+        return not self.too_slow
+
+    @property
+    def seconds(self) -> float:
+        """Audio rendered for the stream so far."""
+        return self.audio.frames / self.audio.sample_rate if self.audio is not None else 0.0
+
+    def poll(self) -> np.ndarray | None:
+        """New audio for the stream (frames x 2, float32), or None."""
+        if self.too_slow:
+            return None
+        if self.audio is None:
+            self.audio = self.live.live_audio(self.soundfont, self.sample_rate)
+            return self.audio.start()  # the lead-in plays at once
+        elapsed = self.live.elapsed()
+        ratio = self.live.frame(0)[1] / elapsed if elapsed > 0.05 else 0.0
+        if elapsed >= 1.0 and ratio < self.min_ratio and not self.live.generated.is_set():
+            self.too_slow = True
+            return None
+        chunk = self.audio.advance(self.live.ids(0))
+        return chunk if len(chunk) else None
+
+    def close(self) -> None:
+        if self.audio is not None:
+            self.audio.close()

@@ -34,9 +34,6 @@ WINDOW_MODES = (WINDOW_WHOLE, WINDOW_LAST, WINDOW_SPAN)
 PREVIEWS_KEPT = 8  # rendered primer previews kept per session
 PREVIEW_SECONDS = 30.0  # the primer window's player: its last 30 s unless the whole is asked for
 LIVE_INTERVAL_S = 0.4  # the streamed view: a piano roll per variation (and audio) this often
-# Streamed audio only where the music is written faster than it plays, with this margin: a
-# stream that runs dry stutters.
-STREAM_MIN_RATIO = 1.1
 SEED_RANGE = 2**31  # seeds the dice picks; exact in JSON and in a browser's numbers
 
 
@@ -448,7 +445,7 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
     API share it."""
     import threading
 
-    from perceiver_music.live import LiveRun
+    from perceiver_music.live import AudioStream, LiveRun
     from perceiver_music.render import audio_to_wav_bytes
 
     live = LiveRun()
@@ -467,14 +464,13 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
     thread = threading.Thread(target=run, daemon=True, name="perceiver-music-generate")
     clicked = time.monotonic()
     thread.start()
-    audio = None
+    stream = AudioStream(live, handlers.config.soundfont, engine_request.sample_rate)
     streaming = engine_request.render_audio and _stream_audio_possible()
     said_loading = False
     try:
         while thread.is_alive():
             # Quick looks until the lead-in and the first notes are out, then every LIVE_INTERVAL_S.
-            first_notes = live.ready.is_set() and audio is not None and bool(live.ids(0)) or (
-                live.ready.is_set() and not streaming and bool(live.ids(0)))
+            first_notes = live.ready.is_set() and bool(live.ids(0)) and (stream.audio is not None or not streaming)
             thread.join(LIVE_INTERVAL_S if first_notes else 0.05)
             if not live.ready.is_set():
                 if thread.is_alive() and not said_loading:
@@ -487,14 +483,8 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
             seconds0 = live.frame(0)[1] if count else 0.0
             ratio = seconds0 / elapsed if elapsed > 0.05 else 0.0
             try:
-                if streaming and audio is None:
-                    audio = live.live_audio(handlers.config.soundfont, engine_request.sample_rate)
-                    chunk = audio.start()  # the lead-in plays at once
-                elif streaming and audio is not None:
-                    if elapsed >= 1.0 and ratio < STREAM_MIN_RATIO and not live.generated.is_set():
-                        streaming = False  # slower than the music: the audio comes when it is done
-                    else:
-                        chunk = audio.advance(ids[0])
+                chunk = stream.poll() if streaming else None
+                streaming = streaming and stream.streaming  # slower than the music: the audio comes when done
             except Exception:  # noqa: BLE001 - the stream is a bonus: the final audio still comes
                 log.exception("streamed audio failed; the finished audio will follow")
                 streaming, chunk = False, None
@@ -506,11 +496,11 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
                       + (f" of {asked:g}" if asked else "") + " s written")
             if ratio:
                 status += f" · ×{ratio:.1f} the music's speed"
-            if not streaming and audio is not None:
+            if stream.too_slow:
                 status += " · slower than the music: the audio comes when it is done"
             numbers = {"seconds_written": [round(live.frame(r)[1], 2) for r in range(count)],
                                       "ids": [len(i) for i in ids], "since_click_s": round(time.monotonic() - clicked, 3),
-                                      "audio_seconds": round(audio.frames / audio.sample_rate, 3) if audio else 0.0}
+                                      "audio_seconds": round(stream.seconds, 3)}
             wav = audio_to_wav_bytes(chunk, engine_request.sample_rate) if chunk is not None and len(chunk) else None
             numbers["audio_sent"] = wav is not None or numbers["audio_seconds"] > 0
             yield "live", status, wav, svgs, numbers
@@ -518,8 +508,7 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
     finally:
         if thread.is_alive():  # the client went away: stop the work
             cancel.set()
-        if audio is not None:
-            audio.close()
+        stream.close()
     yield "done", outcome.get("result"), outcome.get("error")
 
 
