@@ -1,7 +1,8 @@
 """Continuations of held-out real performances, measured against what the pianist played next.
 
 For each of `--pieces` test-split works of the performance corpora in a prepared DATA_DIR (long
-enough for the window and the continuation, spread over the corpora), the piece is cut at a
+enough for the window and the continuation, spread over the corpora, skipping any whose window
+or next 20 s is silent), the piece is cut at a
 point T: the engine continues the window [T - 60 s, T) by 20 s, once per seed, exactly as the
 page would (`continue_midi`, default sampling). The same figures are computed for the
 continuation and for the real music in [T, T + 20 s):
@@ -150,29 +151,44 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def run_model(checkpoint: str | None, data: TokenData, pieces: list[dict], seeds: list[int], window: float,
-              length: float, split: str = "test", sampling: dict | None = None) -> dict:
-    from perceiver_music.engine import ContinueRequest, continue_midi, load_model
-    from perceiver_music.tokenizer import decode, to_midi_bytes, window_seconds
+def usable_cuts(data: TokenData, candidates: list[dict], count: int, window: float, length: float,
+                split: str = "test") -> list[dict]:
+    """The first `count` candidates whose window and real continuation both hold notes (a
+    transcription can hold a long silence), each with its decoded piece and cut point."""
+    from perceiver_music.tokenizer import decode, window_seconds
 
-    model = load_model(checkpoint)
     tokens = data.tokens(split)
-    rows = []
-    started = time.time()
-    for entry in pieces:
-        ids = np.asarray(tokens[entry["offset"] : entry["offset"] + entry["length"]])
-        piece = decode(ids)
+    usable = []
+    for entry in candidates:
+        piece = decode(np.asarray(tokens[entry["offset"] : entry["offset"] + entry["length"]]))
         cut = cut_point(piece.total_time, window, length)
         primer = notes_of(window_seconds(piece, cut - window, cut))
         real = notes_of(window_seconds(piece, cut, cut + length))
-        midi = to_midi_bytes(piece)
+        if len(primer) and len(real):
+            usable.append({"entry": entry, "piece": piece, "cut": cut, "primer": primer, "real": real})
+        if len(usable) == count:
+            break
+    return usable
+
+
+def run_model(checkpoint: str | None, cuts: list[dict], seeds: list[int], window: float, length: float,
+              sampling: dict | None = None) -> dict:
+    from perceiver_music.engine import ContinueRequest, continue_midi, load_model
+    from perceiver_music.tokenizer import decode, to_midi_bytes
+
+    model = load_model(checkpoint)
+    rows = []
+    started = time.time()
+    for cut in cuts:
+        entry, primer, real, at = cut["entry"], cut["primer"], cut["real"], cut["cut"]
+        midi = to_midi_bytes(cut["piece"])
         for seed in seeds:
-            request = ContinueRequest(primer=midi, primer_name=entry["work"], window_span=(cut - window, cut),
+            request = ContinueRequest(primer=midi, primer_name=entry["work"], window_span=(at - window, at),
                                       length_seconds=length, seed=seed, render_audio=False,
                                       checkpoint=checkpoint, **(sampling or {}))
             result = continue_midi(request)
             generated = notes_of(decode(result.variations[0].new_ids))
-            rows.append({"work": entry["work"], "cut_s": round(cut, 2), "seed": seed,
+            rows.append({"work": entry["work"], "cut_s": round(at, 2), "seed": seed,
                          "generated": figures(generated, primer, length), "real": figures(real, primer, length)})
     return {"checkpoint": str(model.path), "sha256": model.sha256, "seconds": round(time.time() - started, 1),
             "summary": summarise(rows), "rows": rows}
@@ -198,20 +214,20 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     data = TokenData(args.data)
-    pieces = choose_pieces(data, args.pieces, args.window, args.length, args.split)
+    candidates = choose_pieces(data, 10**6, args.window, args.length, args.split)
+    cuts = usable_cuts(data, candidates, args.pieces, args.window, args.length, args.split)
     seeds = [int(s) for s in args.seeds.split(",")]
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
-    run = dict(split=args.split, sampling=sampling)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
         "data": args.data, "split": args.split, "sampling": sampling or "engine default",
         "window_s": args.window, "length_s": args.length, "seeds": seeds,
-        "pieces": [p["work"] for p in pieces],
-        "model": run_model(args.checkpoint, data, pieces, seeds, args.window, args.length, **run),
+        "pieces": [c["entry"]["work"] for c in cuts],
+        "model": run_model(args.checkpoint, cuts, seeds, args.window, args.length, sampling),
     }
     if args.baseline:
-        result["baseline"] = run_model(args.baseline, data, pieces, seeds, args.window, args.length, **run)
+        result["baseline"] = run_model(args.baseline, cuts, seeds, args.window, args.length, sampling)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
