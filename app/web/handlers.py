@@ -34,6 +34,7 @@ WINDOW_MODES = (WINDOW_WHOLE, WINDOW_LAST, WINDOW_SPAN)
 PREVIEWS_KEPT = 8  # rendered primer previews kept per session
 PREVIEW_SECONDS = 30.0  # the primer window's player: its last 30 s unless the whole is asked for
 LIVE_INTERVAL_S = 0.4  # the streamed view: a piano roll per variation (and audio) this often
+FIRST_NOTES_WAIT_S = 0.3  # the first update waits this long for the first notes, not longer
 SEED_RANGE = 2**31  # seeds the dice picks; exact in JSON and in a browser's numbers
 
 
@@ -480,6 +481,11 @@ def stream_generation(handlers: "Handlers", engine_request: ContinueRequest, ses
             chunk = None
             elapsed = live.elapsed()
             ids = [live.ids(row) for row in range(count)]
+            if not ids[0] and elapsed < FIRST_NOTES_WAIT_S and thread.is_alive():
+                # The first ids come within a few reset-times of the start: wait for them, so the
+                # first update carries the notes with the lead-in (each update is encoded before
+                # the next is taken, so a lead-in sent alone delays the notes by its encoding).
+                continue
             seconds0 = live.frame(0)[1] if count else 0.0
             ratio = seconds0 / elapsed if elapsed > 0.05 else 0.0
             try:
