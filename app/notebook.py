@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import os
 import secrets
 import threading
 from pathlib import Path
 from typing import Any
-
-import logging
 
 import ipywidgets as widgets
 

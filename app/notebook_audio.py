@@ -24,20 +24,16 @@ class StreamPlayer(anywidget.AnyWidget):
 
     _esm = (Path(__file__).with_name("stream_player.js")).read_text()
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.frames_sent = 0  # since the last start
-        self.channels = 2
+    channels = 2  # of the audio fed since the last start
 
     def start(self, sample_rate: int, channels: int = 2) -> None:
-        self.frames_sent, self.channels = 0, channels
+        self.channels = channels
         self.send({"kind": "start", "sample_rate": int(sample_rate), "channels": int(channels)})
 
     def feed(self, audio: np.ndarray) -> None:
         if audio is None or not len(audio):
             return
         audio = np.asarray(audio, dtype=np.float32).reshape(len(audio), self.channels)
-        self.frames_sent += len(audio)
         self.send({"kind": "chunk", "frames": len(audio)}, [pcm16(audio)])
 
     def end(self, text: str = "") -> None:

@@ -44,11 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from perceiver_music.data import MUSIC21, TokenData, source_of  # noqa: E402
 
 
-def choose_pieces(data: TokenData, count: int, window: float, length: float, split: str = "test") -> list[dict]:
-    """Works of the performance corpora in `split` with room for the window and the continuation,
-    taken round-robin over the corpora, so each corpus is heard. Within a corpus each piece (its
-    split group: ASAP holds several performances of one piece) is heard once, by its longest
-    performance, before any piece is heard again; longer pieces first."""
+def choose_pieces(data: TokenData, count: int | None, window: float, length: float, split: str = "test") -> list[dict]:
+    """`count` works (None: all) of the performance corpora in `split` with room for the window and
+    the continuation, taken round-robin over the corpora, so each corpus is heard. Within a
+    corpus each piece (its split group: ASAP holds several performances of one piece) is heard
+    once, by its longest performance, before any piece is heard again; longer pieces first."""
     by_source: dict[str, list[dict]] = {}
     for entry in data.index(split):
         source = entry.get("source") or source_of(entry["work"])
@@ -62,12 +62,10 @@ def choose_pieces(data: TokenData, count: int, window: float, length: float, spl
             entry["_round"] = seen[group] = seen.get(group, -1) + 1
         entries.sort(key=lambda e: (e.pop("_round"), -e["seconds"]))
     chosen, round_ = [], 0
-    while len(chosen) < count and any(len(e) > round_ for e in by_source.values()):
-        for source in sorted(by_source):
-            if round_ < len(by_source[source]) and len(chosen) < count:
-                chosen.append(by_source[source][round_])
+    while any(len(e) > round_ for e in by_source.values()):
+        chosen += [by_source[source][round_] for source in sorted(by_source) if round_ < len(by_source[source])]
         round_ += 1
-    return chosen
+    return chosen if count is None else chosen[:count]
 
 
 def cut_point(seconds: float, window: float, length: float) -> float:
@@ -214,7 +212,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     data = TokenData(args.data)
-    candidates = choose_pieces(data, 10**6, args.window, args.length, args.split)
+    candidates = choose_pieces(data, None, args.window, args.length, args.split)  # all, in order
     cuts = usable_cuts(data, candidates, args.pieces, args.window, args.length, args.split)
     seeds = [int(s) for s in args.seeds.split(",")]
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}

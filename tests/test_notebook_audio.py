@@ -27,7 +27,7 @@ def recorded(player: StreamPlayer, during=lambda: None) -> list:
     return sent
 
 
-def test_the_widget_streams_variation_1_while_it_is_written(tmp_path, slow_music_checkpoint):
+def test_the_widget_streams_variation_1_while_it_is_written(slow_music_checkpoint):
     widget = ContinuationWidget(midi_bytes(piano_performance(2, 20.0)), checkpoint=slow_music_checkpoint, length=15,
                                 lead_in=6, seed=3, soundfont=embedded_soundfont(), sample_rate=22050)
     sent = recorded(widget.stream_player, during=lambda: widget.result is None)
@@ -45,7 +45,7 @@ def test_the_widget_streams_variation_1_while_it_is_written(tmp_path, slow_music
     assert heard == pcm16(audio)  # what streamed is the finished audio, all of it
 
 
-def test_no_stream_without_audio(tmp_path, random_checkpoint):
+def test_no_stream_without_audio(random_checkpoint):
     widget = ContinuationWidget(midi_bytes(piano_performance(2, 8.0)), checkpoint=random_checkpoint, length=3,
                                 seed=1, render_audio=False)
     sent = recorded(widget.stream_player)
@@ -59,7 +59,6 @@ class FakeLive:
     def __init__(self):
         self.generated = threading.Event()
         self.clock, self.written = 0.0, 0.0
-        self.made = []
 
     def live_audio(self, soundfont, sample_rate):
         class Audio:
@@ -74,8 +73,7 @@ class FakeLive:
             def close(self):
                 pass
 
-        self.made.append(Audio())
-        return self.made[-1]
+        return Audio()
 
     def elapsed(self):
         return self.clock
