@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from .checkpoint import sha256_of
 from .model import PerceiverAR
 
-EXPORT_VERSION = 4
+EXPORT_VERSION = 5
 PRECISIONS = ("float32", "int8")
 # generate()'s dtype -> the precision here: None is float32 (exact); torch.qint8 int8 weight products.
 PRECISION_OF = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
@@ -85,6 +85,35 @@ def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
     return mlp.proj(F.relu(mlp.fc(x)).square())
 
 
+def _half_tables(rotary) -> tuple[Tensor, Tensor]:
+    """cos, sin (positions, rot/2) of a model.Rotary, as plain CPU tensors."""
+    cos, sin = rotary._table(torch.device("cpu"))
+    return cos.clone(), sin.clone()
+
+
+def _full_tables(rotary, head_dim: int) -> tuple[Tensor, Tensor]:
+    """cos, sin widened to the whole head (positions, head_dim): [cos, cos, 1...] and [sin, sin,
+    0...], so that RoPE is x * cos + rotated(x) * sin over the whole head (see _rotated_rows)."""
+    cos, sin = _half_tables(rotary)
+    rest = head_dim - 2 * cos.size(-1)
+    ones, zeros = torch.ones(cos.size(0), rest), torch.zeros(cos.size(0), rest)
+    return torch.cat((cos, cos, ones), dim=-1), torch.cat((sin, sin, zeros), dim=-1)
+
+
+def _rotated_rows(weight: Tensor, heads: int, head_dim: int, half: int) -> Tensor:
+    """Rows R with R @ x = rotated(weight @ x): per head, (-x2, x1, x3) of the projection's
+    (x1, x2, x3) = (first half, second half of the rotated dims, the rest). RoPE of a projection
+    is then one wider product and two multiply-adds, with no split or concatenation in the graph
+    (the rest's rows are multiplied by sin = 0)."""
+    w = weight.reshape(heads, head_dim, -1)
+    x1, x2, x3 = w[:, :half], w[:, half : 2 * half], w[:, 2 * half :]
+    return torch.cat((-x2, x1, x3), dim=1).reshape(heads * head_dim, -1)
+
+
+def _frozen(weight: Tensor) -> nn.Parameter:
+    return nn.Parameter(weight, requires_grad=False)
+
+
 def _step_attention(q: Tensor, k_t: Tensor, v: Tensor, mask: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
     """One query (B, H, 1, hd) over cached keys k_t (B, H, hd, S) with additive mask (S,), and
     over its own new key/value (B, H, 1, hd): one softmax over both, no cache copied. The query
@@ -105,19 +134,41 @@ class StepGraph(nn.Module):
     """The decode step of `PerceiverAR.decode_step` over StaticKVCache-like buffers.
 
     forward(tokens (B,), pos (1,), cross_k_t, cross_v, cross_mask, latent_mask, k_t0, v0, k_t1,
-    v1, ...) -> logits (B, V), new cross k (B, Hc, hd), new cross v, new latent k (L, B, H, hd),
-    new latent v. The caller writes the new K/V into the slots and marks them valid.
+    v1, ...) -> logits (B, V), new cross k (B, Hc, hd), new cross v, then the new k and v
+    (B, H, hd) of each latent layer. The caller writes the new K/V into the slots and marks them
+    valid.
+
+    The model's arithmetic in fewer, plainer graph nodes (at one token a step costs per node
+    more than per multiply): the query weights carry the attention scale (a scaled product
+    becomes onnxruntime's FusedMatMul, 3x slower than a plain MatMul at one query in isolation),
+    each projection that RoPE rotates also gives its rotated copy (_rotated_rows), axes of size
+    1 move by reshapes, and nothing is stacked.
     """
 
     def __init__(self, model: PerceiverAR) -> None:
         super().__init__()
         self.model = model
-        cos, sin = model.rope_cross._table(torch.device("cpu"))
-        self.register_buffer("cross_cos", cos.clone(), persistent=False)
-        self.register_buffer("cross_sin", sin.clone(), persistent=False)
-        cos, sin = model.rope_self._table(torch.device("cpu"))
-        self.register_buffer("self_cos", cos.clone(), persistent=False)
-        self.register_buffer("self_sin", sin.clone(), persistent=False)
+        c, cfg = model.cross, model.config
+        d = cfg.d_model
+        cos, sin = _full_tables(model.rope_cross, c.head_dim)
+        self.register_buffer("cross_cos", cos, persistent=False)
+        self.register_buffer("cross_sin", sin, persistent=False)
+        cos, sin = _full_tables(model.rope_self, model.blocks[0].head_dim)
+        self.register_buffer("self_cos", cos, persistent=False)
+        self.register_buffer("self_sin", sin, persistent=False)
+        with torch.no_grad():
+            shape = (c.heads, c.head_dim, model.rope_cross.rotated // 2)
+            q = c.q.weight.float() * c.head_dim**-0.5
+            k, v = c.kv.weight.float().split([d, d])
+            # Parameters, not buffers: they export as initializers, which int8 quantisation needs.
+            self.cross_q = _frozen(torch.cat((q, _rotated_rows(q, *shape))))
+            self.cross_kv = _frozen(torch.cat((k, _rotated_rows(k, *shape), v)))
+            for i, block in enumerate(model.blocks):
+                shape = (block.heads, block.head_dim, model.rope_self.rotated // 2)
+                q, k, v = block.qkv.weight.float().split([d, d, d])
+                q = q * block.head_dim**-0.5
+                weight = torch.cat((q, k, _rotated_rows(q, *shape), _rotated_rows(k, *shape), v))
+                self.register_parameter(f"qkv{i}", _frozen(weight))
 
     def forward(self, tokens, pos, cross_k_t, cross_v, cross_mask, latent_mask, *latent):
         # Reshapes name every size but the batch (-1): the graph needs no shape arithmetic.
@@ -125,31 +176,31 @@ class StepGraph(nn.Module):
         c = m.cross
         hc, hdc, d = c.heads, c.head_dim, m.config.d_model
         x = m.tok_emb(tokens).reshape(-1, 1, d)  # (B, 1, d)
-        cos, sin = self.cross_cos[pos][:, None], self.cross_sin[pos][:, None]  # (1, 1, half)
-        half = self.cross_cos.size(-1)
-        k, v = c.kv(c.kv_norm(x)).reshape(-1, 1, 2 * hc, hdc).chunk(2, dim=2)  # (B, 1, Hc, hd)
-        k = _rope(k, cos, sin, half, hdc).transpose(1, 2)  # (B, Hc, 1, hd)
-        v = v.transpose(1, 2)
-        q = _rope(c.q(c.q_norm(x)).reshape(-1, 1, hc, hdc), cos, sin, half, hdc).transpose(1, 2)
-        y = _step_attention(q * hdc**-0.5, cross_k_t, cross_v, cross_mask, k, v)
+        cos, sin = self.cross_cos[pos], self.cross_sin[pos]  # (1, hd): broadcast over (B, 1, H, hd)
+        q, q_rot = F.linear(c.q_norm(x), self.cross_q).reshape(-1, 1, 2 * hc, hdc).split([hc, hc], dim=2)
+        # (B, 1, H, hd) -> (B, H, 1, hd) is a reshape (the moved axis has size 1), not a transpose.
+        q = (q * cos + q_rot * sin).reshape(-1, hc, 1, hdc)
+        k, k_rot, v = F.linear(c.kv_norm(x), self.cross_kv).reshape(-1, 1, 3 * hc, hdc).split([hc, hc, hc], dim=2)
+        k = (k * cos + k_rot * sin).reshape(-1, hc, 1, hdc)
+        v = v.reshape(-1, hc, 1, hdc)
+        y = _step_attention(q, cross_k_t, cross_v, cross_mask, k, v)
         h = x + c.out(y.reshape(-1, 1, d))  # (B, Hc, 1, hd) -> (B, 1, d): the 1 makes it a reshape
         h = h + _mlp(c.mlp, c.mlp_norm(h))
         cross_k, cross_v_new = k.reshape(-1, hc, hdc), v.reshape(-1, hc, hdc)
-        cos, sin = self.self_cos[pos][:, None], self.self_sin[pos][:, None]
-        half = self.self_cos.size(-1)
-        new_k, new_v = [], []
+        cos, sin = self.self_cos[pos], self.self_sin[pos]
+        new_kv = []  # one output per layer and tensor: no stacking in the graph
         for i, block in enumerate(m.blocks):
             H, hd = block.heads, block.head_dim
-            qk, v = block.qkv(block.norm1(h)).reshape(-1, 1, 3 * H, hd).split([2 * H, H], dim=2)
-            q, k = _rope(qk, cos, sin, half, hd).transpose(1, 2).split([H, H], dim=1)  # one rotation for both
-            v = v.transpose(1, 2)
-            y = _step_attention(q * hd**-0.5, latent[2 * i], latent[2 * i + 1], latent_mask, k, v)
+            qkv = F.linear(block.norm1(h), getattr(self, f"qkv{i}")).reshape(-1, 1, 5 * H, hd)
+            qk, qk_rot, v = qkv.split([2 * H, 2 * H, H], dim=2)
+            q, k = (qk * cos + qk_rot * sin).reshape(-1, 2 * H, 1, hd).split([H, H], dim=1)  # one rotation for both
+            v = v.reshape(-1, H, 1, hd)
+            y = _step_attention(q, latent[2 * i], latent[2 * i + 1], latent_mask, k, v)
             h = h + block.out(y.reshape(-1, 1, d))
             h = h + _mlp(block.mlp, block.norm2(h))
-            new_k.append(k.reshape(-1, H, hd))
-            new_v.append(v.reshape(-1, H, hd))
+            new_kv += [k.reshape(-1, H, hd), v.reshape(-1, H, hd)]
         logits = m.head(m.norm(h)).reshape(-1, m.config.vocab_size)
-        return logits, cross_k, cross_v_new, torch.stack(new_k), torch.stack(new_v)
+        return (logits, cross_k, cross_v_new, *new_kv)
 
 
 class ResetGraph(nn.Module):
@@ -163,22 +214,27 @@ class ResetGraph(nn.Module):
 
     def __init__(self, model: PerceiverAR) -> None:
         super().__init__()
-        self.step = StepGraph(model)  # shares the tables
         self.model = model
+        cos, sin = _half_tables(model.rope_cross)
+        self.register_buffer("cross_cos", cos, persistent=False)
+        self.register_buffer("cross_sin", sin, persistent=False)
+        cos, sin = _half_tables(model.rope_self)
+        self.register_buffer("self_cos", cos, persistent=False)
+        self.register_buffer("self_sin", sin, persistent=False)
 
     def forward(self, ids, latent_ids, kv_pos, q_pos):
-        m, s = self.model, self.step
+        m = self.model
         c = m.cross
         hc, hdc = c.heads, c.head_dim
         x = m.tok_emb(ids)
         lat = m.tok_emb(latent_ids)
-        kv_cos, kv_sin = s.cross_cos[kv_pos][:, None], s.cross_sin[kv_pos][:, None]  # (T, 1, half)
-        q_cos, q_sin = s.cross_cos[q_pos][:, None], s.cross_sin[q_pos][:, None]
+        kv_cos, kv_sin = self.cross_cos[kv_pos][:, None], self.cross_sin[kv_pos][:, None]  # (T, 1, half)
+        q_cos, q_sin = self.cross_cos[q_pos][:, None], self.cross_sin[q_pos][:, None]
         zero = torch.zeros((), dtype=x.dtype)
         neg = torch.full((), float("-inf"), dtype=x.dtype)
         cross_mask = torch.where(kv_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, T), bottom-right
         self_mask = torch.where(q_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, n)
-        half = s.cross_cos.size(-1)
+        half = self.cross_cos.size(-1)
         k, v = c.kv(c.kv_norm(x)).unflatten(-1, (2 * hc, hdc)).chunk(2, dim=2)
         k = _rope(k, kv_cos, kv_sin, half, hdc).transpose(1, 2)  # (B, Hc, T, hd)
         v = v.transpose(1, 2)
@@ -187,8 +243,8 @@ class ResetGraph(nn.Module):
         h = lat + c.out(y.transpose(1, 2).flatten(2))
         h = h + _mlp(c.mlp, c.mlp_norm(h))
         outputs = [k.transpose(-1, -2), v]
-        cos, sin = s.self_cos[q_pos][:, None], s.self_sin[q_pos][:, None]
-        half = s.self_cos.size(-1)
+        cos, sin = self.self_cos[q_pos][:, None], self.self_sin[q_pos][:, None]
+        half = self.self_cos.size(-1)
         last = len(m.blocks) - 1
         for i, block in enumerate(m.blocks):
             H, hd = block.heads, block.head_dim
@@ -284,7 +340,10 @@ def step_names(n_layers: int) -> tuple[list[str], list[str]]:
     inputs = ["tokens", "pos", "cross_k_t", "cross_v", "cross_mask", "latent_mask"]
     for i in range(n_layers):
         inputs += [f"latent_k_t{i}", f"latent_v{i}"]
-    return inputs, ["logits", "new_cross_k", "new_cross_v", "new_latent_k", "new_latent_v"]
+    outputs = ["logits", "new_cross_k", "new_cross_v"]
+    for i in range(n_layers):
+        outputs += [f"new_latent_k{i}", f"new_latent_v{i}"]
+    return inputs, outputs
 
 
 def reset_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -302,8 +361,7 @@ def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) ->
     s_in, s_out = step_names(L)
     r_in, r_out = reset_names(L)
     s_dyn = {name: {0: "batch"} for name in s_in if name not in ("pos", "cross_mask", "latent_mask")}
-    s_dyn.update({"logits": {0: "batch"}, "new_cross_k": {0: "batch"}, "new_cross_v": {0: "batch"},
-                  "new_latent_k": {1: "batch"}, "new_latent_v": {1: "batch"}})
+    s_dyn.update({name: {0: "batch"} for name in s_out})
     r_dyn = {"ids": {0: "batch", 1: "T"}, "latent_ids": {0: "batch", 1: "n"}, "kv_pos": {0: "T"}, "q_pos": {0: "n"},
              "logits": {0: "batch"}, "cross_k_t": {0: "batch", 3: "T"}, "cross_v": {0: "batch", 2: "T"}}
     for i in range(L):
@@ -498,7 +556,9 @@ class OnnxDecoder:
             arrays += [self.latent_k_t[i], self.latent_v[i]]
         for name, array in zip(s_in, arrays):
             binding.bind_ortvalue_input(name, value(array))
-        outs = [self.logits, self.new_cross_k, self.new_cross_v, self.new_latent_k, self.new_latent_v]
+        outs = [self.logits, self.new_cross_k, self.new_cross_v]
+        for i in range(self.L):  # each layer's output lands in its row of one block
+            outs += [self.new_latent_k[i], self.new_latent_v[i]]
         for name, array in zip(s_out, outs):
             binding.bind_ortvalue_output(name, value(array))
         self.binding = binding
