@@ -18,12 +18,12 @@ The summary gives the means, and for notes per second and velocity spread the fa
 the generated and the real figure (max(r, 1/r) of the means' ratio r, and the mean of the
 per-piece factors).
 
-Sampling is the engine's default unless `--temperature` / `--top-p` / `--min-p` say otherwise; tune those on
-`--split val` pieces, so the test pieces stay unseen by the choice.
+Sampling is the engine's default unless `--temperature` / `--top-p` / `--min-p` say otherwise;
+tune those on `--split val` pieces, so the test pieces stay unseen by the choice.
 
 usage: python bench/continuations.py DATA_DIR [--checkpoint C] [--baseline OLD] [--pieces 10]
-       [--seeds 0,1] [--window 60] [--length 20] [--split test] [--temperature T] [--top-p P] [--min-p M]
-       [--out result.json]
+       [--seeds 0,1] [--window 60] [--length 20] [--split test] [--temperature T] [--top-p P]
+       [--min-p M] [--out result.json]
 """
 
 from __future__ import annotations
@@ -216,8 +216,8 @@ def main() -> None:
     candidates = choose_pieces(data, None, args.window, args.length, args.split)  # all, in order
     cuts = usable_cuts(data, candidates, args.pieces, args.window, args.length, args.split)
     seeds = [int(s) for s in args.seeds.split(",")]
-    sampling = {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p),
-                                               ("min_p", args.min_p)) if v is not None}
+    chosen = {"temperature": args.temperature, "top_p": args.top_p, "min_p": args.min_p}
+    sampling = {k: v for k, v in chosen.items() if v is not None}
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
