@@ -29,8 +29,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from perceiver_music.engine import (DEFAULT_LEAD_IN, MAX_VARIATIONS, ContinueRequest, ContinueResult, Progress,
-                                    continue_midi, render_full, result_summary)
+from perceiver_music.engine import (DEFAULT_KEY_HOLD, DEFAULT_LEAD_IN, MAX_KEY_HOLD, MAX_VARIATIONS, ContinueRequest,
+                                    ContinueResult, Progress, continue_midi, render_full, result_summary)
 from perceiver_music.errors import UserFacingError
 
 from .notebook_audio import StreamPlayer
@@ -64,6 +64,7 @@ class ContinuationWidget:
         top_k: int = 0,
         top_p: float = 0.95,
         min_p: float = 0.0,
+        key_hold: float = DEFAULT_KEY_HOLD,
         seed: int | None = None,
         variations: int = 1,
         lead_in: float = DEFAULT_LEAD_IN,
@@ -101,6 +102,8 @@ class ContinuationWidget:
         self.top_k = widgets.IntSlider(value=top_k, min=0, max=128, description="Top-k", tooltip="0: off", **_WIDE)
         self.top_p = widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.01, description="Top-p", **_WIDE)
         self.min_p = widgets.FloatSlider(value=min_p, min=0.0, max=0.5, step=0.01, description="Min-p", **_WIDE)
+        self.key_hold = widgets.FloatSlider(value=key_hold, min=0.0, max=MAX_KEY_HOLD, step=0.1, description="Key hold",
+                                            tooltip="pull toward the key heard so far (0: off)", **_WIDE)
         self.seed = widgets.IntText(value=seed if seed is not None else secrets.randbelow(2**31),
                                     description="Seed", style=_WIDE["style"], layout=widgets.Layout(width="300px"))
         self.dice_button = widgets.Button(description="🎲", tooltip="a new random seed",
@@ -129,7 +132,7 @@ class ContinuationWidget:
 
         self.box = widgets.VBox([
             widgets.HBox([self.upload, self.no_primer_button, self.primer_label]),
-            self.window, self.length, self.temperature, self.top_k, self.top_p, self.min_p,
+            self.window, self.length, self.temperature, self.top_k, self.top_p, self.min_p, self.key_hold,
             widgets.HBox([self.seed, self.dice_button, self.new_seed]),
             self.variations,
             widgets.HBox([self.lead_in, self.allow_end]),
@@ -186,6 +189,7 @@ class ContinuationWidget:
             top_k=int(self.top_k.value),
             top_p=float(self.top_p.value),
             min_p=float(self.min_p.value),
+            key_hold=float(self.key_hold.value),
             seed=int(self.seed.value),
             variations=int(self.variations.value),
             lead_in_seconds=float(self.lead_in.value),

@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, help="default: the engine's")
     parser.add_argument("--top-p", type=float, help="default: the engine's")
     parser.add_argument("--min-p", type=float, help="default: the engine's")
+    parser.add_argument("--key-hold", type=float, help="default: the engine's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
@@ -216,7 +217,7 @@ def main() -> None:
     candidates = choose_pieces(data, None, args.window, args.length, args.split)  # all, in order
     cuts = usable_cuts(data, candidates, args.pieces, args.window, args.length, args.split)
     seeds = [int(s) for s in args.seeds.split(",")]
-    chosen = {"temperature": args.temperature, "top_p": args.top_p, "min_p": args.min_p}
+    chosen = {"temperature": args.temperature, "top_p": args.top_p, "min_p": args.min_p, "key_hold": args.key_hold}
     sampling = {k: v for k, v in chosen.items() if v is not None}
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

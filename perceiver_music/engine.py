@@ -30,6 +30,9 @@ from .errors import BadMidiError, BadRequestError, CheckpointError
 
 MAX_VARIATIONS = 4
 MAX_SECONDS = 600.0
+MAX_KEY_HOLD = 3.0
+# Chosen on validation continuations (bench/continuations.py --split val, BENCHMARKS.md).
+DEFAULT_KEY_HOLD = 1.0
 MAX_NEW_TOKENS = 30_000
 SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 AUDIO_FORMATS = ("wav", "flac")
@@ -62,6 +65,7 @@ class ContinueRequest:
     top_k: int = 0
     top_p: float = 0.95
     min_p: float = 0.0
+    key_hold: float = DEFAULT_KEY_HOLD  # pull toward the key heard so far (key_hold.py); 0: the model alone
     seed: int | None = None  # None: a fresh random seed, reported in the result
     variations: int = 1
     soundfont: str | os.PathLike | None = None
@@ -89,6 +93,7 @@ class ContinueRequest:
             "top_k": self.top_k,
             "top_p": self.top_p,
             "min_p": self.min_p,
+            "key_hold": self.key_hold,
             "variations": self.variations,
             "allow_end": self.allow_end,
             "lead_in_seconds": self.lead_in_seconds,
@@ -221,6 +226,8 @@ def check_request(request: ContinueRequest) -> None:
         raise BadRequestError("top-p must be more than 0 and at most 1")
     if not 0 <= r.min_p < 1:
         raise BadRequestError("min-p must be at least 0 and below 1")
+    if not 0 <= r.key_hold <= MAX_KEY_HOLD:
+        raise BadRequestError(f"key hold must be 0 (off) to {MAX_KEY_HOLD:g}, not {r.key_hold}")
     if r.sample_rate not in SAMPLE_RATES:
         raise BadRequestError(f"sample rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
     if r.audio_format not in AUDIO_FORMATS:
@@ -388,7 +395,7 @@ def continue_midi(
 
 # Settings every request of one batch must share: they shape the whole batch's sampling.
 BATCH_SHARED = ("checkpoint", "device", "cpu_runtime", "length_seconds", "length_tokens", "temperature", "top_k",
-                "top_p", "min_p", "variations", "allow_end")
+                "top_p", "min_p", "key_hold", "variations", "allow_end")
 
 
 def continue_batch(
@@ -480,6 +487,7 @@ def _generate(model, prompts, runtime: tuple, request: ContinueRequest, seeds: l
         top_k=request.top_k,
         top_p=request.top_p,
         min_p=request.min_p,
+        key_hold=request.key_hold,
         num_variations=request.variations,
         progress=progress,
         cancel=cancel,

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .cpu_precision import low_precision_copy
+from .key_hold import KeyHold
 from .model import KVCache, PerceiverAR
 from .tokenizer import (EOS, NOTE_OFF_BASE, NOTE_ON_BASE, PAD, SOS, STEPS_PER_ID, STEPS_PER_SECOND,
                         VOCAB_SIZE)
@@ -286,6 +287,7 @@ def generate(
     stats: dict | None = None,
     allow_eos: bool = True,
     first_note_within: float | None = None,
+    key_hold: float = 0.0,
 ) -> list[list[int]]:
     """Continue `prompt_ids`; returns the new ids of each variation (EOS left out).
 
@@ -308,13 +310,14 @@ def generate(
     `allow_eos=False` never samples EOS: the music runs to the asked length. `first_note_within`
     (seconds): until a variation's first NOTE_ON, no TIME_SHIFT may take it past that much
     silence, so the music starts sounding at once (after a primer that ends a piece, a model
-    tends to wait).
+    tends to wait). `key_hold` (0 = off) pulls NOTE_ONs toward the pitch classes of the music
+    heard so far (`key_hold.KeyHold`): a small model's continuations drift out of key without it.
     """
     return _generate(
         model, [prompt_ids], [seed], max_new_tokens=max_new_tokens, max_seconds=max_seconds,
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, num_variations=num_variations,
         reset_latents=reset_latents, use_cache=use_cache, progress=progress, cancel=cancel, backend=backend,
-        dtype=dtype, stats=stats, allow_eos=allow_eos, first_note_within=first_note_within,
+        dtype=dtype, stats=stats, allow_eos=allow_eos, first_note_within=first_note_within, key_hold=key_hold,
     )[0]
 
 
@@ -358,6 +361,7 @@ def _generate(
     stats: dict | None = None,
     allow_eos: bool = True,
     first_note_within: float | None = None,
+    key_hold: float = 0.0,
 ) -> list[list[list[int]]]:
     cfg = model.config
     rows = []
@@ -387,8 +391,13 @@ def _generate(
         generators.append(generator)
 
     rules = _SamplingRules(B, device, allow_eos, first_note_within)
+    if key_hold < 0:
+        raise ValueError("key_hold must be >= 0 (0 is off)")
+    hold = KeyHold([row for row in rows for _ in range(V)], key_hold) if key_hold > 0 else None
 
     def sample(logits: Tensor) -> Tensor:
+        if hold is not None:
+            logits = hold.apply(logits)
         options = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, bias=rules.bias())
         if len(generators) == 1:
             tokens = sample_next(logits, generator=generators[0], **options)
@@ -397,6 +406,8 @@ def _generate(
             uniform = torch.cat([torch.rand(V, generator=g, device=device) for g in generators])
             tokens = sample_next(logits, uniform=uniform, **options)
         rules.update(tokens)
+        if hold is not None:
+            hold.update(tokens)
         return tokens
 
     was_training = model.training

@@ -37,7 +37,7 @@ def midi_text(data: bytes) -> list[str]:
 
 def test_continue_gives_every_output_with_provenance(random_checkpoint, primer, tmp_path):
     result = continue_midi(request(random_checkpoint, primer=primer, primer_name="mine.mid", window_seconds=10,
-                                   variations=2, output_dir=tmp_path))
+                                   variations=2, key_hold=1.5, output_dir=tmp_path))
     assert [v.index for v in result.variations] == [1, 2]
     assert result.output_dir.parent == tmp_path
     for v in result.variations:
@@ -52,6 +52,7 @@ def test_continue_gives_every_output_with_provenance(random_checkpoint, primer, 
         assert p["seed"] == 7 and p["variation"] == v.index
         assert p["checkpoint"]["sha256"] and p["primer"]["name"] == "mine.mid"
         assert p["primer"]["last_seconds"] == 10
+        assert p["settings"]["key_hold"] == 1.5
         assert p["primer"]["sha256"] == hashlib.sha256(primer).hexdigest()
         assert json.loads(midi_text(v.full_midi)[0]) == p  # the MIDI carries it too
         assert json.loads(v.files["provenance"].read_text()) == p
@@ -127,6 +128,8 @@ def test_cancel_keeps_what_exists(random_checkpoint, primer):
     (dict(temperature=-1), "temperature"),
     (dict(top_p=0), "top-p"),
     (dict(min_p=1.0), "min-p"),
+    (dict(key_hold=-0.5), "key hold"),
+    (dict(key_hold=10.0), "key hold"),
     (dict(sample_rate=12345), "sample rate"),
     (dict(window_span=(5.0, 2.0)), "primer span"),
     (dict(audio_format="mp4"), "audio format"),

@@ -70,7 +70,7 @@ def test_only_continue_and_preview_are_in_the_api(web_server, tmp_path, loopback
     assert api["unnamed_endpoints"] == {}
     names = [p["parameter_name"] for p in api["named_endpoints"]["/continue"]["parameters"]]
     assert names == ["primer", "primer_window_seconds", "length_seconds", "temperature", "top_k", "top_p",
-                     "min_p", "seed", "variations"]
+                     "min_p", "seed", "variations", "key_hold"]
 
 
 def test_continue_returns_playable_audio_and_midi_our_tokenizer_reads(web_server, slow_music_checkpoint, tmp_path,

@@ -22,6 +22,7 @@ CHECKPOINT_ENV = "PERCEIVER_MUSIC_CHECKPOINT"
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     """The controls every generating verb shares (the engine's ContinueRequest fields)."""
+    from perceiver_music.engine import DEFAULT_KEY_HOLD, MAX_KEY_HOLD
     group = parser.add_argument_group("generation")
     group.add_argument("--length", type=float, default=20.0, metavar="SECONDS",
                        help="seconds of music to add (default 20)")
@@ -33,6 +34,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest ids (default 0: off)")
     group.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
     group.add_argument("--min-p", type=float, default=0.0, help="drop ids below this share of the top one (default 0)")
+    group.add_argument("--key-hold", type=float, default=DEFAULT_KEY_HOLD, metavar="STRENGTH",
+                       help=f"pull the notes toward the key heard so far, 0 (off) to {MAX_KEY_HOLD:g} "
+                            f"(default {DEFAULT_KEY_HOLD:g})")
     group.add_argument("--allow-end", action="store_true",
                        help="let the model end the piece before the asked length (default: it never does)")
     group.add_argument("--seed", type=int, help="reproduce a result (default: a fresh random seed, printed)")
@@ -60,6 +64,7 @@ def request_from_args(args: argparse.Namespace, **overrides):
         top_k=args.top_k,
         top_p=args.top_p,
         min_p=args.min_p,
+        key_hold=args.key_hold,
         seed=args.seed,
         variations=args.variations,
         allow_end=args.allow_end,

@@ -20,8 +20,9 @@ import gradio as gr
 
 from perceiver_music.atomic_io import write_bytes
 from perceiver_music.checkpoint import ASSETS_DIR, ModelCache
-from perceiver_music.engine import (DEFAULT_LEAD_IN, MAX_VARIATIONS, ContinueRequest, Progress, check_request,
-                                    continue_midi, preview_primer, primer_audio_notes, result_summary)
+from perceiver_music.engine import (DEFAULT_KEY_HOLD, DEFAULT_LEAD_IN, MAX_VARIATIONS, ContinueRequest, Progress,
+                                    check_request, continue_midi, preview_primer, primer_audio_notes,
+                                    result_summary)
 from perceiver_music.errors import BadMidiError, UserFacingError
 
 from .session import NO_PRIMER, Primer, Session, SessionStore, copy_into
@@ -238,8 +239,8 @@ class Handlers:
 
     # ---- generation ----------------------------------------------------------------------------
 
-    def generate(self, mode, last_s, span_a, span_b, length, temperature, top_k, top_p, min_p, seed, variations,
-                 lead_in, allow_end, request: gr.Request):
+    def generate(self, mode, last_s, span_a, span_b, length, temperature, top_k, top_p, min_p, key_hold, seed,
+                 variations, lead_in, allow_end, request: gr.Request):
         """A generator (Gradio streams what it yields). Outputs: the status text, the streamed
         audio of variation 1, then for each of MAX_VARIATIONS slots (group, audio, piano roll,
         downloads, caption, live piano roll, whole-piece audio).
@@ -253,8 +254,9 @@ class Handlers:
         try:
             engine_request = self._request(
                 session.primer, output_dir=session.root, length_seconds=length, temperature=float(temperature),
-                top_k=int(top_k or 0), top_p=float(top_p), min_p=float(min_p), seed=_seed(seed),
-                variations=int(variations), lead_in_seconds=_lead_in(lead_in), allow_end=bool(allow_end),
+                top_k=int(top_k or 0), top_p=float(top_p), min_p=float(min_p), key_hold=_key_hold(key_hold),
+                seed=_seed(seed), variations=int(variations), lead_in_seconds=_lead_in(lead_in),
+                allow_end=bool(allow_end),
                 **window(mode, last_s, span_a, span_b))
             check_request(engine_request)
         except UserFacingError as error:
@@ -336,9 +338,9 @@ class Handlers:
     # ---- the API -------------------------------------------------------------------------------
 
     def api_continue(self, primer, primer_window_seconds, length_seconds, temperature, top_k, top_p, min_p, seed,
-                     variations, request: gr.Request, progress=gr.Progress()):
+                     variations, key_hold=None, request: gr.Request = None, progress=gr.Progress()):
         """Continue a MIDI primer. primer_window_seconds 0: the whole primer; seed -1: a random
-        seed (the summary reports it). Returns lists of files (one per variation): full MIDI,
+        seed (the summary reports it); key_hold None: the engine's default. Returns lists of files (one per variation): full MIDI,
         continuation MIDI, WAV; and a JSON summary with the seed and each variation's provenance."""
         session = self.session(request)
         try:
@@ -349,7 +351,7 @@ class Handlers:
                               window_seconds=window_s if window_s > 0 else None,
                               length_seconds=float(length_seconds), temperature=float(temperature),
                               top_k=int(top_k or 0), top_p=float(top_p), min_p=float(min_p), seed=_seed(seed),
-                              variations=int(variations)),
+                              variations=int(variations), key_hold=_key_hold(key_hold)),
                 progress=_progress_to(progress),
                 cancel=session.new_cancel(),
                 models=self.models,
@@ -365,7 +367,7 @@ class Handlers:
         return files("full_midi"), files("continuation_midi"), files("audio"), summary
 
     def api_continue_live(self, primer, primer_window_seconds, length_seconds, temperature, top_k, top_p, min_p,
-                          seed, variations, lead_in_seconds, allow_end, request: gr.Request):
+                          seed, variations, lead_in_seconds, allow_end, key_hold=None, request: gr.Request = None):
         """/continue, streamed: yields (status JSON, audio chunk, full MIDI files, audio files,
         summary) as the page gets them: the status every LIVE_INTERVAL_S with the ids and seconds
         written per variation, variation 1's audio as it is written (where faster than the
@@ -379,7 +381,7 @@ class Handlers:
                 source, output_dir=session.root, window_seconds=window_s if window_s > 0 else None,
                 length_seconds=float(length_seconds), temperature=float(temperature), top_k=int(top_k or 0),
                 top_p=float(top_p), min_p=float(min_p), seed=_seed(seed), variations=int(variations),
-                lead_in_seconds=None if lead < 0 else lead, allow_end=bool(allow_end))
+                lead_in_seconds=None if lead < 0 else lead, allow_end=bool(allow_end), key_hold=_key_hold(key_hold))
             check_request(engine_request)
         except UserFacingError as error:
             raise gr.Error(str(error), print_exception=False) from None
@@ -526,6 +528,11 @@ def _lead_in(value) -> float | None:
 
 
 # ---- small pure helpers ------------------------------------------------------------------------
+
+
+def _key_hold(value) -> float:
+    """Empty (an API client that leaves it out): the engine's default."""
+    return DEFAULT_KEY_HOLD if value is None or value == "" else float(value)
 
 
 def _seed(value) -> int | None:

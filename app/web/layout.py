@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from perceiver_music.checkpoint import ModelCache
-from perceiver_music.engine import DEFAULT_LEAD_IN, MAX_VARIATIONS
+from perceiver_music.engine import DEFAULT_KEY_HOLD, DEFAULT_LEAD_IN, MAX_KEY_HOLD, MAX_VARIATIONS
 
 from .handlers import WINDOW_LAST, WINDOW_MODES, WINDOW_SPAN, WINDOW_WHOLE, Handlers, WebConfig, new_seed
 
@@ -69,6 +69,8 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
                     top_k = gr.Number(0, label="Top-k (0: off)", precision=0, minimum=0, elem_id="top-k")
                     top_p = gr.Slider(0.05, 1, value=0.95, step=0.01, label="Top-p", elem_id="top-p")
                     min_p = gr.Slider(0, 0.5, value=0.0, step=0.01, label="Min-p", elem_id="min-p")
+                key_hold = gr.Slider(0, MAX_KEY_HOLD, value=DEFAULT_KEY_HOLD, step=0.1,
+                                     label="Key hold (pull toward the key heard so far; 0: off)", elem_id="key-hold")
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="seed", scale=3)
                     dice = gr.Button("⚄ New seed", size="sm", scale=1, elem_id="dice")
@@ -121,6 +123,7 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
             api_top_k = gr.Number(0, label="top_k", precision=0)
             api_top_p = gr.Number(0.95, label="top_p")
             api_min_p = gr.Number(0.0, label="min_p")
+            api_key_hold = gr.Number(DEFAULT_KEY_HOLD, label="key_hold")
             api_seed = gr.Number(-1, label="seed", precision=0)
             api_variations = gr.Number(1, label="variations", precision=0)
             api_full = gr.File(label="full_midi", file_count="multiple")
@@ -163,8 +166,8 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
               **PRIVATE, **preview_group)
 
         dice.click(new_seed, None, seed, queue=False, show_progress="hidden", **PRIVATE)
-        generate.click(h.generate, [*window_inputs, temperature, top_k, top_p, min_p, seed, variations, lead_in,
-                                    allow_end],
+        generate.click(h.generate, [*window_inputs, temperature, top_k, top_p, min_p, key_hold, seed, variations,
+                                    lead_in, allow_end],
                        [status, live_audio, *slot_outputs], show_progress="hidden", **PRIVATE, **generate_group)
         stop.click(h.stop, None, None, queue=False, show_progress="hidden", **PRIVATE)
         demo.load(new_seed, None, seed, show_progress="hidden", **PRIVATE)  # a fresh seed per tab
@@ -174,13 +177,13 @@ def build_app(config: WebConfig, models: ModelCache) -> gr.Blocks:
         api_continue_button.click(
             h.api_continue,
             [api_primer, api_window, api_length, api_temperature, api_top_k, api_top_p, api_min_p, api_seed,
-             api_variations],
+             api_variations, api_key_hold],
             [api_full, api_continuation, api_audio, api_summary],
             api_name="continue", **generate_group)
         api_live_button.click(
             h.api_continue_live,
             [api_primer, api_window, api_length, api_temperature, api_top_k, api_top_p, api_min_p, api_seed,
-             api_variations, api_lead_in, api_allow_end],
+             api_variations, api_lead_in, api_allow_end, api_key_hold],
             [api_live_status, api_live_audio, api_live_full, api_live_files, api_live_summary],
             api_name="continue_live", **generate_group)
         api_preview_button.click(h.api_preview, [api_primer, api_window, api_length], api_budget,
