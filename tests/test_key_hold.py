@@ -102,3 +102,10 @@ def test_generate_with_key_hold_stays_in_key_and_is_seeded():
 def test_negative_key_hold_is_refused():
     with pytest.raises(ValueError, match="key_hold"):
         generate(tiny_model(), [note_on(60)], max_new_tokens=4, key_hold=-1.0)
+
+
+def test_the_device_arithmetic_matches_the_host_one():
+    """CUDA runs `_apply_on_device` (torch ops); a CPU the numpy one: the same logits."""
+    hold = KeyHold([scale_prompt(), scale_prompt((1, 3, 6, 8, 10))], strength=1.3)
+    logits = torch.randn(2, VOCAB_SIZE, generator=torch.Generator().manual_seed(2)) * 4
+    torch.testing.assert_close(hold._apply_on_device(logits), hold.apply(logits), rtol=1e-5, atol=1e-5)

@@ -340,8 +340,9 @@ class Handlers:
     def api_continue(self, primer, primer_window_seconds, length_seconds, temperature, top_k, top_p, min_p, seed,
                      variations, key_hold=None, request: gr.Request = None, progress=gr.Progress()):
         """Continue a MIDI primer. primer_window_seconds 0: the whole primer; seed -1: a random
-        seed (the summary reports it); key_hold None: the engine's default. Returns lists of files (one per variation): full MIDI,
-        continuation MIDI, WAV; and a JSON summary with the seed and each variation's provenance."""
+        seed (the summary reports it); key_hold None: the engine's default. Returns lists of
+        files (one per variation): full MIDI, continuation MIDI, WAV; and a JSON summary with
+        the seed and each variation's provenance."""
         session = self.session(request)
         try:
             source = _api_primer(primer, self)
