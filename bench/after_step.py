@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(None).model
+    checkpoint = load_model(None)
+    model = checkpoint.model
     decoder = OnnxDecoder(model, 1, precision="int8")
     window = torch.randint(NOTE_ON_BASE, VOCAB_SIZE, (1, model.config.max_context))
     R = default_reset_latents(model.config.num_latents)
@@ -90,7 +91,7 @@ def main() -> None:
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
-        "model_sha256": load_model(None).sha256,
+        "model_sha256": checkpoint.sha256,
         "after_step_median_us": after_step_us,
         "alone_median_us": alone_us,
         "step_median_ms": round(float(np.median(step)) * 1e3, 3),

@@ -367,7 +367,7 @@ def _generate(
     rows = []
     for prompt_ids in prompts:
         prompt = [int(t) for t in (prompt_ids.tolist() if isinstance(prompt_ids, Tensor) else prompt_ids)]
-        _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations)
+        _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations, key_hold)
         rows.append((prompt or [SOS])[-cfg.max_context :])
     if len({len(r) for r in rows}) != 1:
         raise ValueError(f"prompts of one batch need one length, not {sorted({len(r) for r in rows})}")
@@ -391,8 +391,6 @@ def _generate(
         generators.append(generator)
 
     rules = _SamplingRules(B, device, allow_eos, first_note_within)
-    if key_hold < 0:
-        raise ValueError("key_hold must be >= 0 (0 is off)")
     hold = KeyHold([row for row in rows for _ in range(V)], key_hold) if key_hold > 0 else None
 
     def sample(logits: Tensor) -> Tensor:
@@ -574,7 +572,8 @@ class _SamplingRules:
             self.limit = None
 
 
-def _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations) -> None:
+def _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, min_p, num_variations,
+                key_hold) -> None:
     if max_new_tokens is None and max_seconds is None:
         raise ValueError("give max_new_tokens, max_seconds or both")
     if max_new_tokens is not None and max_new_tokens < 0:
@@ -587,6 +586,8 @@ def _check_args(prompt, max_new_tokens, max_seconds, temperature, top_k, top_p, 
         raise ValueError("need top_k >= 0, 0 < top_p <= 1 and 0 <= min_p <= 1")
     if num_variations < 1:
         raise ValueError("num_variations must be >= 1")
+    if key_hold < 0:
+        raise ValueError("key_hold must be >= 0 (0 is off)")
     bad = [t for t in prompt if not 0 <= t < VOCAB_SIZE]
     if bad:
         raise ValueError(f"prompt ids outside the vocabulary of {VOCAB_SIZE}: {bad[:5]}")

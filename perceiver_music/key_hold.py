@@ -11,8 +11,8 @@ Strength 0 is the model alone. Because the count fades (half of it is the last `
 notes), a long continuation may still modulate: the pull follows the music it has made, not
 the primer forever.
 
-The arithmetic is numpy on the host: on a CPU, torch's `exp` of 128 floats took 9 ms right
-after an onnxruntime step (its threads still spinning on the cores), numpy's 45 µs. On CUDA the
+The arithmetic is numpy on the host: on a CPU, torch's `exp` of 128 floats took 4.7 ms right
+after an onnxruntime step, numpy's 32 µs (BENCHMARKS.md, "Key hold"). On CUDA the
 ids come back to the host every step for it, a wait the loop otherwise avoids.
 """
 
