@@ -73,10 +73,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", default=None,
                     help="comma-separated: low_precision, onnx-float32, onnx-int8 (default: all that are installed)")
+    ap.add_argument("--save-reference", default=None, metavar="NPY",
+                    help="also write float32's log-probabilities of every scored position here")
+    ap.add_argument("--reference", default=None, metavar="NPY",
+                    help="float32's log-probabilities from --save-reference instead of computing them (so "
+                         "that a run under valgrind, bench/avx2_instructions.py's AVX2 stand-in, decodes "
+                         "only the variants)")
     args = ap.parse_args()
     from perceiver_music.decode_onnx import available
 
-    known = ["low_precision", "onnx-float32", "onnx-int8"]
+    known = ["low_precision", "onnx-float32", "onnx-int8", "onnx-int8-7bit"]
     variants = args.variants.split(",") if args.variants else [v for v in known if available() or "onnx" not in v]
     if set(variants) - set(known):
         ap.error(f"--variants takes {', '.join(known)}")
@@ -90,6 +96,8 @@ def main() -> None:
     # ids cross resets and (for works long enough) the slide.
     works = sorted(works, key=len, reverse=True)[: args.works]
 
+    reference = np.load(args.reference) if args.reference else None
+    saved = []
     names = ("float32", *variants)
     nll = {name: 0.0 for name in names}
     timings = {name: {"reset": [], "step": []} for name in names}
@@ -104,25 +112,35 @@ def main() -> None:
             return EagerDecoder(model, torch.float16)
         from perceiver_music.decode_onnx import OnnxDecoder
 
-        return OnnxDecoder(model, 1, precision=name.split("-")[1])
+        return OnnxDecoder(model, 1, precision=name.removeprefix("onnx-"))
 
-    decoders = {name: make(name) for name in names}  # exported once, before any timing
+    decoded = names if reference is None else variants
+    decoders = {name: make(name) for name in decoded}  # exported once, before any timing
     with torch.inference_mode():
         for ids in works:
             score = min(args.score, len(ids) // 2)
             prompt_len = min(len(ids) - score, cfg.max_context - 2 * (cfg.num_latents - default_reset_latents(cfg.num_latents) + 1))
             targets = torch.from_numpy(ids[prompt_len : prompt_len + score].astype(np.int64))
             streams = [decode_along_schedule(model, decoders[name], ids[: prompt_len + score], prompt_len, timings[name])
-                       for name in names]
+                       for name in decoded]
             for target, *logits in zip(targets.tolist(), *streams):
-                p = logits[0].float().log_softmax(-1)[0]
+                if reference is None:
+                    p, logits = logits[0].float().log_softmax(-1)[0], logits[1:]
+                    saved.append(p.numpy().copy())
+                else:
+                    p = torch.from_numpy(reference[count])
                 nll["float32"] -= float(p[target])
-                for name, other in zip(variants, logits[1:]):
+                for name, other in zip(variants, logits):
                     q = other.float().log_softmax(-1)[0]
                     nll[name] -= float(q[target])
                     tv[name].append(0.5 * float((p.exp() - q.exp()).abs().sum()))
                     agree[name] += int(p.argmax() == q.argmax())
                 count += 1
+
+    if reference is not None and count != len(reference):
+        raise SystemExit(f"--reference holds {len(reference)} positions, this run scored {count}: another --data/--works?")
+    if args.save_reference:
+        np.save(args.save_reference, np.stack(saved).astype(np.float32))
 
     def ms(values):
         return round(1e3 * sum(values) / max(len(values), 1), 2)
@@ -144,8 +162,8 @@ def main() -> None:
         "vs_float32": vs,
         "total_variation": vs[first]["total_variation"] if first else None,
         "same_most_likely_id": vs[first]["same_most_likely_id"] if first else None,
-        "reset_ms": {name: ms(timings[name]["reset"]) for name in names},
-        "step_ms": {name: ms(timings[name]["step"]) for name in names},
+        "reset_ms": {name: ms(timings[name]["reset"]) for name in decoded},
+        "step_ms": {name: ms(timings[name]["step"]) for name in decoded},
     }, indent=2))
 
 

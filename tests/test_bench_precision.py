@@ -31,3 +31,21 @@ def test_precision_bench_scores_every_variant_on_the_shipped_primers():
     # the compiled step: float32 the same distributions; int8 weights close
     assert vs["onnx-float32"]["total_variation"]["max"] < 1e-4 and abs(vs["onnx-float32"]["nll_minus_float32"]) < 1e-4
     assert vs["onnx-int8"]["passes_0.01_nats"] and vs["onnx-int8"]["same_most_likely_id"] > 0.9
+
+
+def test_a_saved_reference_scores_the_variants_as_the_float32_run_did(tmp_path):
+    """--reference (the AVX2 stand-in under valgrind decodes only the variants) gives the NLLs of
+    a run that computed float32 itself; a reference of another run's length is refused."""
+    saved = tmp_path / "reference.npy"
+    base = [sys.executable, "bench/precision.py", "--works", "1", "--score", "30", "--threads", "1",
+            "--variants", "low_precision"]
+    first = subprocess.run(base + ["--save-reference", str(saved)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(base + ["--reference", str(saved)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    a, b = json.loads(first.stdout), json.loads(again.stdout)
+    assert a["nll"] == b["nll"] and a["vs_float32"] == b["vs_float32"]
+    assert "float32" not in b["step_ms"]  # float32 was not decoded
+    other = subprocess.run([*base[:5], "20", *base[6:], "--reference", str(saved)], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode != 0 and "holds 30 positions" in other.stderr
