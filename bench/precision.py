@@ -17,6 +17,15 @@ first variant's.
     python bench/precision.py                              # the primers in assets/primers
     python bench/precision.py --data data/music21          # a prepared DATA_DIR's test split
     python bench/precision.py --variants onnx-float32,onnx-int8
+
+onnxruntime picks its int8 kernels by CPUID, and valgrind's emulated CPU has no AVX-512, so a
+run under valgrind measures what an AVX2-only laptop computes (without VNNI, MLAS's U8S8
+products can saturate). The float32 reference is the same on both (no int8), so it is computed
+natively once and read back:
+
+    python bench/precision.py --save-reference ref.npy
+    valgrind --tool=none --smc-check=all-non-file python bench/precision.py --threads 1 \
+        --variants onnx-int8 --reference ref.npy
 """
 
 from __future__ import annotations
@@ -77,12 +86,11 @@ def main() -> None:
                     help="also write float32's log-probabilities of every scored position here")
     ap.add_argument("--reference", default=None, metavar="NPY",
                     help="float32's log-probabilities from --save-reference instead of computing them (so "
-                         "that a run under valgrind, bench/avx2_instructions.py's AVX2 stand-in, decodes "
-                         "only the variants)")
+                         "that a run under valgrind, whose CPU has no AVX-512, decodes only the variants)")
     args = ap.parse_args()
     from perceiver_music.decode_onnx import available
 
-    known = ["low_precision", "onnx-float32", "onnx-int8", "onnx-int8-7bit"]
+    known = ["low_precision", "onnx-float32", "onnx-int8"]
     variants = args.variants.split(",") if args.variants else [v for v in known if available() or "onnx" not in v]
     if set(variants) - set(known):
         ap.error(f"--variants takes {', '.join(known)}")

@@ -22,7 +22,8 @@ code, the sha256 of its tensors), the model's config, the precision, the
 onnxruntime and torch versions and EXPORT_VERSION; files are written to a temporary name and
 moved into place (os.replace), and each file's own sha256 is checked on load: a damaged or
 stale export is rebuilt, never a crash. Precision: "float32" (the exact reference, atol 1e-4
-against the eager step) or "int8" (onnxruntime's dynamic quantisation of the weight products).
+against the eager step) or "int8" (onnxruntime's dynamic quantisation of the weight products,
+in 7 bits so that no CPU's kernels saturate).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from torch import Tensor, nn
 from .checkpoint import sha256_of
 from .model import PerceiverAR
 
-EXPORT_VERSION = 6
-PRECISIONS = ("float32", "int8", "int8-7bit")
+EXPORT_VERSION = 7
+PRECISIONS = ("float32", "int8")
 # generate()'s dtype -> the precision here: None is float32 (exact); torch.qint8 int8 weight products.
 PRECISION_OF = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
 OPSET = 17
@@ -128,16 +129,6 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> T
     """Full attention with an additive mask (Lq, Lk): q (B, H, Lq, hd), k/v (B, H, Lk, hd)."""
     scores = (q * scale) @ k.transpose(-1, -2) + mask
     return scores.softmax(dim=-1) @ v
-
-
-def _prefix_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix: int, scale: float) -> Tensor:
-    """The reset's cross-attention: n queries over T keys, where the first `prefix` = T - n keys
-    are seen by every query and the last n under `mask` (n, n). The mask is added to the last n
-    columns only: a broadcast add over all (B, H, n, T) scores cost more than the product."""
-    q = q * scale
-    seen = q @ k[:, :, :prefix].transpose(-1, -2)
-    own = q @ k[:, :, prefix:].transpose(-1, -2) + mask
-    return torch.cat((seen, own), dim=-1).softmax(dim=-1) @ v
 
 
 class StepGraph(nn.Module):
@@ -242,14 +233,14 @@ class ResetGraph(nn.Module):
         q_cos, q_sin = self.cross_cos[q_pos][:, None], self.cross_sin[q_pos][:, None]
         zero = torch.zeros((), dtype=x.dtype)
         neg = torch.full((), float("-inf"), dtype=x.dtype)
-        self_mask = torch.where(q_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, n); also the cross
-        # attention's mask over the last n inputs (every latent sees all inputs before them)
+        cross_mask = torch.where(kv_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, T), bottom-right
+        self_mask = torch.where(q_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, n)
         half = self.cross_cos.size(-1)
         k, v = c.kv(c.kv_norm(x)).unflatten(-1, (2 * hc, hdc)).chunk(2, dim=2)
         k = _rope(k, kv_cos, kv_sin, half, hdc).transpose(1, 2)  # (B, Hc, T, hd)
         v = v.transpose(1, 2)
         q = _rope(c.q(c.q_norm(lat)).unflatten(-1, (hc, hdc)), q_cos, q_sin, half, hdc).transpose(1, 2)
-        y = _prefix_attention(q, k, v, self_mask, ids.size(1) - latent_ids.size(1), hdc**-0.5)
+        y = _attention(q, k, v, cross_mask, hdc**-0.5)
         h = lat + c.out(y.transpose(1, 2).flatten(2))
         h = h + _mlp(c.mlp, c.mlp_norm(h))
         outputs = [k.transpose(-1, -2), v]
@@ -330,18 +321,21 @@ def _export(module: nn.Module, args, path: Path, inputs: list[str], outputs: lis
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
-def _quantize(path: Path, out: Path, reduce_range: bool = False) -> None:
+def _quantize(path: Path, out: Path) -> None:
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Weight products only (MatMulConstBOnly): attention's activation products stay float32, and
     # so does the embedding table (a quantised Gather dequantises every row a reset looks up).
+    # Weights in 7 bits (reduce_range): without VNNI (AVX2 laptops) onnxruntime multiplies uint8
+    # by int8 in 16-bit pairs, which saturate with 8-bit weights; with 7 bits they cannot, and
+    # every CPU computes the same logits (BENCHMARKS.md, "int8 on an AVX2-only CPU").
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
     try:
-        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                          op_types_to_quantize=["MatMul"], extra_options={"MatMulConstBOnly": True})
     finally:
         root.setLevel(level)
@@ -384,8 +378,8 @@ def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) ->
         plain = folder / f"{name}.float32.onnx"
         _export(module.eval(), args, plain, *names, dyn)
         final = folder / f"{name}.onnx"
-        if precision.startswith("int8"):
-            _quantize(plain, final, reduce_range=precision == "int8-7bit")
+        if precision == "int8":
+            _quantize(plain, final)
             plain.unlink()
         else:
             os.replace(plain, final)
