@@ -41,15 +41,14 @@ def numpy_draw(logits: torch.Tensor, u: float) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime's threads")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch's threads (default: --threads)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--out")
     args = parser.parse_args()
-    torch.set_num_threads(args.torch_threads or args.threads)
+    torch.set_num_threads(args.threads)
     checkpoint = load_model(None)
     model = checkpoint.model
-    decoder = OnnxDecoder(model, 1, precision="int8", threads=args.threads)
+    decoder = OnnxDecoder(model, 1, precision="int8")
     window = torch.randint(NOTE_ON_BASE, VOCAB_SIZE, (1, model.config.max_context))
     R = default_reset_latents(model.config.num_latents)
     generator = torch.Generator().manual_seed(0)
@@ -91,8 +90,7 @@ def main() -> None:
             step.append(time.perf_counter() - t0)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                    "torch_threads": torch.get_num_threads()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
         "model_sha256": checkpoint.sha256,
         "after_step_median_us": after_step_us,
         "alone_median_us": alone_us,

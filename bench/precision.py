@@ -135,8 +135,11 @@ def main() -> None:
                 if reference is None:
                     p, logits = logits[0].float().log_softmax(-1)[0], logits[1:]
                     saved.append(p.numpy().copy())
-                else:
+                elif count < len(reference):
                     p = torch.from_numpy(reference[count])
+                else:
+                    raise SystemExit(f"--reference holds {len(reference)} positions, this run scores more: "
+                                     "another --data/--works?")
                 nll["float32"] -= float(p[target])
                 for name, other in zip(variants, logits):
                     q = other.float().log_softmax(-1)[0]
@@ -146,7 +149,8 @@ def main() -> None:
                 count += 1
 
     if reference is not None and count != len(reference):
-        raise SystemExit(f"--reference holds {len(reference)} positions, this run scored {count}: another --data/--works?")
+        raise SystemExit(f"--reference holds {len(reference)} positions, this run scored {count}: "
+                         "another --data/--works?")
     if args.save_reference:
         np.save(args.save_reference, np.stack(saved).astype(np.float32))
 

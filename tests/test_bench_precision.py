@@ -49,3 +49,6 @@ def test_a_saved_reference_scores_the_variants_as_the_float32_run_did(tmp_path):
     other = subprocess.run([*base[:5], "20", *base[6:], "--reference", str(saved)], cwd=REPO, capture_output=True,
                            text=True, timeout=300)
     assert other.returncode != 0 and "holds 30 positions" in other.stderr
+    longer = subprocess.run([*base[:5], "40", *base[6:], "--reference", str(saved)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert longer.returncode != 0 and "holds 30 positions" in longer.stderr and "Traceback" not in longer.stderr
