@@ -105,6 +105,10 @@ def main() -> None:
     works = sorted(works, key=len, reverse=True)[: args.works]
 
     reference = np.load(args.reference) if args.reference else None
+    scored = sum(min(args.score, len(ids) // 2) for ids in works)  # the loop below scores these
+    if reference is not None and len(reference) != scored:  # refused before a long valgrind run
+        raise SystemExit(f"--reference holds {len(reference)} positions, this run scores {scored}: "
+                         "another --data/--works/--score?")
     saved = []
     names = ("float32", *variants)
     nll = {name: 0.0 for name in names}
@@ -135,11 +139,8 @@ def main() -> None:
                 if reference is None:
                     p, logits = logits[0].float().log_softmax(-1)[0], logits[1:]
                     saved.append(p.numpy().copy())
-                elif count < len(reference):
-                    p = torch.from_numpy(reference[count])
                 else:
-                    raise SystemExit(f"--reference holds {len(reference)} positions, this run scores more: "
-                                     "another --data/--works?")
+                    p = torch.from_numpy(reference[count])
                 nll["float32"] -= float(p[target])
                 for name, other in zip(variants, logits):
                     q = other.float().log_softmax(-1)[0]
@@ -148,9 +149,6 @@ def main() -> None:
                     agree[name] += int(p.argmax() == q.argmax())
                 count += 1
 
-    if reference is not None and count != len(reference):
-        raise SystemExit(f"--reference holds {len(reference)} positions, this run scored {count}: "
-                         "another --data/--works?")
     if args.save_reference:
         np.save(args.save_reference, np.stack(saved).astype(np.float32))
 

