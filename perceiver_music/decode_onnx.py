@@ -5,7 +5,7 @@ microseconds of dispatch: the step is bound by dispatch, not arithmetic. Exporte
 run by onnxruntime's CPU provider, the same step is a few hundred fused kernels with no Python
 in between (figures in BENCHMARKS.md).
 
-Two graphs per model, exported once and cached on disk (`cache_folder()`):
+Three graphs per model, exported once and cached on disk (`cache_folder()`):
 
 * **step**: one token per row -> next-token logits, and the new token's K/V (cross-attend and
   every latent layer). The caches are graph *inputs*, bound once to preallocated numpy buffers
@@ -14,8 +14,13 @@ Two graphs per model, exported once and cached on disk (`cache_folder()`):
   The attention over cache + new token is one softmax over [cached scores, the new score], so
   the graph never concatenates a cache. Keys are cached transposed, (B, H, head_dim, slots),
   so that q @ K is a plain MatMul.
-* **reset**: a full forward with R latents over the window (as `PerceiverAR.forward` with a
-  cache): last logits and the K/V that refill the caches.
+* **inputs** and **latents**, the reset (a full forward with R latents, as
+  `PerceiverAR.forward` with a cache) in two parts: the cross-attend K/V of input tokens, and
+  the latents' cross-attend over the cached ring plus the latent stack. An input's K/V depend
+  on its id and position only, so a reset that continues the cached window (the generation
+  loop's every reset but the first) computes them for its one new token instead of the whole
+  window: RoPE makes attention depend on relative positions only, so the cached keys keep
+  their positions and the queries take positions that continue them (`position_limit`).
 
 The disk cache is keyed by the checkpoint's sha256 (for a model changed since, or made by
 code, the sha256 of its tensors), the model's config, the precision, the
@@ -28,6 +33,7 @@ in 7 bits so that no CPU's kernels saturate).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -45,7 +51,7 @@ from torch import Tensor, nn
 from .checkpoint import sha256_of
 from .model import PerceiverAR
 
-EXPORT_VERSION = 7
+EXPORT_VERSION = 8
 PRECISIONS = ("float32", "int8")
 # generate()'s dtype -> the precision here: None is float32 (exact); torch.qint8 int8 weight products.
 PRECISION_OF = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
@@ -86,16 +92,27 @@ def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
     return mlp.proj(F.relu(mlp.fc(x)).square())
 
 
-def _half_tables(rotary) -> tuple[Tensor, Tensor]:
-    """cos, sin (positions, rot/2) of a model.Rotary, as plain CPU tensors."""
-    cos, sin = rotary._table(torch.device("cpu"))
+def position_limit(cfg) -> int:
+    """Positions the compiled graphs' RoPE tables hold. A reset that continues the cached window
+    keeps the cached keys' positions (no renumbering: attention depends on relative positions
+    only), so positions run past max_context once the window slides; the decoder renumbers
+    from 0 (a full reset) before they pass this."""
+    return 2 * cfg.max_context + cfg.num_latents
+
+
+def _half_tables(rotary, positions: int) -> tuple[Tensor, Tensor]:
+    """cos, sin (positions, rot/2) of a model.Rotary, as plain CPU tensors: the model's own
+    float64-built tables, for more positions than the model decodes."""
+    longer = copy.copy(rotary)
+    longer.max_positions, longer._tables = positions, {}
+    cos, sin = longer._table(torch.device("cpu"))
     return cos.clone(), sin.clone()
 
 
-def _full_tables(rotary, head_dim: int) -> tuple[Tensor, Tensor]:
+def _full_tables(rotary, head_dim: int, positions: int) -> tuple[Tensor, Tensor]:
     """cos, sin widened to the whole head (positions, head_dim): [cos, cos, 1...] and [sin, sin,
     0...], so that RoPE is x * cos + rotated(x) * sin over the whole head (see _rotated_rows)."""
-    cos, sin = _half_tables(rotary)
+    cos, sin = _half_tables(rotary, positions)
     rest = head_dim - 2 * cos.size(-1)
     ones, zeros = torch.ones(cos.size(0), rest), torch.zeros(cos.size(0), rest)
     return torch.cat((cos, cos, ones), dim=-1), torch.cat((sin, sin, zeros), dim=-1)
@@ -151,10 +168,11 @@ class StepGraph(nn.Module):
         self.model = model
         c, cfg = model.cross, model.config
         d = cfg.d_model
-        cos, sin = _full_tables(model.rope_cross, c.head_dim)
+        positions = position_limit(cfg)
+        cos, sin = _full_tables(model.rope_cross, c.head_dim, positions)
         self.register_buffer("cross_cos", cos, persistent=False)
         self.register_buffer("cross_sin", sin, persistent=False)
-        cos, sin = _full_tables(model.rope_self, model.blocks[0].head_dim)
+        cos, sin = _full_tables(model.rope_self, model.blocks[0].head_dim, positions)
         self.register_buffer("self_cos", cos, persistent=False)
         self.register_buffer("self_sin", sin, persistent=False)
         with torch.no_grad():
@@ -204,46 +222,68 @@ class StepGraph(nn.Module):
         return (logits, cross_k, cross_v_new, *new_kv)
 
 
-class ResetGraph(nn.Module):
-    """`PerceiverAR.forward(window, n, cache=..., last_only=True)` with the caches as outputs.
+class InputsGraph(nn.Module):
+    """The cross-attend's K/V of input tokens, as the step caches them.
 
-    forward(ids (B, T), latent_ids (B, n) = ids[:, T-n:], kv_pos (T,) = 0..T-1, q_pos (n,) =
-    T-n..T-1) -> logits (B, V) of the last position, cross k_t (B, Hc, hd, T), cross v
-    (B, Hc, T, hd), then k_t (B, H, hd, n) and v (B, H, n, hd) of each latent layer. Shapes come
-    from the inputs, so one graph serves every window length and latent count.
+    forward(ids (B, m), pos (m,)) -> k_t (B, Hc, hd, m), v (B, Hc, m, hd). A reset that starts
+    afresh runs it over the whole window; one that continues the cached window over the one new
+    token only (OnnxDecoder.reset).
     """
 
     def __init__(self, model: PerceiverAR) -> None:
         super().__init__()
         self.model = model
-        cos, sin = _half_tables(model.rope_cross)
+        cos, sin = _half_tables(model.rope_cross, position_limit(model.config))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, ids, pos):
+        c = self.model.cross
+        hc, hdc = c.heads, c.head_dim
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (m, 1, half)
+        k, v = c.kv(c.kv_norm(self.model.tok_emb(ids))).unflatten(-1, (2 * hc, hdc)).chunk(2, dim=2)
+        k = _rope(k, cos, sin, cos.size(-1), hdc)
+        return k.permute(0, 2, 3, 1), v.transpose(1, 2)
+
+
+class LatentsGraph(nn.Module):
+    """The rest of `PerceiverAR.forward(window, n, cache=..., last_only=True)`: n latents
+    cross-attend to the cached inputs, then the latent stack, with the latent caches as outputs.
+
+    forward(latent_ids (B, n), q_pos (n,), cross_k_t (B, Hc, hd, S), cross_v (B, Hc, S, hd),
+    slot_pos (S,)) -> logits (B, V) of the last position, then k_t (B, H, hd, n) and
+    v (B, H, n, hd) of each latent layer. The cross K/V are the decoder's ring as it is: slots
+    in any order, each with its position in slot_pos (a slot beyond every query's position,
+    e.g. an empty one, is masked), so the ring is read in place, never gathered into order.
+    """
+
+    def __init__(self, model: PerceiverAR) -> None:
+        super().__init__()
+        self.model = model
+        positions = position_limit(model.config)
+        cos, sin = _half_tables(model.rope_cross, positions)
         self.register_buffer("cross_cos", cos, persistent=False)
         self.register_buffer("cross_sin", sin, persistent=False)
-        cos, sin = _half_tables(model.rope_self)
+        cos, sin = _half_tables(model.rope_self, positions)
         self.register_buffer("self_cos", cos, persistent=False)
         self.register_buffer("self_sin", sin, persistent=False)
 
-    def forward(self, ids, latent_ids, kv_pos, q_pos):
+    def forward(self, latent_ids, q_pos, cross_k_t, cross_v, slot_pos):
         m = self.model
         c = m.cross
         hc, hdc = c.heads, c.head_dim
-        x = m.tok_emb(ids)
         lat = m.tok_emb(latent_ids)
-        kv_cos, kv_sin = self.cross_cos[kv_pos][:, None], self.cross_sin[kv_pos][:, None]  # (T, 1, half)
         q_cos, q_sin = self.cross_cos[q_pos][:, None], self.cross_sin[q_pos][:, None]
-        zero = torch.zeros((), dtype=x.dtype)
-        neg = torch.full((), float("-inf"), dtype=x.dtype)
-        cross_mask = torch.where(kv_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, T), bottom-right
+        zero = torch.zeros((), dtype=lat.dtype)
+        neg = torch.full((), float("-inf"), dtype=lat.dtype)
+        cross_mask = torch.where(slot_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, S), bottom-right
         self_mask = torch.where(q_pos[None, :] <= q_pos[:, None], zero, neg)  # (n, n)
         half = self.cross_cos.size(-1)
-        k, v = c.kv(c.kv_norm(x)).unflatten(-1, (2 * hc, hdc)).chunk(2, dim=2)
-        k = _rope(k, kv_cos, kv_sin, half, hdc).transpose(1, 2)  # (B, Hc, T, hd)
-        v = v.transpose(1, 2)
         q = _rope(c.q(c.q_norm(lat)).unflatten(-1, (hc, hdc)), q_cos, q_sin, half, hdc).transpose(1, 2)
-        y = _attention(q, k, v, cross_mask, hdc**-0.5)
+        y = ((q * hdc**-0.5) @ cross_k_t + cross_mask).softmax(dim=-1) @ cross_v
         h = lat + c.out(y.transpose(1, 2).flatten(2))
         h = h + _mlp(c.mlp, c.mlp_norm(h))
-        outputs = [k.transpose(-1, -2), v]
+        outputs = []
         cos, sin = self.self_cos[q_pos][:, None], self.self_sin[q_pos][:, None]
         half = self.self_cos.size(-1)
         last = len(m.blocks) - 1
@@ -310,8 +350,10 @@ def _example_inputs(model: PerceiverAR, batch: int = 2):
     T = min(S, max(2 * N, 8))  # dummy sizes; the axes are dynamic
     n = min(N, T - 1) if T > 1 else 1
     ids = torch.full((batch, T), 3, dtype=torch.long)
-    reset = [ids, ids[:, T - n :].clone(), torch.arange(T), torch.arange(T - n, T)]
-    return step, reset
+    inputs = [ids, torch.arange(T)]
+    latents = [ids[:, T - n :].clone(), torch.arange(T - n, T), z(batch, hc, cfg.d_model // hc, T),
+               z(batch, hc, T, cfg.d_model // hc), torch.arange(T)]
+    return {"step": step, "inputs": inputs, "latents": latents}
 
 
 def _export(module: nn.Module, args, path: Path, inputs: list[str], outputs: list[str], dynamic: dict) -> None:
@@ -351,32 +393,38 @@ def step_names(n_layers: int) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def reset_names(n_layers: int) -> tuple[list[str], list[str]]:
-    outputs = ["logits", "cross_k_t", "cross_v"]
+INPUTS_NAMES = (["ids", "pos"], ["cross_k_t", "cross_v"])
+
+
+def latents_names(n_layers: int) -> tuple[list[str], list[str]]:
+    outputs = ["logits"]
     for i in range(n_layers):
         outputs += [f"latent_k_t{i}", f"latent_v{i}"]
-    return ["ids", "latent_ids", "kv_pos", "q_pos"], outputs
+    return ["latent_ids", "q_pos", "cross_k_t", "cross_v", "slot_pos"], outputs
 
 
 def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) -> None:
     """Export both graphs into `folder` (made fresh), quantise if asked, write meta.json last."""
     model = model.eval()
     L = model.config.n_layers
-    step_args, reset_args = _example_inputs(model)
+    args = _example_inputs(model)
     s_in, s_out = step_names(L)
-    r_in, r_out = reset_names(L)
     s_dyn = {name: {0: "batch"} for name in s_in if name not in ("pos", "cross_mask", "latent_mask")}
     s_dyn.update({name: {0: "batch"} for name in s_out})
-    r_dyn = {"ids": {0: "batch", 1: "T"}, "latent_ids": {0: "batch", 1: "n"}, "kv_pos": {0: "T"}, "q_pos": {0: "n"},
-             "logits": {0: "batch"}, "cross_k_t": {0: "batch", 3: "T"}, "cross_v": {0: "batch", 2: "T"}}
+    i_dyn = {"ids": {0: "batch", 1: "m"}, "pos": {0: "m"}, "cross_k_t": {0: "batch", 3: "m"},
+             "cross_v": {0: "batch", 2: "m"}}
+    l_in, l_out = latents_names(L)
+    l_dyn = {"latent_ids": {0: "batch", 1: "n"}, "q_pos": {0: "n"}, "cross_k_t": {0: "batch", 3: "S"},
+             "cross_v": {0: "batch", 2: "S"}, "slot_pos": {0: "S"}, "logits": {0: "batch"}}
     for i in range(L):
-        r_dyn[f"latent_k_t{i}"] = {0: "batch", 3: "n"}
-        r_dyn[f"latent_v{i}"] = {0: "batch", 2: "n"}
+        l_dyn[f"latent_k_t{i}"] = {0: "batch", 3: "n"}
+        l_dyn[f"latent_v{i}"] = {0: "batch", 2: "n"}
     files = {}
-    for name, module, args, names, dyn in (("step", StepGraph(model), step_args, (s_in, s_out), s_dyn),
-                                           ("reset", ResetGraph(model), reset_args, (r_in, r_out), r_dyn)):
+    for name, module, names, dyn in (("step", StepGraph(model), (s_in, s_out), s_dyn),
+                                     ("inputs", InputsGraph(model), INPUTS_NAMES, i_dyn),
+                                     ("latents", LatentsGraph(model), (l_in, l_out), l_dyn)):
         plain = folder / f"{name}.float32.onnx"
-        _export(module.eval(), args, plain, *names, dyn)
+        _export(module.eval(), args[name], plain, *names, dyn)
         final = folder / f"{name}.onnx"
         if precision == "int8":
             _quantize(plain, final)
@@ -421,7 +469,7 @@ def exported_files(model: PerceiverAR, precision: str = "float32", *, weights: s
             root.mkdir(parents=True, exist_ok=True)
             folder = root / _key_digest(key)
             if _valid_export(folder, key):
-                return {"step": folder / "step.onnx", "reset": folder / "reset.onnx"}
+                return _graph_files(folder)
         tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
         try:
             build_export(model, precision, tmp, key)
@@ -439,7 +487,14 @@ def exported_files(model: PerceiverAR, precision: str = "float32", *, weights: s
         finally:
             if tmp.exists():
                 _remove_tree(tmp)
-    return {"step": folder / "step.onnx", "reset": folder / "reset.onnx"}
+    return _graph_files(folder)
+
+
+GRAPHS = ("step", "inputs", "latents")
+
+
+def _graph_files(folder: Path) -> dict[str, Path]:
+    return {name: folder / f"{name}.onnx" for name in GRAPHS}
 
 
 def _remove_tree(path: Path) -> None:
@@ -452,7 +507,7 @@ def _remove_tree(path: Path) -> None:
 
 
 class CompiledStep:
-    """The two onnxruntime sessions of one model, precision and thread count."""
+    """The onnxruntime sessions of one model, precision and thread count: step, inputs, latents."""
 
     def __init__(self, files: dict[str, Path], threads: int) -> None:
         import onnxruntime as ort
@@ -463,9 +518,12 @@ class CompiledStep:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Workers stop spinning when a run ends: the sessions take turns, and a pool still
+        # spinning after the steps made the next reset take twice as long (BENCHMARKS.md).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         providers = ["CPUExecutionProvider"]
-        self.step = ort.InferenceSession(str(files["step"]), options, providers=providers)
-        self.reset = ort.InferenceSession(str(files["reset"]), options, providers=providers)
+        self.step, self.inputs, self.latents = (
+            ort.InferenceSession(str(files[name]), options, providers=providers) for name in GRAPHS)
         self.files = files
 
 
@@ -504,12 +562,24 @@ SESSIONS = SessionCache()
 # ---- the decoder -------------------------------------------------------------------------------------
 
 
+EMPTY = np.iinfo(np.int64).max  # slot_pos of a slot that holds no input: beyond every query
+# A ring filled up to this share is copied out for the latents graph (its attention then covers
+# the filled slots only); a fuller one is read in place, masked slots and all.
+COPY_RING_BELOW = 0.75
+
+
 class OnnxDecoder:
     """Same interface as generate.EagerDecoder; the caches are numpy buffers that onnxruntime
     reads in place (IO binding), and the decoder writes each step's new K/V into its slot.
 
-    `reset_runtime`: "onnx" (the reset graph) or "torch" (the model's own forward writing into
-    the same buffers). `threads`: onnxruntime's intra-op threads (default: torch's).
+    The ring of cross-attend K/V keeps, per slot, the input's id and position. A reset whose
+    window is the cached inputs plus one new id (every reset of the generation loop after the
+    first) computes that one id's K/V and keeps the rest; any other window starts afresh, as
+    does a reset whose positions would run past the graphs' tables (position_limit), which
+    numbers the window from 0 again.
+
+    `reset_runtime`: "onnx" (the graphs) or "torch" (the model's own forward writing into the
+    same buffers, always afresh). `threads`: onnxruntime's intra-op threads (default: torch's).
     """
 
     def __init__(self, model: PerceiverAR, batch: int, *, precision: str = "float32", reset_runtime: str = "onnx",
@@ -528,24 +598,30 @@ class OnnxDecoder:
         self.precision = precision
         self.compiled = sessions.get(model, precision, threads or torch.get_num_threads(), cache_dir)
         self.ring, self.N, self.L = cfg.max_context, cfg.num_latents, cfg.n_layers
+        self.position_limit = position_limit(cfg)
         hc, hs = cfg.cross_heads, cfg.n_heads
         hdc, hds = cfg.d_model // hc, cfg.d_model // hs
         f32 = np.float32
-        B = batch
+        B = self.batch = batch
         self.cross_k_t = np.zeros((B, hc, hdc, self.ring), f32)
         self.cross_v = np.zeros((B, hc, self.ring, hdc), f32)
         self.cross_mask = np.full(self.ring, -np.inf, f32)
+        self.slot_pos = np.full(self.ring, EMPTY, np.int64)
+        self.slot_ids = np.zeros((B, self.ring), np.int64)
+        self.cached = 0  # slots holding an input: the newest `cached` before cross_slot
+        self.used = 0  # slots 0..used-1 have held an input (the whole ring once it wrapped)
         self.latent_k_t = np.zeros((self.L, B, hs, hds, self.N), f32)  # one block: one write per step
         self.latent_v = np.zeros((self.L, B, hs, self.N, hds), f32)
         self.latent_mask = np.full(self.N, -np.inf, f32)
         self.tokens = np.zeros(B, np.int64)
-        self.pos = np.zeros(1, np.int64)
+        self.pos = np.zeros(1, np.int64)  # the next input's position
         self.logits = np.zeros((B, cfg.vocab_size), f32)
         self.new_cross_k = np.zeros((B, hc, hdc), f32)
         self.new_cross_v = np.zeros((B, hc, hdc), f32)
         self.new_latent_k = np.zeros((self.L, B, hs, hds), f32)
         self.new_latent_v = np.zeros((self.L, B, hs, hds), f32)
         self.cross_slot = self.latent_slot = 0
+        self.resets = {"afresh": 0, "continued": 0}
         # Bound once: OrtValues over the numpy buffers share their memory.
         self._keep = []  # the OrtValues must outlive the binding
 
@@ -568,49 +644,110 @@ class OnnxDecoder:
             binding.bind_ortvalue_output(name, value(array))
         self.binding = binding
 
+    # -- the ring of input K/V --
+
+    def _cached_slots(self, count: int) -> np.ndarray:
+        """The slots of the newest `count` cached inputs, oldest first."""
+        return (self.cross_slot - count + np.arange(count)) % self.ring
+
+    def _continues(self, ids: np.ndarray) -> bool:
+        """Whether the window is the newest cached inputs plus one new id."""
+        keep = ids.shape[1] - 1
+        if not 1 <= keep <= self.cached or ids.shape[0] != self.batch:
+            return False
+        return bool(np.array_equal(self.slot_ids[:, self._cached_slots(keep)], ids[:, :keep]))
+
+    def _drop_oldest(self, count: int) -> None:
+        slots = self._cached_slots(self.cached)[:count]
+        self.slot_pos[slots] = EMPTY
+        self.cross_mask[slots] = -np.inf
+        self.cached -= count
+
+    def _cache_input(self, ids: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Write one input per row (K/V (B, Hc, hd)) into the next slot at the next position."""
+        c = self.cross_slot
+        self.cross_k_t[..., c] = k
+        self.cross_v[:, :, c] = v
+        self.cross_mask[c] = 0.0
+        self.slot_pos[c] = self.pos[0]
+        self.slot_ids[:, c] = ids
+        self.pos[0] += 1
+        self.cross_slot = (c + 1) % self.ring
+        self.cached = min(self.cached + 1, self.ring)
+        self.used = max(self.used, c + 1)
+
+    def _cache_window(self, ids: np.ndarray) -> None:
+        """Start afresh: the window's inputs in slots 0..T-1 at positions 0..T-1 (their K/V
+        written by the caller)."""
+        T = ids.shape[1]
+        self.slot_pos.fill(EMPTY)
+        self.slot_pos[:T] = np.arange(T)
+        self.slot_ids[:, :T] = ids
+        self.cross_mask.fill(-np.inf)
+        self.cross_mask[:T] = 0.0
+        self.pos[0] = T
+        self.cross_slot, self.cached, self.used = T % self.ring, T, T
+
+    # -- reset and step --
+
     def reset(self, window: Tensor, num_latents: int) -> Tensor:
         if num_latents > self.N:
             raise ValueError("more latents than the cache holds")
-        ids = window.to("cpu", torch.long)
-        T = ids.size(1)
+        ids = np.ascontiguousarray(window.to("cpu", torch.long).numpy())
+        T = ids.shape[1]
         n = min(num_latents, T)
-        if self.reset_runtime == "onnx":
-            ids_np = np.ascontiguousarray(ids.numpy())
-            out = self.compiled.reset.run(None, {
-                "ids": ids_np, "latent_ids": np.ascontiguousarray(ids_np[:, T - n :]),
-                "kv_pos": np.arange(T, dtype=np.int64), "q_pos": np.arange(T - n, T, dtype=np.int64)})
-            logits, cross_k_t, cross_v, latent = out[0], out[1], out[2], out[3:]
-            self.cross_k_t[..., :T] = cross_k_t
-            self.cross_v[:, :, :T] = cross_v
-            for i in range(self.L):
-                self.latent_k_t[i, ..., :n] = latent[2 * i]
-                self.latent_v[i, :, :, :n] = latent[2 * i + 1]
-            logits = torch.from_numpy(np.array(logits, np.float32))
+        inputs = self.compiled.inputs
+        if self.reset_runtime == "torch":
+            self._cache_window(ids)
+            self.resets["afresh"] += 1
+            logits = self.torch_model(window.to("cpu", torch.long), n, cache=_BufferCache(self), last_only=True)
+            logits = logits[:, -1].float()
         else:
-            logits = self.torch_model(ids, n, cache=_BufferCache(self), last_only=True)[:, -1].float()
-        self.cross_mask.fill(-np.inf)
-        self.cross_mask[:T] = 0.0
+            # the new id's position; the steps after this reset run N - n positions further
+            new = int(self.pos[0])
+            if self._continues(ids) and new + self.N - n < self.position_limit:
+                self._drop_oldest(self.cached - (T - 1))
+                k_t, v = inputs.run(None, {"ids": ids[:, -1:], "pos": np.array([new], np.int64)})
+                self._cache_input(ids[:, -1], k_t[..., 0], v[:, :, 0])
+                self.resets["continued"] += 1
+            else:
+                k_t, v = inputs.run(None, {"ids": ids, "pos": np.arange(T, dtype=np.int64)})
+                self.cross_k_t[..., :T] = k_t
+                self.cross_v[:, :, :T] = v
+                self._cache_window(ids)
+                self.resets["afresh"] += 1
+            logits = self._latents(ids[:, T - n :], np.arange(self.pos[0] - n, self.pos[0], dtype=np.int64))
         self.latent_mask.fill(-np.inf)
         self.latent_mask[:n] = 0.0
-        self.pos[0] = T
-        self.cross_slot, self.latent_slot = T % self.ring, n
+        self.latent_slot = n
         return logits
+
+    def _latents(self, latent_ids: np.ndarray, q_pos: np.ndarray) -> Tensor:
+        S = self.used
+        if S < COPY_RING_BELOW * self.ring:  # attend to the slots in use only
+            k_t, v = np.ascontiguousarray(self.cross_k_t[..., :S]), np.ascontiguousarray(self.cross_v[:, :, :S])
+        else:
+            S, k_t, v = self.ring, self.cross_k_t, self.cross_v
+        out = self.compiled.latents.run(None, {"latent_ids": np.ascontiguousarray(latent_ids), "q_pos": q_pos,
+                                               "cross_k_t": k_t, "cross_v": v, "slot_pos": self.slot_pos[:S]})
+        n = latent_ids.shape[1]
+        for i in range(self.L):
+            self.latent_k_t[i, ..., :n] = out[1 + 2 * i]
+            self.latent_v[i, :, :, :n] = out[2 + 2 * i]
+        return torch.from_numpy(np.array(out[0], np.float32))
 
     def step(self, tokens: Tensor, window: Tensor) -> Tensor:
         if self.latent_slot >= self.N:
             raise RuntimeError("latent cache full: the generation loop missed a reset")
         self.tokens[:] = tokens.numpy() if tokens.device.type == "cpu" else tokens.cpu().numpy()
-        c, s = self.cross_slot, self.latent_slot
-        self.cross_mask[c] = -np.inf  # the slot's old key (the oldest input once slid) drops out
+        s = self.latent_slot
+        self.cross_mask[self.cross_slot] = -np.inf  # the slot's old key (the oldest input once slid) drops out
         self.compiled.step.run_with_iobinding(self.binding)
-        self.cross_k_t[..., c] = self.new_cross_k
-        self.cross_v[:, :, c] = self.new_cross_v
-        self.cross_mask[c] = 0.0
+        self._cache_input(self.tokens, self.new_cross_k, self.new_cross_v)
         self.latent_k_t[..., s] = self.new_latent_k
         self.latent_v[:, :, :, s] = self.new_latent_v
         self.latent_mask[s] = 0.0
-        self.pos[0] += 1
-        self.cross_slot, self.latent_slot = (c + 1) % self.ring, s + 1
+        self.latent_slot = s + 1
         return torch.from_numpy(self.logits.copy())
 
 

@@ -31,7 +31,9 @@ def decoder(model, batch=1, cache_dir=None, **kw) -> OnnxDecoder:
 @pytest.mark.parametrize("reset_runtime", ["onnx", "torch"])
 @pytest.mark.parametrize("prompt_len, R", [(10, None), (6, None), (3, 4)])
 def test_compiled_step_matches_eager_across_resets_and_slides(tmp_path, reset_runtime, prompt_len, R):
-    # prompt 6: a reset lands at window 60, so its steps wrap around the end of the ring.
+    # prompt 6: a reset lands at window 60, so its steps wrap around the end of the ring. The
+    # onnx resets keep the cached inputs (their positions run on past max_context) until the
+    # positions near the graphs' tables' end, where one starts afresh from position 0.
     model = random_model()
     eager, compiled = EagerDecoder(model), decoder(model, cache_dir=tmp_path, reset_runtime=reset_runtime)
     tokens = ids_stream(4 * MAX_CONTEXT, seed=5)
@@ -46,6 +48,8 @@ def test_compiled_step_matches_eager_across_resets_and_slides(tmp_path, reset_ru
             kinds[kind] += 1
             slid_steps += kind == "step" and window.shape[1] == MAX_CONTEXT
     assert kinds["reset"] > 10 and slid_steps > 2 * MAX_CONTEXT
+    if reset_runtime == "onnx":  # resets that kept the cached inputs, and renumberings past the tables' end
+        assert compiled.resets["continued"] > 10 and compiled.resets["afresh"] >= 3
 
 
 def test_compiled_step_in_a_batch_of_different_rows(tmp_path):
@@ -70,6 +74,28 @@ def test_compiled_step_in_a_batch_of_different_rows(tmp_path):
                 a, b = eager.step(tokens, window.view()), compiled.step(tokens, window.view())
             torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(a[0], a[1])  # the rows really differ
+
+
+def test_a_reset_over_another_window_starts_afresh(tmp_path):
+    # Only a window that is the cached inputs plus one new id keeps the cache: an edited or
+    # unrelated window (a caller's own schedule) is encoded anew.
+    model = random_model(seed=3)
+    compiled = decoder(model, cache_dir=tmp_path)
+    g = torch.Generator().manual_seed(1)
+    window = torch.randint(3, 300, (1, 40), generator=g)
+    with torch.inference_mode():
+        compiled.reset(window, 8)
+        for t in torch.randint(3, 300, (8,), generator=g):
+            window = torch.cat((window, t.view(1, 1)), dim=1)
+            compiled.step(t.view(1), window)
+        edited = window.clone()
+        edited[0, 5] = (edited[0, 5] + 1) % 300 + 3
+        for other in (edited, torch.randint(3, 300, (1, 48), generator=g), window[:, 10:]):
+            torch.testing.assert_close(compiled.reset(other, 8), EagerDecoder(model).reset(other, 8), atol=1e-4, rtol=1e-4)
+        assert compiled.resets == {"afresh": 4, "continued": 0}
+        nxt = torch.cat((other, torch.tensor([[7]])), dim=1)  # and the cache it made is kept again
+        torch.testing.assert_close(compiled.reset(nxt, 8), EagerDecoder(model).reset(nxt, 8), atol=1e-4, rtol=1e-4)
+        assert compiled.resets == {"afresh": 4, "continued": 1}
 
 
 def test_greedy_continuations_match_eager_for_hundreds_of_ids():
