@@ -119,14 +119,24 @@ def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: in
         decoder.step(tok, ids)  # warm-up
         decoder.reset(ids, R)
         step_s = timed(lambda: [decoder.step(tok, ids) for _ in range(steps)], device) / steps
+    out = {"reset_ms": round(reset_s * 1e3, 2), "step_ms": round(step_s * 1e3, 3)}
+    if backend == "onnx":  # its resets after the first keep the cached inputs' K/V
+        reset_s = min(continued_reset_s(decoder, ids, tok, R, steps, device) for _ in range(2))
+        out["continued_reset_ms"] = round(reset_s * 1e3, 2)
     cycle = cfg.num_latents - R + 1  # ids per reset cycle: N - R steps and one reset
     per_token = (reset_s + (cycle - 1) * step_s) / cycle
-    return {
-        "reset_ms": round(reset_s * 1e3, 2),
-        "step_ms": round(step_s * 1e3, 3),
-        "reset_every": cycle,
-        "estimated_tokens_per_s": round(1 / per_token, 1),
-    }
+    return {**out, "reset_every": cycle, "estimated_tokens_per_s": round(1 / per_token, 1)}
+
+
+def continued_reset_s(decoder, ids, tok, R: int, steps: int, device) -> float:
+    """A reset as the generation loop makes it after the first: over the ids the decoder cached
+    (a reset over `ids`, then `steps` steps of `tok`) and one new id, the window slid."""
+    with torch.inference_mode():
+        decoder.reset(ids, R)
+        for _ in range(steps):
+            decoder.step(tok, ids)
+        window = torch.cat((ids, tok[:, None].expand(-1, steps + 1)), dim=1)[:, -ids.size(1) :]
+        return timed(lambda: decoder.reset(window, R), device)
 
 
 def generation_rate(model, prompt, new_tokens, device, repeats: int = REPEATS, **kw) -> tuple[float, float]:
@@ -290,9 +300,10 @@ def compiled_part(model, prompt, context, new_tokens, device, precisions, eager_
         _, rate1 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx")
         _, rate4 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx", num_variations=4)
         row.update({
-            "reset_ms": one["reset_ms"], "step_ms": one["step_ms"], "tokens_per_s": round(rate1, 1),
-            "estimated_tokens_per_s": one["estimated_tokens_per_s"],
-            "batch4_reset_ms": four["reset_ms"], "batch4_step_ms": four["step_ms"],
+            "reset_ms": one["reset_ms"], "continued_reset_ms": one["continued_reset_ms"], "step_ms": one["step_ms"],
+            "tokens_per_s": round(rate1, 1), "estimated_tokens_per_s": one["estimated_tokens_per_s"],
+            "batch4_reset_ms": four["reset_ms"], "batch4_continued_reset_ms": four["continued_reset_ms"],
+            "batch4_step_ms": four["step_ms"],
             "tokens_per_s_4_variations": round(rate4, 1),
             "batch4_over_batch1_step": round(four["step_ms"] / one["step_ms"], 2),
             "over_eager_float32": round(rate1 / eager_row["cached_tokens_per_s"], 2),
