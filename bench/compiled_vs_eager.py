@@ -14,6 +14,8 @@ onnx float32 (exact); batch 1 and 4 variations; per round also the compiled int8
 batch 1 and 4 (bench/generate.py's reset_and_step_ms).
 
     python bench/compiled_vs_eager.py --threads 2 --context 4096 --rounds 5
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python bench/compiled_vs_eager.py --no-native-bfloat16 ...   # PyTorch as on an AVX2 laptop
 """
 
 from __future__ import annotations
@@ -53,10 +55,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=600, help="ids per variation per measurement")
     ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {', '.join(SETTINGS)}")
+    ap.add_argument("--no-native-bfloat16", action="store_true",
+                    help="the eager CPU setting without bfloat16 weights, as on a CPU without AVX512-BF16 or AMX")
     args = ap.parse_args()
     settings = [s for s in args.settings.split(",") if s]
     if set(settings) - set(SETTINGS) or BASELINE not in settings:
         ap.error(f"--settings takes {', '.join(SETTINGS)} and needs {BASELINE}")
+    if args.no_native_bfloat16:
+        from perceiver_music import cpu_precision
+
+        cpu_precision.native_bfloat16 = lambda: False
     torch.set_num_threads(args.threads)
     os.environ["PERCEIVER_MUSIC_CACHE"] = tempfile.mkdtemp(prefix="bench-ab-")  # this run's random model
     device = torch.device("cpu")
@@ -87,6 +95,7 @@ def main() -> None:
         "started": started,
         "machine": machine(),
         "context": args.context,
+        "bfloat16_switched_off": bool(args.no_native_bfloat16),
         "new_tokens_per_variation": args.new_tokens,
         "tokens_per_s": rates,  # steady rate, all variations together
         "median_tokens_per_s": {k: round(statistics.median(r), 1) for k, r in rates.items()},
