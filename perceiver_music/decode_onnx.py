@@ -452,8 +452,9 @@ def _valid_export(folder: Path, key: dict) -> bool:
 
 def exported_files(model: PerceiverAR, precision: str = "float32", *, weights: str | None = None,
                    cache_dir: Path | None = None) -> dict[str, Path]:
-    """The step and reset ONNX files for this model and precision: from the cache, or exported
-    now (atomically: a temporary folder renamed into place). A damaged export is rebuilt."""
+    """The ONNX files of this model and precision (GRAPHS): from the cache, or exported now
+    (atomically: a temporary folder renamed into place). A damaged export is rebuilt; exports
+    that this installation can never load again are removed (`_prune_unloadable`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     key = export_key(model, precision, weights or model_digest(model))
@@ -484,10 +485,32 @@ def exported_files(model: PerceiverAR, precision: str = "float32", *, weights: s
                     raise
             if stale is not None:
                 _remove_tree(stale)
+            _prune_unloadable(root, key)
         finally:
             if tmp.exists():
                 _remove_tree(tmp)
     return _graph_files(folder)
+
+
+# What ties an export to the installed code; the rest of the key (weights, config, precision)
+# names a model the user may load again.
+_INSTALLATION = ("export_version", "onnxruntime", "torch", "opset")
+
+
+def _prune_unloadable(root: Path, key: dict) -> None:
+    """Remove exports made by another export version, onnxruntime or torch (each about
+    30-110 MB, and never loaded again by this installation) and exports without a readable
+    meta.json; other models' exports stay. Folders being written are hidden (.export-*)."""
+    for folder in root.iterdir():
+        if folder.name.startswith(".") or not folder.is_dir():
+            continue
+        try:
+            other = json.loads((folder / "meta.json").read_text())["key"]
+            usable = all(other.get(part) == key[part] for part in _INSTALLATION)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            usable = False
+        if not usable:
+            _remove_tree(folder)
 
 
 GRAPHS = ("step", "inputs", "latents")

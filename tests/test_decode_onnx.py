@@ -252,6 +252,20 @@ def test_a_stale_export_is_not_used(tmp_path, monkeypatch):
     assert other["step"].parent not in (old["step"].parent, new["step"].parent)
 
 
+def test_exports_this_installation_cannot_load_are_removed(tmp_path, monkeypatch):
+    # An upgrade (export version, onnxruntime, torch) leaves the old exports unloadable: each
+    # new export removes them, and keeps other models' exports of this installation.
+    model, second = random_model(), random_model(seed=9)
+    old = exported_files(model, cache_dir=tmp_path)["step"].parent
+    junk = tmp_path / "onnx" / "no-meta"
+    junk.mkdir()
+    monkeypatch.setattr(decode_onnx, "EXPORT_VERSION", decode_onnx.EXPORT_VERSION + 1)
+    kept = exported_files(second, cache_dir=tmp_path)["step"].parent
+    assert not old.exists() and not junk.exists()
+    again = exported_files(model, cache_dir=tmp_path)["step"].parent
+    assert kept.exists() and again.exists() and kept != again
+
+
 def test_cache_folder_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("PERCEIVER_MUSIC_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
