@@ -404,7 +404,7 @@ def latents_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 
 def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) -> None:
-    """Export both graphs into `folder` (made fresh), quantise if asked, write meta.json last."""
+    """Export the graphs (GRAPHS) into `folder` (made fresh), quantise if asked, write meta.json last."""
     model = model.eval()
     L = model.config.n_layers
     args = _example_inputs(model)
@@ -587,7 +587,8 @@ SESSIONS = SessionCache()
 
 EMPTY = np.iinfo(np.int64).max  # slot_pos of a slot that holds no input: beyond every query
 # A ring filled up to this share is copied out for the latents graph (its attention then covers
-# the filled slots only); a fuller one is read in place, masked slots and all.
+# the filled slots only); a fuller one is read in place, masked slots and all. Measured at 4,096
+# (int8, 2 threads): half full, the copy was 6-10 ms faster; three quarters full, level.
 COPY_RING_BELOW = 0.75
 
 
