@@ -720,13 +720,13 @@ class OnnxDecoder:
         ids = np.ascontiguousarray(window.to("cpu", torch.long).numpy())
         T = ids.shape[1]
         n = min(num_latents, T)
-        inputs = self.compiled.inputs
         if self.reset_runtime == "torch":
             self._cache_window(ids)
             self.resets["afresh"] += 1
             logits = self.torch_model(window.to("cpu", torch.long), n, cache=_BufferCache(self), last_only=True)
             logits = logits[:, -1].float()
         else:
+            inputs = self.compiled.inputs
             # the new id's position; the steps after this reset run N - n positions further
             new = int(self.pos[0])
             if self._continues(ids) and new + self.N - n < self.position_limit:
