@@ -11,7 +11,8 @@ round's figures, the medians, and each round's ratio to the eager CPU setting.
 Settings: the eager CPU setting (`dtype=torch.float16`: float16/bfloat16 Linear weights,
 what the engine ran on a CPU before the compiled step), onnx int8 (the engine's default),
 onnx float32 (exact); batch 1 and 4 variations; per round also the compiled int8 step's ms at
-batch 1 and 4 (bench/generate.py's reset_and_step_ms).
+batch 1, for 4 variations of one primer and for 4 rows of their own ids (bench/generate.py's
+reset_and_step_ms: the steps right after the reset over the primer).
 
     python bench/compiled_vs_eager.py --threads 2 --context 4096 --rounds 5
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
@@ -73,7 +74,7 @@ def main() -> None:
 
     cases = [(name, variations) for name in settings for variations in (1, 4)]
     rates: dict = {f"{name}_x{v}": [] for name, v in cases}
-    step_ms: dict = {"batch1": [], "batch4": []}
+    step_ms: dict = {"batch1": [], "4_variations": [], "4_own_prompts": []}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for name, v in cases:  # warm-up: exports and first sessions outside the rounds
         generation_rate(model, prompt, 50, device, repeats=1, num_variations=v, **SETTINGS[name])
@@ -83,9 +84,10 @@ def main() -> None:
                                         **SETTINGS[name])
             rates[f"{name}_x{v}"].append(round(steady, 1))
         if "onnx_int8" in settings:
-            for batch in (1, 4):
-                row = reset_and_step_ms(model, args.context, device, torch.qint8, steps=64, backend="onnx", batch=batch)
-                step_ms[f"batch{batch}"].append(row["step_ms"])
+            for key, batch, one_primer in (("batch1", 1, True), ("4_variations", 4, True), ("4_own_prompts", 4, False)):
+                row = reset_and_step_ms(model, args.context, device, torch.qint8, steps=64, backend="onnx", batch=batch,
+                                        one_primer=one_primer)
+                step_ms[key].append(row["step_ms"])
 
     def over_baseline(key: str, v: int) -> list[float]:
         return [round(a / b, 2) for a, b in zip(rates[key], rates[f"{BASELINE}_x{v}"])]
@@ -104,10 +106,15 @@ def main() -> None:
     }
     report["median_over_eager_cpu_setting"] = {k: statistics.median(r) for k, r in report["over_eager_cpu_setting"].items()}
     if step_ms["batch1"]:
-        ratios = [round(b4 / b1, 2) for b1, b4 in zip(step_ms["batch1"], step_ms["batch4"])]
         report["onnx_int8_step_ms"] = step_ms
-        report["onnx_int8_batch4_over_batch1_step"] = ratios
-        report["median_onnx_int8_batch4_over_batch1_step"] = statistics.median(ratios)
+        for key in ("4_variations", "4_own_prompts"):
+            ratios = [round(b4 / b1, 2) for b1, b4 in zip(step_ms["batch1"], step_ms[key])]
+            report[f"onnx_int8_{key}_over_batch1_step"] = ratios
+            report[f"median_onnx_int8_{key}_over_batch1_step"] = statistics.median(ratios)
+    if "onnx_int8" in settings:  # an id of 4 variations against one of 1, over the generation
+        per_id = [round(4 * a / b, 2) for a, b in zip(rates["onnx_int8_x1"], rates["onnx_int8_x4"])]
+        report["onnx_int8_4_variations_over_1_per_id"] = per_id
+        report["median_onnx_int8_4_variations_over_1_per_id"] = statistics.median(per_id)
     print(json.dumps(report, indent=1))
 
 

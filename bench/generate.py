@@ -105,11 +105,15 @@ def make_bench_decoder(model, dtype, backend: str = "eager", batch: int = 1):
 
 
 def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: int, backend: str = "eager",
-                      batch: int = 1) -> dict:
-    """One reset (a full forward with R latents over `context` ids) and cached steps, timed apart."""
+                      batch: int = 1, one_primer: bool = False) -> dict:
+    """One reset (a full forward with R latents over `context` ids) and cached steps, timed apart.
+
+    `one_primer`: the rows are variations of one primer (the same `context` ids), as
+    generate(num_variations=...) makes them; else each row has its own ids (generate_batch)."""
     cfg = model.config
     R = default_reset_latents(cfg.num_latents)
-    ids = torch.randint(3, VOCAB_SIZE, (batch, context), device=device)
+    ids = torch.randint(3, VOCAB_SIZE, (1 if one_primer else batch, context), device=device)
+    ids = ids.repeat(batch, 1) if one_primer else ids
     tok = torch.randint(3, VOCAB_SIZE, (batch,), device=device)
     decoder = make_bench_decoder(model, dtype, backend, batch)
     steps = min(steps, cfg.num_latents - R)
@@ -297,6 +301,7 @@ def compiled_part(model, prompt, context, new_tokens, device, precisions, eager_
         row: dict = {}
         one = reset_and_step_ms(model, context, device, dtype, steps=64, backend="onnx")
         four = reset_and_step_ms(model, context, device, dtype, steps=64, backend="onnx", batch=4)
+        variations = reset_and_step_ms(model, context, device, dtype, steps=64, backend="onnx", batch=4, one_primer=True)
         _, rate1 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx")
         _, rate4 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx", num_variations=4)
         row.update({
@@ -304,8 +309,15 @@ def compiled_part(model, prompt, context, new_tokens, device, precisions, eager_
             "tokens_per_s": round(rate1, 1), "estimated_tokens_per_s": one["estimated_tokens_per_s"],
             "batch4_reset_ms": four["reset_ms"], "batch4_continued_reset_ms": four["continued_reset_ms"],
             "batch4_step_ms": four["step_ms"],
+            "4_variations_reset_ms": variations["reset_ms"],
+            "4_variations_continued_reset_ms": variations["continued_reset_ms"],
+            "4_variations_step_ms": variations["step_ms"],
             "tokens_per_s_4_variations": round(rate4, 1),
             "batch4_over_batch1_step": round(four["step_ms"] / one["step_ms"], 2),
+            # the steps right after the primer (its K/V read once for all rows: the best case)
+            "4_variations_over_1_step": round(variations["step_ms"] / one["step_ms"], 2),
+            # what an id costs 4 variations against 1 over the whole generation, resets included
+            "4_variations_over_1_per_id": round(4 * rate1 / rate4, 2),
             "over_eager_float32": round(rate1 / eager_row["cached_tokens_per_s"], 2),
         })
         if "cached_low_precision_tokens_per_s" in eager_row:
@@ -342,7 +354,9 @@ def check_compiled_targets(report: dict) -> list[dict]:
                  "at_least": 400 if avx512 else 250, "measured": c["tokens_per_s"],
                  "met": c["tokens_per_s"] >= (400 if avx512 else 250)},
                 {"target": f"{precision}: 4 variations' step / one variation's step", "at_most": 2,
-                 "measured": c["batch4_over_batch1_step"], "met": c["batch4_over_batch1_step"] <= 2},
+                 "measured": c["4_variations_over_1_step"], "met": c["4_variations_over_1_step"] <= 2},
+                {"target": f"{precision}: 4 variations' id / one variation's id, resets included", "at_most": 2,
+                 "measured": c["4_variations_over_1_per_id"], "met": c["4_variations_over_1_per_id"] <= 2},
             ]
     return checks
 

@@ -5,7 +5,7 @@ microseconds of dispatch: the step is bound by dispatch, not arithmetic. Exporte
 run by onnxruntime's CPU provider, the same step is a few hundred fused kernels with no Python
 in between (figures in BENCHMARKS.md).
 
-Three graphs per model, exported once and cached on disk (`cache_folder()`):
+Four graphs per model, exported once and cached on disk (`cache_folder()`):
 
 * **step**: one token per row -> next-token logits, and the new token's K/V (cross-attend and
   every latent layer). The caches are graph *inputs*, bound once to preallocated numpy buffers
@@ -14,6 +14,9 @@ Three graphs per model, exported once and cached on disk (`cache_folder()`):
   The attention over cache + new token is one softmax over [cached scores, the new score], so
   the graph never concatenates a cache. Keys are cached transposed, (B, H, head_dim, slots),
   so that q @ K is a plain MatMul.
+* **shared_step**: the same step for variations of one primer, with the primer's cross-attend
+  K/V kept once for all rows, beside each row's own (a batch of four read four copies of it,
+  12.6 MB each at 4,096).
 * **inputs** and **latents**, the reset (a full forward with R latents, as
   `PerceiverAR.forward` with a cache) in two parts: the cross-attend K/V of input tokens, and
   the latents' cross-attend over the cached ring plus the latent stack. An input's K/V depend
@@ -51,7 +54,7 @@ from torch import Tensor, nn
 from .checkpoint import sha256_of
 from .model import PerceiverAR
 
-EXPORT_VERSION = 8
+EXPORT_VERSION = 9
 PRECISIONS = ("float32", "int8")
 # generate()'s dtype -> the precision here: None is float32 (exact); torch.qint8 int8 weight products.
 PRECISION_OF = {None: "float32", torch.float32: "float32", torch.qint8: "int8"}
@@ -142,6 +145,41 @@ def _step_attention(q: Tensor, k_t: Tensor, v: Tensor, mask: Tensor, k_new: Tens
     return weights[..., :-1] @ v + weights[..., -1:] * v_new
 
 
+def _ring_step_attention(q: Tensor, k_t: Tensor, v: Tensor, mask: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+    """The cross-attend's step: B queries (B, H, hd), scaled, over each row's cached inputs,
+    keys k_t (B, H, hd, S) and values v (B, H, S, hd) with additive mask (S,), and over its own
+    new key/value (B, H, hd), in one softmax. (A query's scores as (S, hd) @ (hd, 1) instead
+    made the step at batch 1 7 % slower.)"""
+    cached = (q.unsqueeze(2) @ k_t).squeeze(2) + mask  # (B, H, S)
+    own = (q * k_new).sum(-1, keepdim=True)  # (B, H, 1)
+    weights = torch.cat((cached, own), dim=-1).softmax(dim=-1)
+    w_cached, w_own = weights.split([cached.size(-1), 1], dim=-1)
+    return (w_cached.unsqueeze(2) @ v).squeeze(2) + w_own * v_new
+
+
+def _shared_step_attention(q: Tensor, shared_k: Tensor, shared_v: Tensor, shared_mask: Tensor, row_k_t: Tensor,
+                           row_v: Tensor, row_mask: Tensor, k_new: Tensor, v_new: Tensor) -> Tensor:
+    """`_ring_step_attention` over two caches of inputs: `shared` (1, H, S1, hd), the inputs
+    that every row has (the primer under its variations), read once for all rows, and `row`
+    (B, H, hd, S2) keys and (B, H, S2, hd) values, each row's own.
+
+    The shared scores are (S1, hd) @ (hd, B) per head: onnxruntime then streams the cache and
+    packs only the queries (as (B, hd) @ (hd, S1) it first copied the whole cache into packed
+    form, 30 % slower at four rows). Scores and weights are laid out (H, B, slots), so only
+    small tensors move.
+    """
+    H, hd = q.size(1), q.size(2)
+    q_h, k_h, v_h = (t.transpose(0, 1) for t in (q, k_new, v_new))  # (H, B, hd)
+    shared = (shared_k.reshape(H, -1, hd) @ q_h.transpose(1, 2)).transpose(1, 2) + shared_mask  # (H, B, S1)
+    row = (q.unsqueeze(2) @ row_k_t).squeeze(2).transpose(0, 1) + row_mask  # (H, B, S2)
+    own = (q_h * k_h).sum(-1, keepdim=True)  # (H, B, 1)
+    weights = torch.cat((shared, row, own), dim=-1).softmax(dim=-1)
+    w_shared, w_row, w_own = weights.split([shared.size(-1), row.size(-1), 1], dim=-1)
+    y = w_shared @ shared_v.reshape(H, -1, hd) + w_own * v_h  # (H, B, hd)
+    y = y + (w_row.transpose(0, 1).unsqueeze(2) @ row_v).squeeze(2).transpose(0, 1)
+    return y.transpose(0, 1)  # (B, H, hd)
+
+
 def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
     """Full attention with an additive mask (Lq, Lk): q (B, H, Lq, hd), k/v (B, H, Lk, hd)."""
     scores = (q * scale) @ k.transpose(-1, -2) + mask
@@ -151,10 +189,14 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> T
 class StepGraph(nn.Module):
     """The decode step of `PerceiverAR.decode_step` over StaticKVCache-like buffers.
 
-    forward(tokens (B,), pos (1,), cross_k_t, cross_v, cross_mask, latent_mask, k_t0, v0, k_t1,
-    v1, ...) -> logits (B, V), new cross k (B, Hc, hd), new cross v, then the new k and v
-    (B, H, hd) of each latent layer. The caller writes the new K/V into the slots and marks them
-    valid.
+    forward(tokens (B,), pos (1,), [shared_k, shared_v, shared_mask,] cross_k_t, cross_v,
+    cross_mask, latent_mask, k_t0, v0, k_t1, v1, ...) -> logits (B, V), new cross k (B, Hc, hd),
+    new cross v, then the new k and v (B, H, hd) of each latent layer. The cross-attend's cache
+    is each row's own (keys transposed, (B, Hc, hd, S)), and with `shared` also one of the
+    inputs every row has (_shared_step_attention); the latent caches are per row, keys
+    transposed. The caller writes
+    the new K/V into the slots and marks them valid. Two graphs, not one with an empty shared
+    cache: that one's extra nodes cost a batch of one 4 % (BENCHMARKS.md).
 
     The model's arithmetic in fewer, plainer graph nodes (at one token a step costs per node
     more than per multiply): the query weights carry the attention scale (a scaled product
@@ -163,9 +205,9 @@ class StepGraph(nn.Module):
     1 move by reshapes, and nothing is stacked.
     """
 
-    def __init__(self, model: PerceiverAR) -> None:
+    def __init__(self, model: PerceiverAR, shared: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.shared = model, shared
         c, cfg = model.cross, model.config
         d = cfg.d_model
         positions = position_limit(cfg)
@@ -189,23 +231,23 @@ class StepGraph(nn.Module):
                 weight = torch.cat((q, k, _rotated_rows(q, *shape), _rotated_rows(k, *shape), v))
                 self.register_parameter(f"qkv{i}", _frozen(weight))
 
-    def forward(self, tokens, pos, cross_k_t, cross_v, cross_mask, latent_mask, *latent):
+    def forward(self, tokens, pos, *caches):
         # Reshapes name every size but the batch (-1): the graph needs no shape arithmetic.
+        shared, caches = (caches[:3], caches[3:]) if self.shared else ((), caches)
+        cross, latent_mask, latent = caches[:3], caches[3], caches[4:]
         m = self.model
         c = m.cross
         hc, hdc, d = c.heads, c.head_dim, m.config.d_model
         x = m.tok_emb(tokens).reshape(-1, 1, d)  # (B, 1, d)
-        cos, sin = self.cross_cos[pos], self.cross_sin[pos]  # (1, hd): broadcast over (B, 1, H, hd)
-        q, q_rot = F.linear(c.q_norm(x), self.cross_q).reshape(-1, 1, 2 * hc, hdc).split([hc, hc], dim=2)
-        # (B, 1, H, hd) -> (B, H, 1, hd) is a reshape (the moved axis has size 1), not a transpose.
-        q = (q * cos + q_rot * sin).reshape(-1, hc, 1, hdc)
-        k, k_rot, v = F.linear(c.kv_norm(x), self.cross_kv).reshape(-1, 1, 3 * hc, hdc).split([hc, hc, hc], dim=2)
-        k = (k * cos + k_rot * sin).reshape(-1, hc, 1, hdc)
-        v = v.reshape(-1, hc, 1, hdc)
-        y = _step_attention(q, cross_k_t, cross_v, cross_mask, k, v)
-        h = x + c.out(y.reshape(-1, 1, d))  # (B, Hc, 1, hd) -> (B, 1, d): the 1 makes it a reshape
+        cos, sin = self.cross_cos[pos], self.cross_sin[pos]  # (1, hd): broadcast over (B, H, hd)
+        q, q_rot = F.linear(c.q_norm(x), self.cross_q).reshape(-1, 2 * hc, hdc).split([hc, hc], dim=1)
+        q = q * cos + q_rot * sin  # (B, H, hd)
+        k, k_rot, v = F.linear(c.kv_norm(x), self.cross_kv).reshape(-1, 3 * hc, hdc).split([hc, hc, hc], dim=1)
+        k = k * cos + k_rot * sin
+        y = _shared_step_attention(q, *shared, *cross, k, v) if shared else _ring_step_attention(q, *cross, k, v)
+        h = x + c.out(y.reshape(-1, 1, d))
         h = h + _mlp(c.mlp, c.mlp_norm(h))
-        cross_k, cross_v_new = k.reshape(-1, hc, hdc), v.reshape(-1, hc, hdc)
+        cross_k, cross_v_new = k, v
         cos, sin = self.self_cos[pos], self.self_sin[pos]
         new_kv = []  # one output per layer and tensor: no stacking in the graph
         for i, block in enumerate(m.blocks):
@@ -250,11 +292,12 @@ class LatentsGraph(nn.Module):
     """The rest of `PerceiverAR.forward(window, n, cache=..., last_only=True)`: n latents
     cross-attend to the cached inputs, then the latent stack, with the latent caches as outputs.
 
-    forward(latent_ids (B, n), q_pos (n,), cross_k_t (B, Hc, hd, S), cross_v (B, Hc, S, hd),
-    slot_pos (S,)) -> logits (B, V) of the last position, then k_t (B, H, hd, n) and
+    forward(latent_ids (B, n), q_pos (n,), cross_k_t (B or 1, Hc, hd, S), cross_v (B or 1, Hc, S,
+    hd), slot_pos (S,)) -> logits (B, V) of the last position, then k_t (B, H, hd, n) and
     v (B, H, n, hd) of each latent layer. The cross K/V are the decoder's ring as it is: slots
     in any order, each with its position in slot_pos (a slot beyond every query's position,
-    e.g. an empty one, is masked), so the ring is read in place, never gathered into order.
+    e.g. an empty one, is masked), so the ring is read in place, never gathered into order; one
+    ring of batch 1 serves every row (the inputs they all share).
     """
 
     def __init__(self, model: PerceiverAR) -> None:
@@ -343,17 +386,19 @@ def _example_inputs(model: PerceiverAR, batch: int = 2):
     hc, hs = cfg.cross_heads, cfg.n_heads
     S, N = cfg.max_context, cfg.num_latents
     z = torch.zeros
-    step = [torch.full((batch,), 3, dtype=torch.long), torch.zeros(1, dtype=torch.long),
-            z(batch, hc, cfg.d_model // hc, S), z(batch, hc, S, cfg.d_model // hc), z(S), z(N)]
+    hdc = cfg.d_model // hc
+    head = [torch.full((batch,), 3, dtype=torch.long), torch.zeros(1, dtype=torch.long)]
+    rest = [z(batch, hc, hdc, S), z(batch, hc, S, hdc), z(S), z(N)]
     for _ in range(cfg.n_layers):
-        step += [z(batch, hs, cfg.d_model // hs, N), z(batch, hs, N, cfg.d_model // hs)]
+        rest += [z(batch, hs, cfg.d_model // hs, N), z(batch, hs, N, cfg.d_model // hs)]
+    shared = max(S // 4, 1)  # dummy; the slot axes are dynamic
+    step, shared_step = head + rest, head + [z(1, hc, shared, hdc), z(1, hc, shared, hdc), z(shared)] + rest
     T = min(S, max(2 * N, 8))  # dummy sizes; the axes are dynamic
     n = min(N, T - 1) if T > 1 else 1
     ids = torch.full((batch, T), 3, dtype=torch.long)
     inputs = [ids, torch.arange(T)]
-    latents = [ids[:, T - n :].clone(), torch.arange(T - n, T), z(batch, hc, cfg.d_model // hc, T),
-               z(batch, hc, T, cfg.d_model // hc), torch.arange(T)]
-    return {"step": step, "inputs": inputs, "latents": latents}
+    latents = [ids[:, T - n :].clone(), torch.arange(T - n, T), z(1, hc, hdc, T), z(1, hc, T, hdc), torch.arange(T)]
+    return {"step": step, "shared_step": shared_step, "inputs": inputs, "latents": latents}
 
 
 def _export(module: nn.Module, args, path: Path, inputs: list[str], outputs: list[str], dynamic: dict) -> None:
@@ -383,8 +428,9 @@ def _quantize(path: Path, out: Path) -> None:
         root.setLevel(level)
 
 
-def step_names(n_layers: int) -> tuple[list[str], list[str]]:
-    inputs = ["tokens", "pos", "cross_k_t", "cross_v", "cross_mask", "latent_mask"]
+def step_names(n_layers: int, shared: bool = False) -> tuple[list[str], list[str]]:
+    inputs = ["tokens", "pos"] + (["shared_k", "shared_v", "shared_mask"] if shared else [])
+    inputs += ["cross_k_t", "cross_v", "cross_mask", "latent_mask"]
     for i in range(n_layers):
         inputs += [f"latent_k_t{i}", f"latent_v{i}"]
     outputs = ["logits", "new_cross_k", "new_cross_v"]
@@ -409,18 +455,21 @@ def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) ->
     L = model.config.n_layers
     args = _example_inputs(model)
     s_in, s_out = step_names(L)
-    s_dyn = {name: {0: "batch"} for name in s_in if name not in ("pos", "cross_mask", "latent_mask")}
-    s_dyn.update({name: {0: "batch"} for name in s_out})
+    s_dyn = {name: {0: "batch"} for name in s_in + s_out if name not in ("pos", "latent_mask")}
+    s_dyn.update({"cross_k_t": {0: "batch", 3: "S"}, "cross_v": {0: "batch", 2: "S"}, "cross_mask": {0: "S"}})
+    shared_dyn = dict(s_dyn, shared_k={2: "shared"}, shared_v={2: "shared"}, shared_mask={0: "shared"})
     i_dyn = {"ids": {0: "batch", 1: "m"}, "pos": {0: "m"}, "cross_k_t": {0: "batch", 3: "m"},
              "cross_v": {0: "batch", 2: "m"}}
     l_in, l_out = latents_names(L)
-    l_dyn = {"latent_ids": {0: "batch", 1: "n"}, "q_pos": {0: "n"}, "cross_k_t": {0: "batch", 3: "S"},
-             "cross_v": {0: "batch", 2: "S"}, "slot_pos": {0: "S"}, "logits": {0: "batch"}}
+    l_dyn = {"latent_ids": {0: "batch", 1: "n"}, "q_pos": {0: "n"}, "cross_k_t": {0: "ring_batch", 3: "S"},
+             "cross_v": {0: "ring_batch", 2: "S"}, "slot_pos": {0: "S"}, "logits": {0: "batch"}}
     for i in range(L):
         l_dyn[f"latent_k_t{i}"] = {0: "batch", 3: "n"}
         l_dyn[f"latent_v{i}"] = {0: "batch", 2: "n"}
     files = {}
     for name, module, names, dyn in (("step", StepGraph(model), (s_in, s_out), s_dyn),
+                                     ("shared_step", StepGraph(model, shared=True), step_names(L, shared=True),
+                                      shared_dyn),
                                      ("inputs", InputsGraph(model), INPUTS_NAMES, i_dyn),
                                      ("latents", LatentsGraph(model), (l_in, l_out), l_dyn)):
         plain = folder / f"{name}.float32.onnx"
@@ -513,7 +562,7 @@ def _prune_unloadable(root: Path, key: dict) -> None:
             _remove_tree(folder)
 
 
-GRAPHS = ("step", "inputs", "latents")
+GRAPHS = ("step", "shared_step", "inputs", "latents")
 
 
 def _graph_files(folder: Path) -> dict[str, Path]:
@@ -530,7 +579,7 @@ def _remove_tree(path: Path) -> None:
 
 
 class CompiledStep:
-    """The onnxruntime sessions of one model, precision and thread count: step, inputs, latents."""
+    """The onnxruntime sessions of one model, precision and thread count, one per graph (GRAPHS)."""
 
     def __init__(self, files: dict[str, Path], threads: int) -> None:
         import onnxruntime as ort
@@ -545,7 +594,7 @@ class CompiledStep:
         # spinning after the steps made the next reset take twice as long (BENCHMARKS.md).
         options.add_session_config_entry("session.force_spinning_stop", "1")
         providers = ["CPUExecutionProvider"]
-        self.step, self.inputs, self.latents = (
+        self.step, self.shared_step, self.inputs, self.latents = (
             ort.InferenceSession(str(files[name]), options, providers=providers) for name in GRAPHS)
         self.files = files
 
@@ -590,17 +639,115 @@ EMPTY = np.iinfo(np.int64).max  # slot_pos of a slot that holds no input: beyond
 # the filled slots only); a fuller one is read in place, masked slots and all. Measured at 4,096
 # (int8, 2 threads): half full, the copy was 6-10 ms faster; three quarters full, level.
 COPY_RING_BELOW = 0.75
+ROW_SLOTS = 256  # the rows' ring's first size; it doubles as the rows' own inputs outgrow it
+
+
+class _Ring:
+    """Cross-attend K/V of cached inputs for `rows` rows, with every slot's id per row and
+    position (EMPTY and a -inf mask where it holds none). Keys are (rows, H, hd, slots) if
+    `keys_transposed` (what a row's one query multiplies fastest), else (rows, H, slots, hd)
+    like the values (what several queries over one shared cache multiply fastest). The
+    `cached` newest slots before `slot` are in use; `used` slots have ever been written (the
+    whole ring once it wrapped). It grows (a copy) while its slots run out below `limit`
+    slots, then wraps."""
+
+    def __init__(self, rows: int, heads: int, head_dim: int, capacity: int, limit: int, keys_transposed: bool) -> None:
+        self.rows, self.heads, self.head_dim, self.limit = rows, heads, head_dim, limit
+        self.keys_transposed = keys_transposed
+        self.clear(capacity)
+
+    def clear(self, capacity: int) -> None:
+        """Empty, with `capacity` slots (the buffers kept if they have that size already: what
+        masked slots hold does not matter, as long as it is finite)."""
+        if getattr(self, "capacity", None) != capacity:
+            shape = (self.rows, self.heads, capacity, self.head_dim)
+            self.v = np.zeros(shape, np.float32)
+            self.k = np.zeros((self.rows, self.heads, self.head_dim, capacity) if self.keys_transposed else shape, np.float32)
+            self.mask, self.pos = np.empty(capacity, np.float32), np.empty(capacity, np.int64)
+            self.ids = np.zeros((self.rows, capacity), np.int64)
+            self.capacity = capacity
+        self.mask.fill(-np.inf)
+        self.pos.fill(EMPTY)
+        self.slot = self.cached = self.used = 0
+
+    def _keys(self, slots) -> tuple:
+        """The index of `slots` in self.k."""
+        return (..., slots) if self.keys_transposed else (slice(None), slice(None), slots)
+
+    def _grow(self, capacity: int) -> None:
+        old = self.k, self.v, self.mask, self.pos, self.ids
+        slot, cached, used, n = self.slot, self.cached, self.used, self.capacity
+        self.clear(capacity)  # new buffers: the old ones are copied in
+        self.k[self._keys(slice(n))], self.v[:, :, :n], self.mask[:n], self.pos[:n], self.ids[:, :n] = old
+        self.slot, self.cached, self.used = slot, cached, used
+
+    def drop_oldest(self, count: int) -> None:
+        count = min(count, self.cached)
+        slots = (self.slot - self.cached + np.arange(count)) % self.capacity
+        self.pos[slots] = EMPTY
+        self.mask[slots] = -np.inf
+        self.cached -= count
+
+    def cached_ids(self) -> np.ndarray:
+        """The cached inputs' ids (rows, cached), oldest first."""
+        return self.ids[:, (self.slot - self.cached + np.arange(self.cached)) % self.capacity]
+
+    def append(self, ids: np.ndarray, k: np.ndarray, v: np.ndarray, position: int) -> bool:
+        """One input per row (K/V (rows, H, hd)) into the next slot; True if the buffers were
+        replaced (grown), so that whoever bound them binds them again."""
+        grown = self.slot == self.capacity and self.capacity < self.limit
+        if grown:
+            self._grow(min(2 * self.capacity, self.limit))
+        c = self.slot % self.capacity
+        self.k[self._keys(c)], self.v[:, :, c] = k, v
+        self.mask[c], self.pos[c], self.ids[:, c] = 0.0, position, ids
+        self.slot = c + 1
+        self.cached = min(self.cached + 1, self.capacity)
+        self.used = max(self.used, c + 1)
+        return grown
+
+    def fill(self, ids: np.ndarray, first_position: int, k_t: np.ndarray | None = None, v: np.ndarray | None = None) -> None:
+        """Start afresh: the inputs `ids` (rows, T) in slots 0..T-1, at positions from
+        `first_position`, with keys k_t (rows, H, hd, T) and values v (rows, H, T, hd), or
+        none (the caller writes them)."""
+        T = ids.shape[1]
+        if k_t is not None:
+            self.k[self._keys(slice(T))] = k_t if self.keys_transposed else k_t.transpose(0, 1, 3, 2)
+            self.v[:, :, :T] = v
+        self.pos[:T] = np.arange(first_position, first_position + T)
+        self.ids[:, :T] = ids
+        self.mask[:T] = 0.0
+        self.slot = self.cached = self.used = T
+
+    def keys_t(self, count: int) -> np.ndarray:
+        """Slots 0..count-1's keys as (rows, H, hd, count): a view if they are stored so."""
+        k = self.k[self._keys(slice(count))]
+        return k if self.keys_transposed else k.transpose(0, 1, 3, 2)
+
+    def attended(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keys (transposed), values and slot positions for the latents graph: the slots ever
+        written, copied out if the ring is filled below COPY_RING_BELOW (or its keys are not
+        stored transposed), else the whole ring in place."""
+        S = self.used
+        if S < COPY_RING_BELOW * self.capacity or not self.keys_transposed:
+            return np.ascontiguousarray(self.keys_t(S)), self.v[:, :, :S].copy(), self.pos[:S]
+        return self.k, self.v, self.pos
 
 
 class OnnxDecoder:
     """Same interface as generate.EagerDecoder; the caches are numpy buffers that onnxruntime
     reads in place (IO binding), and the decoder writes each step's new K/V into its slot.
 
-    The ring of cross-attend K/V keeps, per slot, the input's id and position. A reset whose
-    window is the cached inputs plus one new id (every reset of the generation loop after the
-    first) computes that one id's K/V and keeps the rest; any other window starts afresh, as
-    does a reset whose positions would run past the graphs' tables (position_limit), which
-    numbers the window from 0 again.
+    The cross-attend's cache is two rings (_Ring): `rows`, each row's own inputs, and in a
+    batch of several rows `shared`, one copy of the inputs that every row has (the primer,
+    under its variations), which the `shared_step` graph reads once for all rows. The shared
+    inputs are the oldest (positions only grow), so they slide out first; once none is left,
+    or in a batch of one, the plain `step` graph runs.
+
+    A reset whose window is the cached inputs plus one new id (every reset of the generation
+    loop after the first) computes that one id's K/V and keeps the rest; any other window
+    starts afresh, as does a reset whose positions would run past the graphs' tables
+    (position_limit), which numbers the window from 0 again.
 
     `reset_runtime`: "onnx" (the graphs) or "torch" (the model's own forward writing into the
     same buffers, always afresh). `threads`: onnxruntime's intra-op threads (default: torch's).
@@ -627,13 +774,8 @@ class OnnxDecoder:
         hdc, hds = cfg.d_model // hc, cfg.d_model // hs
         f32 = np.float32
         B = self.batch = batch
-        self.cross_k_t = np.zeros((B, hc, hdc, self.ring), f32)
-        self.cross_v = np.zeros((B, hc, self.ring, hdc), f32)
-        self.cross_mask = np.full(self.ring, -np.inf, f32)
-        self.slot_pos = np.full(self.ring, EMPTY, np.int64)
-        self.slot_ids = np.zeros((B, self.ring), np.int64)
-        self.cached = 0  # slots holding an input: the newest `cached` before cross_slot
-        self.used = 0  # slots 0..used-1 have held an input (the whole ring once it wrapped)
+        self.shared = _Ring(1, hc, hdc, 1, self.ring, keys_transposed=False)  # a batch of one leaves it empty
+        self.rows = _Ring(B, hc, hdc, self.ring if B == 1 else min(ROW_SLOTS, self.ring), self.ring, keys_transposed=True)
         self.latent_k_t = np.zeros((self.L, B, hs, hds, self.N), f32)  # one block: one write per step
         self.latent_v = np.zeros((self.L, B, hs, self.N, hds), f32)
         self.latent_mask = np.full(self.N, -np.inf, f32)
@@ -644,73 +786,97 @@ class OnnxDecoder:
         self.new_cross_v = np.zeros((B, hc, hdc), f32)
         self.new_latent_k = np.zeros((self.L, B, hs, hds), f32)
         self.new_latent_v = np.zeros((self.L, B, hs, hds), f32)
-        self.cross_slot = self.latent_slot = 0
+        self.latent_slot = 0
         self.resets = {"afresh": 0, "continued": 0}
-        # Bound once: OrtValues over the numpy buffers share their memory.
-        self._keep = []  # the OrtValues must outlive the binding
-
-        def value(array: np.ndarray):
-            v = ort.OrtValue.ortvalue_from_numpy(array)
-            self._keep.append(v)
-            return v
-
-        binding = self.compiled.step.io_binding()
-        s_in, s_out = step_names(self.L)
-        arrays = [self.tokens, self.pos, self.cross_k_t, self.cross_v, self.cross_mask, self.latent_mask]
+        # Bound to the numpy buffers: OrtValues over them share their memory, and must outlive
+        # the bindings (kept by name; a ring that grows or shrinks is bound again).
+        self._bound: dict = {}
+        graphs = {"step": step_names(self.L)} if B == 1 else {
+            "step": step_names(self.L), "shared_step": step_names(self.L, shared=True)}
+        self.bindings = {name: (getattr(self.compiled, name).io_binding(), set(ins), set(outs))
+                         for name, (ins, outs) in graphs.items()}
+        arrays = {"tokens": self.tokens, "pos": self.pos, "latent_mask": self.latent_mask}
         for i in range(self.L):
-            arrays += [self.latent_k_t[i], self.latent_v[i]]
-        for name, array in zip(s_in, arrays):
-            binding.bind_ortvalue_input(name, value(array))
-        outs = [self.logits, self.new_cross_k, self.new_cross_v]
+            arrays[f"latent_k_t{i}"], arrays[f"latent_v{i}"] = self.latent_k_t[i], self.latent_v[i]
+        outs = {"logits": self.logits, "new_cross_k": self.new_cross_k, "new_cross_v": self.new_cross_v}
         for i in range(self.L):  # each layer's output lands in its row of one block
-            outs += [self.new_latent_k[i], self.new_latent_v[i]]
-        for name, array in zip(s_out, outs):
-            binding.bind_ortvalue_output(name, value(array))
-        self.binding = binding
+            outs[f"new_latent_k{i}"], outs[f"new_latent_v{i}"] = self.new_latent_k[i], self.new_latent_v[i]
+        for name, array in arrays.items():
+            self._bind(name, array)
+        for name, array in outs.items():
+            self._bind(name, array)
+        self._bind_ring("shared", self.shared)
+        self._bind_ring("cross", self.rows)
 
-    # -- the ring of input K/V --
+    def _bind(self, name: str, array: np.ndarray) -> None:
+        import onnxruntime as ort
 
-    def _cached_slots(self, count: int) -> np.ndarray:
-        """The slots of the newest `count` cached inputs, oldest first."""
-        return (self.cross_slot - count + np.arange(count)) % self.ring
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        self._bound[name] = value
+        for binding, inputs, outputs in self.bindings.values():
+            if name in inputs:
+                binding.bind_ortvalue_input(name, value)
+            elif name in outputs:
+                binding.bind_ortvalue_output(name, value)
+
+    def _bind_ring(self, name: str, ring: _Ring) -> None:
+        self._bind(f"{name}_k_t" if ring.keys_transposed else f"{name}_k", ring.k)
+        self._bind(f"{name}_v", ring.v)
+        self._bind(f"{name}_mask", ring.mask)
+
+    # -- the rings of input K/V --
+
+    @property
+    def cached(self) -> int:
+        return self.shared.cached + self.rows.cached
+
+    def _cached_ids(self) -> np.ndarray:
+        """The cached inputs' ids (B, cached), oldest first."""
+        shared = self.shared.cached_ids()
+        return np.concatenate((np.broadcast_to(shared, (self.batch, shared.shape[1])), self.rows.cached_ids()), axis=1)
 
     def _continues(self, ids: np.ndarray) -> bool:
         """Whether the window is the newest cached inputs plus one new id."""
         keep = ids.shape[1] - 1
         if not 1 <= keep <= self.cached or ids.shape[0] != self.batch:
             return False
-        return bool(np.array_equal(self.slot_ids[:, self._cached_slots(keep)], ids[:, :keep]))
+        return bool(np.array_equal(self._cached_ids()[:, self.cached - keep :], ids[:, :keep]))
 
     def _drop_oldest(self, count: int) -> None:
-        slots = self._cached_slots(self.cached)[:count]
-        self.slot_pos[slots] = EMPTY
-        self.cross_mask[slots] = -np.inf
-        self.cached -= count
+        """The oldest inputs slide out: the shared ones first (they are the oldest)."""
+        from_shared = min(count, self.shared.cached)
+        self.shared.drop_oldest(from_shared)
+        self.rows.drop_oldest(count - from_shared)
+        if self.shared.cached == 0 and self.shared.capacity > 1:
+            self.shared.clear(1)  # all slid out
+            self._bind_ring("shared", self.shared)
 
     def _cache_input(self, ids: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
-        """Write one input per row (K/V (B, Hc, hd)) into the next slot at the next position."""
-        c = self.cross_slot
-        self.cross_k_t[..., c] = k
-        self.cross_v[:, :, c] = v
-        self.cross_mask[c] = 0.0
-        self.slot_pos[c] = self.pos[0]
-        self.slot_ids[:, c] = ids
+        """One new input per row (K/V (B, Hc, hd)) at the next position."""
+        if self.rows.append(ids, k, v, int(self.pos[0])):
+            self._bind_ring("cross", self.rows)
         self.pos[0] += 1
-        self.cross_slot = (c + 1) % self.ring
-        self.cached = min(self.cached + 1, self.ring)
-        self.used = max(self.used, c + 1)
 
-    def _cache_window(self, ids: np.ndarray) -> None:
-        """Start afresh: the window's inputs in slots 0..T-1 at positions 0..T-1 (their K/V
+    def _start_afresh(self, ids: np.ndarray, common: int) -> None:
+        """Empty rings sized for the window `ids` (B, T), whose first `common` ids are the same
+        in every row (shared) and the rest each row's own, at positions 0..T-1 (their K/V
         written by the caller)."""
         T = ids.shape[1]
-        self.slot_pos.fill(EMPTY)
-        self.slot_pos[:T] = np.arange(T)
-        self.slot_ids[:, :T] = ids
-        self.cross_mask.fill(-np.inf)
-        self.cross_mask[:T] = 0.0
+        self.shared.clear(max(common, 1))
+        self.rows.clear(self.ring if self.batch == 1 else min(self.ring, max(ROW_SLOTS, T - common)))
+        self.shared.fill(ids[:1, :common], 0)
+        self.rows.fill(ids[:, common:], common)
+        self._bind_ring("shared", self.shared)
+        self._bind_ring("cross", self.rows)
         self.pos[0] = T
-        self.cross_slot, self.cached, self.used = T % self.ring, T, T
+
+    def _common_prefix(self, ids: np.ndarray) -> int:
+        """How many leading ids every row of the window has in common (none in a batch of one:
+        its inputs are its own)."""
+        if self.batch == 1:
+            return 0
+        differs = (ids != ids[:1]).any(axis=0)
+        return int(differs.argmax()) if differs.any() else ids.shape[1]
 
     # -- reset and step --
 
@@ -720,8 +886,8 @@ class OnnxDecoder:
         ids = np.ascontiguousarray(window.to("cpu", torch.long).numpy())
         T = ids.shape[1]
         n = min(num_latents, T)
-        if self.reset_runtime == "torch":
-            self._cache_window(ids)
+        if self.reset_runtime == "torch":  # the model's own forward writes the rows' ring
+            self._start_afresh(ids, 0)
             self.resets["afresh"] += 1
             logits = self.torch_model(window.to("cpu", torch.long), n, cache=_BufferCache(self), last_only=True)
             logits = logits[:, -1].float()
@@ -735,10 +901,12 @@ class OnnxDecoder:
                 self._cache_input(ids[:, -1], k_t[..., 0], v[:, :, 0])
                 self.resets["continued"] += 1
             else:
-                k_t, v = inputs.run(None, {"ids": ids, "pos": np.arange(T, dtype=np.int64)})
-                self.cross_k_t[..., :T] = k_t
-                self.cross_v[:, :, :T] = v
-                self._cache_window(ids)
+                P = self._common_prefix(ids)
+                self._start_afresh(ids, P)
+                for ring, part, first in ((self.shared, ids[:1, :P], 0), (self.rows, ids[:, P:], P)):
+                    if part.shape[1]:
+                        positions = np.arange(first, first + part.shape[1], dtype=np.int64)
+                        ring.fill(part, first, *inputs.run(None, {"ids": part, "pos": positions}))
                 self.resets["afresh"] += 1
             logits = self._latents(ids[:, T - n :], np.arange(self.pos[0] - n, self.pos[0], dtype=np.int64))
         self.latent_mask.fill(-np.inf)
@@ -746,14 +914,24 @@ class OnnxDecoder:
         self.latent_slot = n
         return logits
 
+    def _attended_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cross K/V (1 or B rows) and slot positions that the latents attend to: one ring
+        as it lies if the other is empty, else both rings side by side (a copy)."""
+        if self.rows.cached == 0:
+            return self.shared.attended()
+        if self.shared.cached == 0:
+            return self.rows.attended()
+        S1, S2, H, hd = self.shared.used, self.rows.used, self.shared.heads, self.shared.head_dim
+        k_t = np.empty((self.batch, H, hd, S1 + S2), np.float32)
+        v = np.empty((self.batch, H, S1 + S2, hd), np.float32)
+        k_t[..., :S1], v[:, :, :S1] = self.shared.keys_t(S1), self.shared.v[:, :, :S1]
+        k_t[..., S1:], v[:, :, S1:] = self.rows.keys_t(S2), self.rows.v[:, :, :S2]
+        return k_t, v, np.concatenate((self.shared.pos[:S1], self.rows.pos[:S2]))
+
     def _latents(self, latent_ids: np.ndarray, q_pos: np.ndarray) -> Tensor:
-        S = self.used
-        if S < COPY_RING_BELOW * self.ring:  # attend to the slots in use only
-            k_t, v = np.ascontiguousarray(self.cross_k_t[..., :S]), np.ascontiguousarray(self.cross_v[:, :, :S])
-        else:
-            S, k_t, v = self.ring, self.cross_k_t, self.cross_v
+        k_t, v, slot_pos = self._attended_inputs()
         out = self.compiled.latents.run(None, {"latent_ids": np.ascontiguousarray(latent_ids), "q_pos": q_pos,
-                                               "cross_k_t": k_t, "cross_v": v, "slot_pos": self.slot_pos[:S]})
+                                               "cross_k_t": k_t, "cross_v": v, "slot_pos": slot_pos})
         n = latent_ids.shape[1]
         for i in range(self.L):
             self.latent_k_t[i, ..., :n] = out[1 + 2 * i]
@@ -765,8 +943,10 @@ class OnnxDecoder:
             raise RuntimeError("latent cache full: the generation loop missed a reset")
         self.tokens[:] = tokens.numpy() if tokens.device.type == "cpu" else tokens.cpu().numpy()
         s = self.latent_slot
-        self.cross_mask[self.cross_slot] = -np.inf  # the slot's old key (the oldest input once slid) drops out
-        self.compiled.step.run_with_iobinding(self.binding)
+        if self.cached == self.ring:  # the window is full: its oldest input drops out
+            self._drop_oldest(1)
+        graph = "shared_step" if self.shared.cached else "step"
+        getattr(self.compiled, graph).run_with_iobinding(self.bindings[graph][0])
         self._cache_input(self.tokens, self.new_cross_k, self.new_cross_v)
         self.latent_k_t[..., s] = self.new_latent_k
         self.latent_v[:, :, :, s] = self.new_latent_v
@@ -782,9 +962,9 @@ class _BufferCache:
         self.d = decoder
 
     def store_cross(self, k: Tensor, v: Tensor) -> None:
-        T = k.size(2)
-        self.d.cross_k_t[..., :T] = k.float().transpose(-1, -2).numpy()
-        self.d.cross_v[:, :, :T] = v.float().numpy()
+        T = k.size(2)  # afresh, all in the rows' ring
+        self.d.rows.k[..., :T] = k.float().transpose(-1, -2).numpy()
+        self.d.rows.v[:, :, :T] = v.float().numpy()
 
     def store_latent(self, layer: int, k: Tensor, v: Tensor) -> None:
         n = k.size(2)

@@ -76,6 +76,55 @@ def test_compiled_step_in_a_batch_of_different_rows(tmp_path):
     assert not torch.allclose(a[0], a[1])  # the rows really differ
 
 
+def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch):
+    # The primer's cross-attend K/V are kept once for all variations (the shared ring) and each
+    # variation's own ids in the rows' ring, which grows as they come; the primer slides out
+    # of the window, and a window whose rows share only their first ids shares just those.
+    monkeypatch.setattr(decode_onnx, "ROW_SLOTS", 4)  # so that the rows' ring grows several times
+    model = random_model(seed=6)
+    B, primer_len = 3, 40
+    g = torch.Generator().manual_seed(2)
+    primer = torch.randint(3, 300, (1, primer_len), generator=g).repeat(B, 1)
+    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path)
+    R = default_reset_latents(N)
+
+    def run(window, eager, steps):
+        latents, shared_cached, row_slots = R, [], []
+        for _ in range(steps):
+            tokens = torch.randint(3, 300, (B,), generator=g)
+            window.append(tokens)
+            if latents >= N:
+                latents = R
+                a, b = eager.reset(window.view(), R), compiled.reset(window.view(), R)
+            else:
+                latents += 1
+                a, b = eager.step(tokens, window.view()), compiled.step(tokens, window.view())
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+            shared_cached.append(compiled.shared.cached)
+            row_slots.append(compiled.rows.capacity)
+        return shared_cached, row_slots
+
+    with torch.inference_mode():
+        window = TokenWindow(primer, B, MAX_CONTEXT, torch.device("cpu"))
+        torch.testing.assert_close(compiled.reset(window.view(), R), eager.reset(window.view(), R), atol=1e-4, rtol=1e-4)
+        assert (compiled.shared.cached, compiled.rows.cached) == (primer_len, 0)
+        shared_cached, row_slots = run(window, eager, 3 * MAX_CONTEXT)
+        assert shared_cached[0] == primer_len and shared_cached[-1] == 0  # slid out, oldest first
+        assert all(a >= b for a, b in zip(shared_cached, shared_cached[1:]))
+        assert compiled.shared.capacity == 1  # the steps no longer read it
+        assert len(set(row_slots)) >= 4 and row_slots[-1] == MAX_CONTEXT
+        assert compiled.resets["continued"] > 10
+
+        partial = window.view().clone()
+        partial[:, :10] = partial[0, :10]
+        common = int((partial != partial[0]).any(dim=0).int().argmax())
+        assert common >= 10
+        eager = EagerDecoder(model)
+        torch.testing.assert_close(compiled.reset(partial, R), eager.reset(partial, R), atol=1e-4, rtol=1e-4)
+        assert (compiled.shared.cached, compiled.rows.cached) == (common, partial.shape[1] - common)
+        run(TokenWindow(partial, B, MAX_CONTEXT, torch.device("cpu")), eager, MAX_CONTEXT)
+
+
 def test_a_reset_over_another_window_starts_afresh(tmp_path):
     # Only a window that is the cached inputs plus one new id keeps the cache: an edited or
     # unrelated window (a caller's own schedule) is encoded anew.
