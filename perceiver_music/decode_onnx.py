@@ -756,8 +756,6 @@ class OnnxDecoder:
     def __init__(self, model: PerceiverAR, batch: int, *, precision: str = "float32", reset_runtime: str = "onnx",
                  threads: int | None = None, cache_dir: Path | None = None, torch_model: PerceiverAR | None = None,
                  sessions: SessionCache = SESSIONS) -> None:
-        import onnxruntime as ort
-
         cfg = model.config
         if cfg.attention != "softmax":
             raise ValueError("the compiled step supports softmax attention only")
