@@ -194,9 +194,9 @@ class StepGraph(nn.Module):
     new cross v, then the new k and v (B, H, hd) of each latent layer. The cross-attend's cache
     is each row's own (keys transposed, (B, Hc, hd, S)), and with `shared` also one of the
     inputs every row has (_shared_step_attention); the latent caches are per row, keys
-    transposed. The caller writes
-    the new K/V into the slots and marks them valid. Two graphs, not one with an empty shared
-    cache: that one's extra nodes cost a batch of one 4 % (BENCHMARKS.md).
+    transposed. The caller writes the new K/V into the slots and marks them valid. Two graphs,
+    not one with an empty shared cache: that one's extra nodes cost a batch of one 4 %
+    (BENCHMARKS.md).
 
     The model's arithmetic in fewer, plainer graph nodes (at one token a step costs per node
     more than per multiply): the query weights carry the attention scale (a scaled product
