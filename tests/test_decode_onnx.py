@@ -25,6 +25,25 @@ def decoder(model, batch=1, cache_dir=None, **kw) -> OnnxDecoder:
     return OnnxDecoder(model, batch, cache_dir=cache_dir, sessions=kw.pop("sessions", SessionCache()), **kw)
 
 
+def decode_side_by_side(window, eager, compiled, steps, g, R, after_each=lambda: None):
+    """Appends `steps` random ids to every row of `window` and runs both decoders on the
+    generation loop's schedule (a cheap step per id, a reset once N latents are cached),
+    checking at each id that the compiled logits are the eager ones. Returns the last logits."""
+    latents = R
+    for _ in range(steps):
+        tokens = torch.randint(3, 300, (window.view().shape[0],), generator=g)
+        window.append(tokens)
+        if latents >= N:
+            latents = R
+            a, b = eager.reset(window.view(), R), compiled.reset(window.view(), R)
+        else:
+            latents += 1
+            a, b = eager.step(tokens, window.view()), compiled.step(tokens, window.view())
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+        after_each()
+    return a
+
+
 # ---- exactness ----------------------------------------------------------------------------------
 
 
@@ -62,17 +81,7 @@ def test_compiled_step_in_a_batch_of_different_rows(tmp_path):
     with torch.inference_mode():
         window = TokenWindow(rows, B, MAX_CONTEXT, torch.device("cpu"))
         torch.testing.assert_close(compiled.reset(window.view(), R), eager.reset(window.view(), R), atol=1e-4, rtol=1e-4)
-        latents = R
-        for _ in range(3 * MAX_CONTEXT):
-            tokens = torch.randint(3, 300, (B,), generator=g)
-            window.append(tokens)
-            if latents >= N:
-                latents = R
-                a, b = eager.reset(window.view(), R), compiled.reset(window.view(), R)
-            else:
-                latents += 1
-                a, b = eager.step(tokens, window.view()), compiled.step(tokens, window.view())
-            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+        a = decode_side_by_side(window, eager, compiled, 3 * MAX_CONTEXT, g, R)
     assert not torch.allclose(a[0], a[1])  # the rows really differ
 
 
@@ -89,19 +98,13 @@ def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch)
     R = default_reset_latents(N)
 
     def run(window, eager, steps):
-        latents, shared_cached, row_slots = R, [], []
-        for _ in range(steps):
-            tokens = torch.randint(3, 300, (B,), generator=g)
-            window.append(tokens)
-            if latents >= N:
-                latents = R
-                a, b = eager.reset(window.view(), R), compiled.reset(window.view(), R)
-            else:
-                latents += 1
-                a, b = eager.step(tokens, window.view()), compiled.step(tokens, window.view())
-            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+        shared_cached, row_slots = [], []
+
+        def record():
             shared_cached.append(compiled.shared.cached)
             row_slots.append(compiled.rows.capacity)
+
+        decode_side_by_side(window, eager, compiled, steps, g, R, after_each=record)
         return shared_cached, row_slots
 
     with torch.inference_mode():
