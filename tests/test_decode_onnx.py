@@ -91,7 +91,7 @@ def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch)
     # of the window, and a window whose rows share only their first ids shares just those.
     monkeypatch.setattr(decode_onnx, "ROW_SLOTS", 4)  # so that the rows' ring grows several times
     model = random_model(seed=6)
-    B, primer_len = 3, 40
+    B, primer_len = decode_onnx.SHARE_FROM_ROWS, 40
     g = torch.Generator().manual_seed(2)
     primer = torch.randint(3, 300, (1, primer_len), generator=g).repeat(B, 1)
     eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path)
@@ -126,6 +126,22 @@ def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch)
         torch.testing.assert_close(compiled.reset(partial, R), eager.reset(partial, R), atol=1e-4, rtol=1e-4)
         assert (compiled.shared.cached, compiled.rows.cached) == (common, partial.shape[1] - common)
         run(TokenWindow(partial, B, MAX_CONTEXT, torch.device("cpu")), eager, MAX_CONTEXT)
+
+
+def test_fewer_variations_than_share_from_rows_keep_their_own_inputs(tmp_path):
+    # Two variations read their primer's K/V each: sharing it did not pay below SHARE_FROM_ROWS.
+    model = random_model(seed=7)
+    B = decode_onnx.SHARE_FROM_ROWS - 1
+    g = torch.Generator().manual_seed(3)
+    primer = torch.randint(3, 300, (1, 40), generator=g).repeat(B, 1)
+    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path)
+    R = default_reset_latents(N)
+    with torch.inference_mode():
+        window = TokenWindow(primer, B, MAX_CONTEXT, torch.device("cpu"))
+        torch.testing.assert_close(compiled.reset(window.view(), R), eager.reset(window.view(), R), atol=1e-4, rtol=1e-4)
+        assert (compiled.shared.cached, compiled.rows.cached, compiled.rows.capacity) == (0, 40, MAX_CONTEXT)
+        decode_side_by_side(window, eager, compiled, MAX_CONTEXT, g, R)
+    assert compiled.shared.cached == 0
 
 
 def test_a_reset_over_another_window_starts_afresh(tmp_path):
