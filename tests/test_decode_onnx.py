@@ -129,7 +129,8 @@ def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch)
 
 
 def test_fewer_variations_than_share_from_rows_keep_their_own_inputs(tmp_path):
-    # Two variations read their primer's K/V each: sharing it did not pay below SHARE_FROM_ROWS.
+    # Fewer variations than SHARE_FROM_ROWS (the web app's 1 or 2) read their primer's K/V each:
+    # sharing it did not pay there.
     model = random_model(seed=7)
     B = decode_onnx.SHARE_FROM_ROWS - 1
     g = torch.Generator().manual_seed(3)
