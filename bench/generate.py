@@ -19,6 +19,8 @@ Prints one JSON object:
                                                      # eager vs compiled only (a few minutes)
     ATEN_CPU_CAPABILITY=avx2 python bench/generate.py --no-native-bfloat16 ...
                                                      # PyTorch as on an AVX2-only laptop
+    python bench/avx2_laptop.py -- python bench/generate.py ...
+                                                     # PyTorch and onnxruntime without AVX-512
     python bench/generate.py --device cuda --dtype bfloat16
     python bench/generate.py --quick                 # small sizes, a smoke run
     scripts/device/bench_gpu.sh PART                 # the GPU figures, in parts that fit a device call
@@ -269,9 +271,9 @@ def cpu_features() -> dict:
         "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
         "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
-        # onnxruntime (MLAS) picks its kernels by CPUID at run time and has no switch to leave
-        # AVX-512 out (only the QMoE operator reads ORT_QMOE_CPU_DISABLE_AVX512): its figures
-        # here are this CPU's.
+        # onnxruntime (MLAS) picks its kernels by CPUID and XCR0 when it loads and has no switch
+        # to leave AVX-512 out; bench/avx2_laptop.py runs a command on a patched copy that does.
+        "onnxruntime_isa": os.environ.get("PERCEIVER_MUSIC_ONNXRUNTIME_ISA", "this CPU's"),
         "torch_native_bfloat16": native_bfloat16(),
     }
 
