@@ -167,7 +167,11 @@ def main() -> int:
             print(f"avx2_laptop: {e}", file=sys.stderr)
             return 2
         pythonpath = os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))
-        native, patched = probe(os.environ.get("PYTHONPATH")), probe(pythonpath)
+        try:
+            native, patched = probe(os.environ.get("PYTHONPATH")), probe(pythonpath)
+        except (subprocess.CalledProcessError, ValueError) as e:
+            print(f"avx2_laptop: the check of the copy failed: {e}", file=sys.stderr)
+            return 2
         report.update(native_fp32_gflops_1_thread=native["fp32_gflops_1_thread"],
                       patched_fp32_gflops_1_thread=patched["fp32_gflops_1_thread"],
                       patched_u8s8_exact=patched["u8s8_exact"])
