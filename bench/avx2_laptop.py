@@ -102,10 +102,10 @@ def text_section(library: Path) -> tuple[int, int, int]:
     raise PatchError(f"objdump found no .text section in {library}")
 
 
-def xgetbv_offsets(library: Path) -> list[int]:
-    """File offsets of the xgetbv instructions: objdump decodes instruction boundaries, which
-    a byte search cannot (0f 01 d0 also occurs inside other instructions and in data)."""
-    address, offset, _ = text_section(library)
+def xgetbv_offsets(library: Path, address: int, offset: int) -> list[int]:
+    """File offsets of the xgetbv instructions in .text (at `address`, file `offset`): objdump
+    decodes instruction boundaries, which a byte search cannot (0f 01 d0 also occurs inside
+    other instructions and in data)."""
     out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", "-j", ".text", str(library)],
                          capture_output=True, text=True, check=True).stdout
     found = re.findall(r"^\s*([0-9a-f]+):\s+xgetbv\b", out, re.MULTILINE)
@@ -120,16 +120,16 @@ def patch(package: Path, dest: Path, keep_avx_vnni: bool) -> dict:
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
     library = native_library(copy)
     data = bytearray(library.read_bytes())
-    sites = xgetbv_offsets(library)
+    address, text, size = text_section(library)
+    sites = xgetbv_offsets(library, address, text)
     if not sites:
         raise PatchError(f"no xgetbv in {library.name}: not a layout this script knows")
     for at in sites:
         if data[at:at + 3] != XGETBV:
             raise PatchError(f"offset {at:#x} of {library.name} is not an xgetbv")
         data[at:at + 3] = XCR0_AVX
-    _, text, size = text_section(library)
-    probes = [m.start() + text for m in re.finditer(re.escape(AVX_VNNI_PROBE), bytes(data[text:text + size]))]
     if not keep_avx_vnni:
+        probes = [m.start() + text for m in re.finditer(re.escape(AVX_VNNI_PROBE), bytes(data[text:text + size]))]
         if len(probes) != 1:
             raise PatchError(f"expected one AVX-VNNI probe in {library.name}, found {len(probes)}")
         data[probes[0] + len(AVX_VNNI_PROBE) - 1] = JMP_SHORT
