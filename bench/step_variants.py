@@ -1,0 +1,249 @@
+"""Alternatives to the shipped compiled step, timed against it in one run (issue 13).
+
+The int8 step (decode_onnx.py) moves about 35 MB a step at 4,096: int8 weights, the cross-attend
+K/V and the latent K/V (9.4 MB a row, float32). Two ways to move fewer bytes, each exported
+from the same model and run on the same caches as the shipped graphs:
+
+  int8                  the shipped step: dynamic int8 weight products, caches float32
+  int8-latent-float16   the same, with the latent K/V cached in float16 and cast to float32 in
+                        the graph (onnxruntime has no float16 MatMul on x86 CPUs)
+  int4                  weights in 4 bits (MatMulNBits, blocks of 32, int8 compute); needs the
+                        onnx_ir package, else reported as skipped
+
+The caches are real: a float32 reset over the end of the longest shipped primer (nearly max_context ids,
+R latents). Batch 1 is that window; "4 variations" is the shared_step graph with the window as
+the shared ring and 256 empty own slots, four rows of latent caches, and the four most likely
+next ids. Each round times every graph (a short burst each, interleaved), so slow spells of a
+shared machine fall on all of them; ratios are per round, then the median.
+
+Prints one JSON object: each variant's median step ms (batch 1 and 4 variations), its paired
+ratio to the shipped int8 step, its 4-variation step over its batch-1 step, and how far its
+next-id distributions are from the float32 step's at that one position (total variation; the
+NLL along generate's schedule is bench/precision.py's and bench/precision_int4.py's).
+
+    python bench/step_variants.py --threads 2 --rounds 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from perceiver_music import decode_onnx as D  # noqa: E402
+from perceiver_music.checkpoint import load_checkpoint  # noqa: E402
+from perceiver_music.evaluate import load_eval_works  # noqa: E402
+from perceiver_music.generate import default_reset_latents  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from generate import machine  # noqa: E402
+
+OWN_SLOTS = 256  # the rows' ring of variations starts this size (decode_onnx.ROW_SLOTS)
+
+
+class LatentFloat16Step(torch.nn.Module):
+    """StepGraph whose latent caches are float16 graph inputs, cast to float32 where read."""
+
+    def __init__(self, model, shared: bool) -> None:
+        super().__init__()
+        self.graph, self.first_latent = D.StepGraph(model, shared=shared), (3 if shared else 0) + 4
+
+    def forward(self, tokens, pos, *caches):
+        caches = list(caches)
+        for i in range(self.first_latent, len(caches)):
+            caches[i] = caches[i].float()
+        return self.graph(tokens, pos, *caches)
+
+
+def quantize_int4(path: Path, out: Path) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs every node it skips
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=4, block_size=32, is_symmetric=True,
+                                     accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), False)
+
+
+def int4_available() -> str | None:
+    """None if the int4 quantiser can run, else why not."""
+    try:
+        import onnx_ir  # noqa: F401
+        from onnxruntime.quantization import matmul_nbits_quantizer  # noqa: F401
+    except ImportError as error:
+        return f"{error.name or error} is not installed"
+    return None
+
+
+def dynamic_axes(names: tuple[list[str], list[str]], shared: bool) -> dict:
+    inputs, outputs = names
+    axes = {name: {0: "batch"} for name in inputs + outputs if name not in ("pos", "latent_mask")}
+    axes.update({"cross_k_t": {0: "batch", 3: "S"}, "cross_v": {0: "batch", 2: "S"}, "cross_mask": {0: "S"}})
+    if shared:
+        axes.update(shared_k={2: "shared"}, shared_v={2: "shared"}, shared_mask={0: "shared"})
+    return axes
+
+
+def export_graphs(model, folder: Path, variants: list[str]) -> dict:
+    """{(variant, graph): onnx file} for graph in step, shared_step; plus the float32 reference."""
+    examples = D._example_inputs(model)
+    first_latent = {"step": 2 + 4, "shared_step": 5 + 4}
+    files = {}
+    for graph in ("step", "shared_step"):
+        shared = graph == "shared_step"
+        names = D.step_names(model.config.n_layers, shared)
+        plain = folder / f"{graph}.float32.onnx"
+        D._export(D.StepGraph(model, shared=shared).eval(), examples[graph], plain, *names, dynamic_axes(names, shared))
+        files[("float32", graph)] = plain
+        for variant in variants:
+            out = folder / f"{graph}.{variant}.onnx"
+            if variant == "int8":
+                D._quantize(plain, out)
+            elif variant == "int4":
+                quantize_int4(plain, out)
+            elif variant == "int8-latent-float16":
+                args = [a.half() if i >= first_latent[graph] else a for i, a in enumerate(examples[graph])]
+                half = folder / f"{graph}.latent-float16.float32.onnx"
+                D._export(LatentFloat16Step(model, shared).eval(), args, half, *names, dynamic_axes(names, shared))
+                D._quantize(half, out)
+            files[(variant, graph)] = out
+    return files
+
+
+def real_caches(model, data: str, threads: int) -> tuple[dict, dict]:
+    """The step graphs' inputs (batch 1, 4 variations) after a float32 reset over the end of the
+    longest work in `data`."""
+    cfg = model.config
+    works, _ = load_eval_works(data, split="test")
+    ids = max(works, key=len)[-(cfg.max_context - 1):].tolist()
+    decoder = D.OnnxDecoder(model, 1, precision="float32", threads=threads)
+    logits = decoder.reset(torch.tensor([ids]), default_reset_latents(cfg.num_latents))
+    rows, L = decoder.rows, cfg.n_layers
+    one = {"tokens": logits.argmax(-1).numpy().astype(np.int64), "pos": decoder.pos.copy(),
+           "cross_k_t": rows.k.copy(), "cross_v": rows.v.copy(), "cross_mask": rows.mask.copy(),
+           "latent_mask": decoder.latent_mask.copy()}
+    for i in range(L):
+        one[f"latent_k_t{i}"], one[f"latent_v{i}"] = decoder.latent_k_t[i].copy(), decoder.latent_v[i].copy()
+    H, hd = rows.heads, rows.head_dim
+    four = {"tokens": logits[0].topk(4).indices.numpy().astype(np.int64), "pos": decoder.pos.copy(),
+            "shared_k": np.ascontiguousarray(rows.k.transpose(0, 1, 3, 2)), "shared_v": rows.v.copy(),
+            "shared_mask": rows.mask.copy(),
+            "cross_k_t": np.zeros((4, H, hd, OWN_SLOTS), np.float32),
+            "cross_v": np.zeros((4, H, OWN_SLOTS, hd), np.float32),
+            "cross_mask": np.full(OWN_SLOTS, -np.inf, np.float32), "latent_mask": decoder.latent_mask.copy()}
+    for i in range(L):
+        four[f"latent_k_t{i}"] = np.repeat(one[f"latent_k_t{i}"], 4, axis=0)
+        four[f"latent_v{i}"] = np.repeat(one[f"latent_v{i}"], 4, axis=0)
+    return one, four
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()  # as decode_onnx.CompiledStep
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def bound(sess, feeds: dict, half_latents: bool) -> tuple:
+    """An IO binding of feeds (latent caches float16 if asked), the OrtValues it reads kept alive."""
+    import onnxruntime as ort
+
+    binding, values = sess.io_binding(), []
+    for name, array in feeds.items():
+        if half_latents and name.startswith("latent_") and name != "latent_mask":
+            array = array.astype(np.float16)
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        values.append(value)
+        binding.bind_ortvalue_input(name, value)
+    for output in sess.get_outputs():
+        binding.bind_output(output.name)
+    return binding, values
+
+
+def total_variation(logits: np.ndarray, reference: np.ndarray) -> float:
+    p, q = (torch.from_numpy(x).float().softmax(-1) for x in (logits, reference))
+    return round(0.5 * float((p - q).abs().sum(-1).max()), 5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(REPO / "assets" / "model"))
+    ap.add_argument("--data", default=str(REPO / "assets" / "primers"),
+                    help="a prepared DATA_DIR or a MIDI folder: its longest work gives the caches")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--burst", type=int, default=50, help="steps timed per graph per round")
+    args = ap.parse_args()
+    if not D.available():
+        raise SystemExit("step_variants needs onnxruntime")
+    torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint).model.float().eval()
+    skipped = {}
+    variants = ["int8", "int8-latent-float16", "int4"]
+    if (why := int4_available()) is not None:
+        variants.remove("int4")
+        skipped["int4"] = why
+    one, four = real_caches(model, args.data, args.threads)
+    cases = {"batch1": ("step", one), "4_variations": ("shared_step", four)}
+    with tempfile.TemporaryDirectory(prefix="step-variants-") as folder:
+        files = export_graphs(model, Path(folder), variants)
+        runs = {}
+        for variant in ["float32", *variants]:
+            for case, (graph, feeds) in cases.items():
+                sess = session(files[(variant, graph)], args.threads)
+                binding, values = bound(sess, feeds, variant == "int8-latent-float16")
+                sess.run_with_iobinding(binding)
+                runs[(variant, case)] = (sess, binding, values, binding.copy_outputs_to_cpu()[0])
+        ms = {key: [] for key in runs if key[0] != "float32"}
+        for _ in range(args.rounds):
+            for key in ms:
+                sess, binding = runs[key][:2]
+                for _ in range(3):
+                    sess.run_with_iobinding(binding)
+                start = time.perf_counter()
+                for _ in range(args.burst):
+                    sess.run_with_iobinding(binding)
+                ms[key].append(1e3 * (time.perf_counter() - start) / args.burst)
+
+    def median(values) -> float:
+        return round(float(np.median(values)), 3)
+
+    report = {}
+    for variant in variants:
+        entry = {}
+        for case in cases:
+            entry[f"{case}_step_ms"] = median(ms[(variant, case)])
+            entry[f"{case}_over_int8"] = median(np.divide(ms[(variant, case)], ms[("int8", case)]))
+            entry[f"{case}_next_id_total_variation_vs_float32"] = total_variation(runs[(variant, case)][3],
+                                                                                   runs[("float32", case)][3])
+        entry["4_variations_over_batch1_step"] = median(np.divide(ms[(variant, "4_variations")], ms[(variant, "batch1")]))
+        report[variant] = entry
+    import onnxruntime
+
+    print(json.dumps({
+        "command": "python bench/step_variants.py " + " ".join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": dict(machine(), onnxruntime=onnxruntime.__version__),
+        "context": model.config.max_context,
+        "rounds": args.rounds,
+        "variants": report,
+        "skipped": skipped,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
