@@ -86,15 +86,6 @@ def int4_available() -> str | None:
     return None
 
 
-def dynamic_axes(names: tuple[list[str], list[str]], shared: bool) -> dict:
-    inputs, outputs = names
-    axes = {name: {0: "batch"} for name in inputs + outputs if name not in ("pos", "latent_mask")}
-    axes.update({"cross_k_t": {0: "batch", 3: "S"}, "cross_v": {0: "batch", 2: "S"}, "cross_mask": {0: "S"}})
-    if shared:
-        axes.update(shared_k={2: "shared"}, shared_v={2: "shared"}, shared_mask={0: "shared"})
-    return axes
-
-
 def export_graphs(model, folder: Path, variants: list[str]) -> dict:
     """{(variant, graph): onnx file} for graph in step, shared_step; plus the float32 reference."""
     examples = D._example_inputs(model)
@@ -103,8 +94,9 @@ def export_graphs(model, folder: Path, variants: list[str]) -> dict:
     for graph in ("step", "shared_step"):
         shared = graph == "shared_step"
         names = D.step_names(model.config.n_layers, shared)
+        axes = D.step_dynamic_axes(model.config.n_layers, shared)
         plain = folder / f"{graph}.float32.onnx"
-        D._export(D.StepGraph(model, shared=shared).eval(), examples[graph], plain, *names, dynamic_axes(names, shared))
+        D._export(D.StepGraph(model, shared=shared).eval(), examples[graph], plain, *names, axes)
         files[("float32", graph)] = plain
         for variant in variants:
             out = folder / f"{graph}.{variant}.onnx"
@@ -115,7 +107,7 @@ def export_graphs(model, folder: Path, variants: list[str]) -> dict:
             elif variant == "int8-latent-float16":
                 args = [a.half() if i >= first_latent[graph] else a for i, a in enumerate(examples[graph])]
                 half = folder / f"{graph}.latent-float16.float32.onnx"
-                D._export(LatentFloat16Step(model, shared).eval(), args, half, *names, dynamic_axes(names, shared))
+                D._export(LatentFloat16Step(model, shared).eval(), args, half, *names, axes)
                 D._quantize(half, out)
             files[(variant, graph)] = out
     return files

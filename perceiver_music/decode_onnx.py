@@ -439,6 +439,16 @@ def step_names(n_layers: int, shared: bool = False) -> tuple[list[str], list[str
     return inputs, outputs
 
 
+def step_dynamic_axes(n_layers: int, shared: bool = False) -> dict:
+    """The step graphs' dynamic axes: the batch, and the slots of each ring of inputs."""
+    inputs, outputs = step_names(n_layers, shared)
+    axes = {name: {0: "batch"} for name in inputs + outputs if name not in ("pos", "latent_mask")}
+    axes.update({"cross_k_t": {0: "batch", 3: "S"}, "cross_v": {0: "batch", 2: "S"}, "cross_mask": {0: "S"}})
+    if shared:
+        axes.update(shared_k={2: "shared"}, shared_v={2: "shared"}, shared_mask={0: "shared"})
+    return axes
+
+
 INPUTS_NAMES = (["ids", "pos"], ["cross_k_t", "cross_v"])
 
 
@@ -455,9 +465,6 @@ def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) ->
     L = model.config.n_layers
     args = _example_inputs(model)
     s_in, s_out = step_names(L)
-    s_dyn = {name: {0: "batch"} for name in s_in + s_out if name not in ("pos", "latent_mask")}
-    s_dyn.update({"cross_k_t": {0: "batch", 3: "S"}, "cross_v": {0: "batch", 2: "S"}, "cross_mask": {0: "S"}})
-    shared_dyn = dict(s_dyn, shared_k={2: "shared"}, shared_v={2: "shared"}, shared_mask={0: "shared"})
     i_dyn = {"ids": {0: "batch", 1: "m"}, "pos": {0: "m"}, "cross_k_t": {0: "batch", 3: "m"},
              "cross_v": {0: "batch", 2: "m"}}
     l_in, l_out = latents_names(L)
@@ -467,9 +474,9 @@ def build_export(model: PerceiverAR, precision: str, folder: Path, key: dict) ->
         l_dyn[f"latent_k_t{i}"] = {0: "batch", 3: "n"}
         l_dyn[f"latent_v{i}"] = {0: "batch", 2: "n"}
     files = {}
-    for name, module, names, dyn in (("step", StepGraph(model), (s_in, s_out), s_dyn),
+    for name, module, names, dyn in (("step", StepGraph(model), (s_in, s_out), step_dynamic_axes(L)),
                                      ("shared_step", StepGraph(model, shared=True), step_names(L, shared=True),
-                                      shared_dyn),
+                                      step_dynamic_axes(L, shared=True)),
                                      ("inputs", InputsGraph(model), INPUTS_NAMES, i_dyn),
                                      ("latents", LatentsGraph(model), (l_in, l_out), l_dyn)):
         plain = folder / f"{name}.float32.onnx"
