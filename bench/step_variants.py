@@ -140,16 +140,6 @@ def real_caches(model, data: str, threads: int) -> tuple[dict, dict]:
     return one, four
 
 
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()  # as decode_onnx.CompiledStep
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def bound(sess, feeds: dict, half_latents: bool) -> tuple:
     """An IO binding of feeds (latent caches float16 if asked), the OrtValues it reads kept alive."""
     import onnxruntime as ort
@@ -196,7 +186,7 @@ def main() -> None:
         runs = {}
         for variant in ["float32", *variants]:
             for case, (graph, feeds) in cases.items():
-                sess = session(files[(variant, graph)], args.threads)
+                sess = D.cpu_session(files[(variant, graph)], args.threads)
                 binding, values = bound(sess, feeds, variant == "int8-latent-float16")
                 sess.run_with_iobinding(binding)
                 runs[(variant, case)] = (sess, binding, values, binding.copy_outputs_to_cpu()[0])

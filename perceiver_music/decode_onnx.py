@@ -585,24 +585,27 @@ def _remove_tree(path: Path) -> None:
 # ---- sessions, cached per model object -------------------------------------------------------------
 
 
+def cpu_session(path: Path, threads: int):
+    """An onnxruntime CPU session of one graph file, as the decoder runs it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Workers stop spinning when a run ends: the sessions take turns, and a pool still
+    # spinning after the steps made the next reset take twice as long (BENCHMARKS.md).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class CompiledStep:
     """The onnxruntime sessions of one model, precision and thread count, one per graph (GRAPHS)."""
 
     def __init__(self, files: dict[str, Path], threads: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Workers stop spinning when a run ends: the sessions take turns, and a pool still
-        # spinning after the steps made the next reset take twice as long (BENCHMARKS.md).
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-        providers = ["CPUExecutionProvider"]
-        self.step, self.shared_step, self.inputs, self.latents = (
-            ort.InferenceSession(str(files[name]), options, providers=providers) for name in GRAPHS)
+        self.step, self.shared_step, self.inputs, self.latents = (cpu_session(files[name], threads) for name in GRAPHS)
         self.files = files
 
 
