@@ -740,14 +740,14 @@ class _Ring:
         k = self.k[self._keys(slice(count))]
         return k if self.keys_transposed else k.transpose(0, 1, 3, 2)
 
-    def attended(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Keys (transposed), values and slot positions for the latents graph: the slots ever
-        written, copied out if the ring is filled below COPY_RING_BELOW (or its keys are not
-        stored transposed), else the whole ring in place."""
-        S = self.used
+    def attended(self, rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keys (transposed), values and slot positions for the latents graph, of the first
+        `rows` rows (default all): the slots ever written, copied out if the ring is filled
+        below COPY_RING_BELOW (or its keys are not stored transposed), else the ring in place."""
+        S, r = self.used, rows or self.rows
         if S < COPY_RING_BELOW * self.capacity or not self.keys_transposed:
-            return np.ascontiguousarray(self.keys_t(S)), self.v[:, :, :S].copy(), self.pos[:S]
-        return self.k, self.v, self.pos
+            return np.ascontiguousarray(self.keys_t(S)[:r]), self.v[:r, :, :S].copy(), self.pos[:S]
+        return self.k[:r], self.v[:r], self.pos
 
 
 class OnnxDecoder:
@@ -767,11 +767,14 @@ class OnnxDecoder:
 
     `reset_runtime`: "onnx" (the graphs) or "torch" (the model's own forward writing into the
     same buffers, always afresh). `threads`: onnxruntime's intra-op threads (default: torch's).
+    `identical_rows_once`: an onnx reset over rows that are all the same window (variations at
+    their prefill) computes one row and broadcasts its K/V and logits (off: every row, for
+    bench/variation_prefill.py).
     """
 
     def __init__(self, model: PerceiverAR, batch: int, *, precision: str = "float32", reset_runtime: str = "onnx",
                  threads: int | None = None, cache_dir: Path | None = None, torch_model: PerceiverAR | None = None,
-                 sessions: SessionCache = SESSIONS) -> None:
+                 sessions: SessionCache = SESSIONS, identical_rows_once: bool = True) -> None:
         cfg = model.config
         if cfg.attention != "softmax":
             raise ValueError("the compiled step supports softmax attention only")
@@ -780,7 +783,7 @@ class OnnxDecoder:
         if reset_runtime not in ("onnx", "torch"):
             raise ValueError(f"reset_runtime must be onnx or torch, not {reset_runtime!r}")
         self.model, self.torch_model, self.reset_runtime = model, torch_model or model, reset_runtime
-        self.precision = precision
+        self.precision, self.identical_rows_once = precision, identical_rows_once
         self.compiled = sessions.get(model, precision, threads or torch.get_num_threads(), cache_dir)
         self.ring, self.N, self.L = cfg.max_context, cfg.num_latents, cfg.n_layers
         self.position_limit = position_limit(cfg)
@@ -909,6 +912,8 @@ class OnnxDecoder:
             logits = logits[:, -1].float()
         else:
             inputs = self.compiled.inputs
+            # Rows that are all the same window (the variations' prefill) are computed once.
+            once = self.identical_rows_once and self.batch > 1 and bool((ids == ids[:1]).all())
             # the new id's position; the steps after this reset run N - n positions further
             new = int(self.pos[0])
             if self._continues(ids) and new + self.N - n < self.position_limit:
@@ -922,37 +927,42 @@ class OnnxDecoder:
                 for ring, part, first in ((self.shared, ids[:1, :P], 0), (self.rows, ids[:, P:], P)):
                     if part.shape[1]:
                         positions = np.arange(first, first + part.shape[1], dtype=np.int64)
-                        ring.fill(part, first, *inputs.run(None, {"ids": part, "pos": positions}))
+                        computed = part[:1] if once else part  # fill() broadcasts one row to all
+                        ring.fill(part, first, *inputs.run(None, {"ids": computed, "pos": positions}))
                 self.resets["afresh"] += 1
-            logits = self._latents(ids[:, T - n :], np.arange(self.pos[0] - n, self.pos[0], dtype=np.int64))
+            latent_ids = ids[:1 if once else self.batch, T - n :]
+            logits = self._latents(latent_ids, np.arange(self.pos[0] - n, self.pos[0], dtype=np.int64))
         self.latent_mask.fill(-np.inf)
         self.latent_mask[:n] = 0.0
         self.latent_slot = n
         return logits
 
-    def _attended_inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The cross K/V (1 or B rows) and slot positions that the latents attend to: one ring
-        as it lies if the other is empty, else both rings side by side (a copy)."""
+    def _attended_inputs(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cross K/V (1 or `rows` rows) and slot positions that the latents of the first
+        `rows` rows attend to: one ring as it lies if the other is empty, else both rings side
+        by side (a copy)."""
         if self.rows.cached == 0:
             return self.shared.attended()
         if self.shared.cached == 0:
-            return self.rows.attended()
+            return self.rows.attended(rows)
         S1, S2, H, hd = self.shared.used, self.rows.used, self.shared.heads, self.shared.head_dim
-        k_t = np.empty((self.batch, H, hd, S1 + S2), np.float32)
-        v = np.empty((self.batch, H, S1 + S2, hd), np.float32)
+        k_t = np.empty((rows, H, hd, S1 + S2), np.float32)
+        v = np.empty((rows, H, S1 + S2, hd), np.float32)
         k_t[..., :S1], v[:, :, :S1] = self.shared.keys_t(S1), self.shared.v[:, :, :S1]
-        k_t[..., S1:], v[:, :, S1:] = self.rows.keys_t(S2), self.rows.v[:, :, :S2]
+        k_t[..., S1:], v[:, :, S1:] = self.rows.keys_t(S2)[:rows], self.rows.v[:rows, :, :S2]
         return k_t, v, np.concatenate((self.shared.pos[:S1], self.rows.pos[:S2]))
 
     def _latents(self, latent_ids: np.ndarray, q_pos: np.ndarray) -> Tensor:
-        k_t, v, slot_pos = self._attended_inputs()
+        """The latents of latent_ids' rows: every row's, or one row's that all rows share (its
+        logits and latent K/V broadcast to all)."""
+        k_t, v, slot_pos = self._attended_inputs(latent_ids.shape[0])
         out = self.compiled.latents.run(None, {"latent_ids": np.ascontiguousarray(latent_ids), "q_pos": q_pos,
                                                "cross_k_t": k_t, "cross_v": v, "slot_pos": slot_pos})
         n = latent_ids.shape[1]
         for i in range(self.L):
             self.latent_k_t[i, ..., :n] = out[1 + 2 * i]
             self.latent_v[i, :, :, :n] = out[2 + 2 * i]
-        return torch.from_numpy(np.array(out[0], np.float32))
+        return torch.from_numpy(np.array(np.broadcast_to(out[0], (self.batch, out[0].shape[1])), np.float32))
 
     def step(self, tokens: Tensor, window: Tensor) -> Tensor:
         if self.latent_slot >= self.N:

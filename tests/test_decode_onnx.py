@@ -25,13 +25,15 @@ def decoder(model, batch=1, cache_dir=None, **kw) -> OnnxDecoder:
     return OnnxDecoder(model, batch, cache_dir=cache_dir, sessions=kw.pop("sessions", SessionCache()), **kw)
 
 
-def decode_side_by_side(window, eager, compiled, steps, g, R, after_each=lambda: None):
-    """Appends `steps` random ids to every row of `window` and runs both decoders on the
-    generation loop's schedule (a cheap step per id, a reset once N latents are cached),
-    checking at each id that the compiled logits are the eager ones. Returns the last logits."""
+def decode_side_by_side(window, eager, compiled, steps, g, R, after_each=lambda: None, same_in_every_row=False):
+    """Appends `steps` random ids to every row of `window` (one id for all rows if
+    `same_in_every_row`) and runs both decoders on the generation loop's schedule (a cheap step
+    per id, a reset once N latents are cached), checking at each id that the compiled logits
+    are the eager ones. Returns the last logits."""
     latents = R
+    rows = window.view().shape[0]
     for _ in range(steps):
-        tokens = torch.randint(3, 300, (window.view().shape[0],), generator=g)
+        tokens = torch.randint(3, 300, (1 if same_in_every_row else rows,), generator=g).expand(rows).contiguous()
         window.append(tokens)
         if latents >= N:
             latents = R
@@ -126,6 +128,37 @@ def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch)
         torch.testing.assert_close(compiled.reset(partial, R), eager.reset(partial, R), atol=1e-4, rtol=1e-4)
         assert (compiled.shared.cached, compiled.rows.cached) == (common, partial.shape[1] - common)
         run(TokenWindow(partial, B, MAX_CONTEXT, torch.device("cpu")), eager, MAX_CONTEXT)
+
+
+@pytest.mark.parametrize("B", [2, decode_onnx.SHARE_FROM_ROWS])
+def test_rows_that_are_one_window_are_computed_once(tmp_path, monkeypatch, B):
+    # Variations' prefill (every row the same window) runs the reset's graphs for one row and
+    # broadcasts its K/V and logits; so do the resets of rows that stay the same (greedy
+    # variations). Rows that differ run every row, and stay exact.
+    model = random_model(seed=8)
+    g = torch.Generator().manual_seed(4)
+    primer = torch.randint(3, 300, (1, 40), generator=g).repeat(B, 1)
+    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path)
+    rows_run = {"inputs": [], "latents": []}
+    for graph, feed in (("inputs", "ids"), ("latents", "latent_ids")):
+        session = getattr(compiled.compiled, graph)
+
+        def run(outputs, feeds, *rest, _run=session.run, _graph=graph, _feed=feed):
+            rows_run[_graph].append(feeds[_feed].shape[0])
+            return _run(outputs, feeds, *rest)
+
+        monkeypatch.setattr(session, "run", run)
+    R = default_reset_latents(N)
+    with torch.inference_mode():
+        window = TokenWindow(primer, B, MAX_CONTEXT, torch.device("cpu"))
+        torch.testing.assert_close(compiled.reset(window.view(), R), eager.reset(window.view(), R), atol=1e-4, rtol=1e-4)
+        assert rows_run == {"inputs": [1], "latents": [1]}
+        decode_side_by_side(window, eager, compiled, 3 * (N - R) + 3, g, R, same_in_every_row=True)
+        assert len(rows_run["latents"]) >= 3 and set(rows_run["latents"]) == {1}
+        done = len(rows_run["latents"])
+        a = decode_side_by_side(window, eager, compiled, MAX_CONTEXT, g, R)
+    assert set(rows_run["latents"][done:]) == {B}
+    assert not torch.allclose(a[0], a[1])  # the rows really differ
 
 
 def test_fewer_variations_than_share_from_rows_keep_their_own_inputs(tmp_path):
