@@ -172,6 +172,7 @@ def main() -> None:
     args = ap.parse_args()
     if not D.available():
         raise SystemExit("step_variants needs onnxruntime")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint).model.float().eval()
     skipped = {}
@@ -218,7 +219,7 @@ def main() -> None:
 
     print(json.dumps({
         "command": "python bench/step_variants.py " + " ".join(sys.argv[1:]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": started,
         "machine": dict(machine(), onnxruntime=onnxruntime.__version__),
         "context": model.config.max_context,
         "rounds": args.rounds,

@@ -51,6 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     if not D.available():
         raise SystemExit("variation_prefill needs onnxruntime")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint).model.float().eval()
     cfg = model.config
@@ -88,7 +89,7 @@ def main() -> None:
 
     print(json.dumps({
         "command": "python bench/variation_prefill.py " + " ".join(sys.argv[1:]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": started,
         "machine": dict(machine(), onnxruntime=onnxruntime.__version__),
         "context": cfg.max_context,
         "primer_ids": len(primer),

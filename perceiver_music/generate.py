@@ -54,6 +54,26 @@ def default_reset_latents(num_latents: int) -> int:
 # ---- sampling -----------------------------------------------------------------------------------
 
 
+# Sampling's tensors are tiny, (rows, vocab): on a CPU one torch thread does them. A parallel op
+# there (a softmax over two or more rows) leaves torch's OpenMP workers spinning for about 8 ms
+# after it, on the core that the compiled step's own threads need next (BENCHMARKS.md,
+# "Sampling on one torch thread"). Off only for bench/sampler_threads.py.
+SAMPLE_ON_ONE_CPU_THREAD = True
+
+
+@contextlib.contextmanager
+def _one_torch_thread(device: torch.device):
+    threads = torch.get_num_threads()
+    if not SAMPLE_ON_ONE_CPU_THREAD or device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def sample_next(
     logits: Tensor,
     *,
@@ -72,8 +92,14 @@ def sample_next(
     as likely as the most likely one). `uniform` (B,) in [0, 1) draws each row by inverse CDF
     instead of from `generator`: rows seeded apart (generate_batch) stay independent.
     `bias` (vocab,) or (B, vocab) is added to the logits first: -inf bans an id (EOS before the
-    asked length, a long silence before the first note).
+    asked length, a long silence before the first note). On a CPU it runs on one torch thread.
     """
+    with _one_torch_thread(logits.device):
+        return _draw(logits, temperature, top_k, top_p, min_p, generator, uniform, bias)
+
+
+def _draw(logits: Tensor, temperature: float, top_k: int, top_p: float, min_p: float,
+          generator: torch.Generator | None, uniform: Tensor | None, bias: Tensor | None) -> Tensor:
     logits = logits.float().clone()
     if bias is not None:
         logits = logits + bias

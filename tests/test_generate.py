@@ -429,6 +429,34 @@ def test_top_k_top_p_min_p_never_sample_outside_their_sets():
     assert sample_next(logits, temperature=0).item() == order[0]
 
 
+def test_sampling_on_a_cpu_runs_on_one_torch_thread(monkeypatch):
+    # A parallel op in the sampler (a softmax over several rows) leaves torch's workers spinning
+    # on the core that the compiled step needs next: the sampler runs on one torch thread, gives
+    # the thread count back (also when it fails), and draws the same ids as on several.
+    import perceiver_music.generate as G
+
+    threads_seen = []
+    real_softmax = torch.Tensor.softmax
+
+    def softmax(self, *args, **kwargs):
+        threads_seen.append(torch.get_num_threads())
+        return real_softmax(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "softmax", softmax)
+    torch.set_num_threads(2)  # the module's fixture gives the original count back afterwards
+    logits, drawn = _logits(4), {}
+    for one_thread in (True, False):
+        monkeypatch.setattr(G, "SAMPLE_ON_ONE_CPU_THREAD", one_thread)
+        drawn[one_thread] = sample_next(logits, top_p=0.95, generator=torch.Generator().manual_seed(3))
+        assert torch.get_num_threads() == 2
+    assert threads_seen == [1, 2]
+    assert torch.equal(drawn[True], drawn[False])
+    monkeypatch.setattr(G, "SAMPLE_ON_ONE_CPU_THREAD", True)
+    with pytest.raises(RuntimeError):
+        sample_next(logits, bias=torch.zeros(3))  # a bias of the wrong size
+    assert torch.get_num_threads() == 2
+
+
 def test_top_k_one_is_greedy():
     model = random_model()
     assert generate(model, [5], max_new_tokens=30, top_k=1, seed=9) == generate(model, [5], max_new_tokens=30, temperature=0)
