@@ -46,6 +46,10 @@ FIRST_NOTE_WITHIN_SECONDS = 1.5
 # General MIDI programs 0-7 are pianos: anything else, or drums, is "other instruments".
 PIANO_PROGRAMS = range(0, 8)
 CPU_RUNTIMES = ("auto", "onnx", "torch")
+# On a CPU: "auto" is each runtime's fastest precision that passes the NLL bar (onnx: ONNX_PRECISION;
+# torch: float16/bfloat16 Linear weights), "float32" the exact weights on either: the reference
+# whose greedy continuations the two runtimes share.
+CPU_PRECISIONS = ("auto", "float32")
 # The onnx runtime's precision on a CPU: the fastest that costs under 0.01 nats/token of NLL.
 # int8 weight products: NLL -0.0006 and +0.00001 nats/id against float32 on held-out piano and
 # scores (bench/precision.py), and faster than float32 at batch 1 in every bench run
@@ -80,6 +84,7 @@ class ContinueRequest:
     # On a CPU: "onnx" (the compiled decode step, decode_onnx.py), "torch" (the eager PyTorch
     # step) or "auto" (onnx when onnxruntime is installed). Ignored on CUDA (a CUDA graph).
     cpu_runtime: str = "auto"
+    cpu_precision: str = "auto"  # CPU_PRECISIONS; ignored on CUDA
     output_dir: str | os.PathLike | None = None  # None: nothing is written to disk
 
     def settings(self) -> dict:
@@ -242,6 +247,8 @@ def check_request(request: ContinueRequest) -> None:
         raise BadRequestError(f"the lead-in must be 0 to {MAX_LEAD_IN:g} seconds (or none: the whole piece)")
     if r.cpu_runtime not in CPU_RUNTIMES:
         raise BadRequestError(f"the CPU runtime must be one of {', '.join(CPU_RUNTIMES)}, not {r.cpu_runtime!r}")
+    if r.cpu_precision not in CPU_PRECISIONS:
+        raise BadRequestError(f"the CPU precision must be one of {', '.join(CPU_PRECISIONS)}, not {r.cpu_precision!r}")
     if r.cpu_runtime == "onnx":
         from .decode_onnx import available
 
@@ -394,8 +401,8 @@ def continue_midi(
 
 
 # Settings every request of one batch must share: they shape the whole batch's sampling.
-BATCH_SHARED = ("checkpoint", "device", "cpu_runtime", "length_seconds", "length_tokens", "temperature", "top_k",
-                "top_p", "min_p", "key_hold", "variations", "allow_end")
+BATCH_SHARED = ("checkpoint", "device", "cpu_runtime", "cpu_precision", "length_seconds", "length_tokens",
+                "temperature", "top_k", "top_p", "min_p", "key_hold", "variations", "allow_end")
 
 
 def continue_batch(
@@ -425,7 +432,8 @@ def continue_batch(
     checkpoint = load_model(first.checkpoint, first.device, models)
     cfg = checkpoint.config
     primers = [prepare_primer(r, cfg.max_context, cfg.num_latents) for r in requests]
-    runtime = prepare_runtime(checkpoint.model, first.cpu_runtime, notify, prompts=len(requests))
+    runtime = prepare_runtime(checkpoint.model, first.cpu_runtime, notify, prompts=len(requests),
+                              cpu_precision=first.cpu_precision)
     seeds = [r.seed if r.seed is not None else secrets.randbelow(2**31) for r in requests]
     out_dirs = [_request_folder(r.output_dir) if r.output_dir is not None else None for r in requests]
     if len({bool(p.ids) for p in primers}) > 1:
@@ -499,11 +507,11 @@ def _generate(model, prompts, runtime: tuple, request: ContinueRequest, seeds: l
     )
 
 
-def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 1) -> tuple:
+def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 1, cpu_precision: str = "auto") -> tuple:
     """(backend, dtype) for this model, with the compiled CPU step exported (once per model, then
     cached on disk) and loaded before generation starts, so tokens/s counts only generating. With
     "auto", a compiled step that cannot be made falls back to the eager one."""
-    backend, dtype = generation_backend(model, cpu_runtime, prompts)
+    backend, dtype = generation_backend(model, cpu_runtime, prompts, cpu_precision)
     if backend != "onnx":
         return backend, dtype
     from .decode_onnx import SESSIONS, PRECISION_OF
@@ -518,15 +526,16 @@ def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 
         import warnings
 
         warnings.warn(f"the compiled CPU step could not be prepared ({error}); using the eager step", RuntimeWarning)
-        return "eager", torch.float16
+        return generation_backend(model, "torch", prompts, cpu_precision)
     return backend, dtype
 
 
-def generation_backend(model, cpu_runtime: str = "auto", prompts: int = 1):
+def generation_backend(model, cpu_runtime: str = "auto", prompts: int = 1, cpu_precision: str = "auto"):
     """(backend, dtype) for generate(): on a GPU a CUDA graph in bfloat16; on a CPU the onnx
     runtime in ONNX_PRECISION when asked for or, with "auto", when onnxruntime is installed; else the
     eager step with float16 and bfloat16 copies of the Linear weights, read by the rows
-    multiplied (cpu_precision: about 2x the tokens/s of eager float32; test NLL unchanged)."""
+    multiplied (cpu_precision: about 2x the tokens/s of eager float32; test NLL unchanged).
+    cpu_precision "float32" keeps the model's float32 weights on either CPU runtime."""
     import torch
 
     from .generate import auto_backend
@@ -538,10 +547,11 @@ def generation_backend(model, cpu_runtime: str = "auto", prompts: int = 1):
     # int8 quantises each product's input with one scale for the whole batch, so a row's logits
     # would depend on its batch-mates: several prompts in one batch (whose music must not depend
     # on each other) run in float32. One prompt's variations share it.
-    onnx_dtype = torch.qint8 if ONNX_PRECISION == "int8" and prompts == 1 else None
+    fast = cpu_precision == "auto"
+    onnx_dtype = torch.qint8 if fast and ONNX_PRECISION == "int8" and prompts == 1 else None
     if cpu_runtime == "onnx" or (cpu_runtime == "auto" and auto_backend(model, onnx_dtype) == "onnx"):
         return "onnx", onnx_dtype
-    return "eager", torch.float16
+    return "eager", torch.float16 if fast else None
 
 
 def _request_folder(root: str | os.PathLike) -> Path:

@@ -420,6 +420,29 @@ def test_engine_cpu_runtime(random_checkpoint, monkeypatch):
     assert run("auto").stats["runtime"] == "eager-float16"
 
 
+def test_engine_cpu_precision_float32_is_exact_on_both_runtimes(random_checkpoint, monkeypatch):
+    from perceiver_music.checkpoint import ModelCache
+    from perceiver_music.engine import ContinueRequest, continue_midi
+    from perceiver_music.errors import BadRequestError
+
+    models = ModelCache()
+
+    def run(runtime, precision):
+        request = ContinueRequest(length_tokens=200, length_seconds=None, temperature=0, seed=1, device="cpu",
+                                  checkpoint=str(random_checkpoint), render_audio=False, cpu_runtime=runtime,
+                                  cpu_precision=precision)
+        return continue_midi(request, models=models).variations[0]
+
+    onnx, torch_ = run("onnx", "float32"), run("torch", "float32")
+    assert (onnx.stats["runtime"], torch_.stats["runtime"]) == ("onnx-float32", "eager")
+    assert onnx.new_ids == torch_.new_ids and len(onnx.new_ids) == 200
+    assert run("auto", "float32").stats["runtime"] == "onnx-float32"
+    with pytest.raises(BadRequestError, match="CPU precision"):
+        run("auto", "float16")
+    monkeypatch.setattr(decode_onnx, "available", lambda: False)
+    assert run("auto", "float32").stats["runtime"] == "eager"
+
+
 def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
     import argparse
 
@@ -430,13 +453,14 @@ def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
     add_generation_arguments(parser)
     assert request_from_args(parser.parse_args([])).cpu_runtime == "auto"
     assert request_from_args(parser.parse_args(["--cpu-runtime", "torch"])).cpu_runtime == "torch"
+    assert request_from_args(parser.parse_args([])).cpu_precision == "auto"
     outs = {}
-    for runtime in ("torch", "onnx"):
-        out = tmp_path / f"{runtime}.mid"
+    for runtime, precision in (("torch", "auto"), ("onnx", "auto"), ("onnx", "float32")):
+        out = tmp_path / f"{runtime}-{precision}.mid"
         assert main(["generate", "--from-scratch", "-o", str(out), "--checkpoint", str(random_checkpoint),
                      "--length-tokens", "80", "--temperature", "0", "--seed", "1", "--device", "cpu",
-                     "--cpu-runtime", runtime, "--quiet"]) == 0
-        outs[runtime] = out.read_bytes()
+                     "--cpu-runtime", runtime, "--cpu-precision", precision, "--quiet"]) == 0
+        outs[runtime, precision] = out.read_bytes()
     capsys.readouterr()
     import io
 
@@ -448,11 +472,13 @@ def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
         text = [m.text for t in mido.MidiFile(file=io.BytesIO(data)).tracks for m in t if m.type == "text"][0]
         return json.loads(text)["stats"]["runtime"]
 
-    assert runtime_of(outs["torch"]) == "eager-float16"
-    assert runtime_of(outs["onnx"]) == "onnx-" + engine.ONNX_PRECISION
-    with pytest.raises(SystemExit) as stop:
-        parser.parse_args(["--cpu-runtime", "fast"])
-    assert stop.value.code == 2
+    assert runtime_of(outs["torch", "auto"]) == "eager-float16"
+    assert runtime_of(outs["onnx", "auto"]) == "onnx-" + engine.ONNX_PRECISION
+    assert runtime_of(outs["onnx", "float32"]) == "onnx-float32"
+    for flag in ("--cpu-runtime", "--cpu-precision"):
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([flag, "fast"])
+        assert stop.value.code == 2
 
 
 def test_a_cache_folder_that_cannot_be_written_falls_back_to_a_temporary_one(tmp_path):
