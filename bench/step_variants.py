@@ -1,14 +1,17 @@
 """Alternatives to the shipped compiled step, timed against it in one run (issue 13).
 
 The int8 step (decode_onnx.py) moves about 35 MB a step at 4,096: int8 weights, the cross-attend
-K/V and the latent K/V (9.4 MB a row, float32). Two ways to move fewer bytes, each exported
-from the same model and run on the same caches as the shipped graphs:
+K/V and the latent K/V (9.4 MB a row, float32). Other ways to run it, each exported from the
+same model and run on the same caches as the shipped graphs:
 
   int8                  the shipped step: dynamic int8 weight products, caches float32
   int8-latent-float16   the same, with the latent K/V cached in float16 and cast to float32 in
                         the graph (onnxruntime has no float16 MatMul on x86 CPUs)
   int4                  weights in 4 bits (MatMulNBits, blocks of 32, int8 compute); needs the
                         onnx_ir package, else reported as skipped
+  int8-blocks           weights in 8 bits by blocks of 128 along the input axis (MatMulNBits,
+                        int8 compute: onnxruntime's kernels for one-token LLM decoding), in
+                        place of the shipped per-channel 7-bit DynamicQuantizeMatMul
 
 The caches are real: a float32 reset over the end of the longest shipped primer (nearly max_context ids,
 R latents). Batch 1 is that window; "4 variations" is the shared_step graph with the window as
@@ -76,6 +79,45 @@ def quantize_int4(path: Path, out: Path) -> None:
     quantizer.model.save_model_to_file(str(out), False)
 
 
+def quantize_int8_blocks(path: Path, out: Path, block: int = 128) -> None:
+    """Every MatMul by a constant weight (K, N) becomes com.microsoft.MatMulNBits with 8-bit
+    codes, symmetric per block of `block` inputs: code = round(w / scale) + 128, scale = the
+    block's largest |w| / 127 (the operator's default zero point for 8 bits is 128)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes, replaced = [], set()
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)  # (K, N)
+        K, N = w.shape
+        blocks = -(-K // block)
+        padded = np.zeros((N, blocks * block), np.float32)
+        padded[:, :K] = w.T
+        padded = padded.reshape(N, blocks, block)
+        scale = np.abs(padded).max(-1) / 127.0
+        scale[scale == 0] = 1.0
+        codes = (np.clip(np.rint(padded / scale[..., None]), -127, 127) + 128).astype(np.uint8)
+        name = node.input[1]
+        replaced.add(name)
+        graph.initializer.extend([numpy_helper.from_array(codes, f"{name}_codes"),
+                                  numpy_helper.from_array(scale.reshape(-1).astype(np.float32), f"{name}_scales")])
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{name}_codes", f"{name}_scales"],
+                                      list(node.output), domain="com.microsoft", K=K, N=N, bits=8,
+                                      block_size=block, accuracy_level=4))
+    kept = [init for init in graph.initializer if init.name not in replaced]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(out))
+
+
 def int4_available() -> str | None:
     """None if the int4 quantiser can run, else why not."""
     try:
@@ -104,6 +146,8 @@ def export_graphs(model, folder: Path, variants: list[str]) -> dict:
                 D._quantize(plain, out)
             elif variant == "int4":
                 quantize_int4(plain, out)
+            elif variant == "int8-blocks":
+                quantize_int8_blocks(plain, out)
             elif variant == "int8-latent-float16":
                 args = [a.half() if i >= first_latent[graph] else a for i, a in enumerate(examples[graph])]
                 half = folder / f"{graph}.latent-float16.float32.onnx"
@@ -176,7 +220,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint).model.float().eval()
     skipped = {}
-    variants = ["int8", "int8-latent-float16", "int4"]
+    variants = ["int8", "int8-latent-float16", "int4", "int8-blocks"]
     if (why := int4_available()) is not None:
         variants.remove("int4")
         skipped["int4"] = why
