@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
+from step_variants import bound  # noqa: E402
 
 from perceiver_music import decode_onnx as D  # noqa: E402
 from perceiver_music import generate as G  # noqa: E402
@@ -87,8 +88,6 @@ def step_bytes_mb(model, shapes: list[tuple[int, int]]) -> dict:
 
 def step_graph_ms(model, threads: int, repeats: int) -> dict:
     """The int8 step graph on random caches: a full window of cached inputs, and one."""
-    import onnxruntime as ort
-
     cfg = model.config
     sess = D.cpu_session(D.exported_files(model, "int8")["step"], threads)
     hc, hdc, hs, hds = cfg.cross_heads, cfg.d_model // cfg.cross_heads, cfg.n_heads, cfg.d_model // cfg.n_heads
@@ -102,11 +101,7 @@ def step_graph_ms(model, threads: int, repeats: int) -> dict:
         for i in range(cfg.n_layers):
             feeds[f"latent_k_t{i}"] = random(1, hs, hds, cfg.num_latents)
             feeds[f"latent_v{i}"] = random(1, hs, cfg.num_latents, hds)
-        binding, values = sess.io_binding(), {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in feeds.items()}
-        for name, value in values.items():
-            binding.bind_ortvalue_input(name, value)
-        for output in sess.get_outputs():
-            binding.bind_output(output.name)
+        binding, values = bound(sess, feeds, half_latents=False)  # values: kept alive while bound
         for _ in range(20):
             sess.run_with_iobinding(binding)
         out[f"{label}_ms"] = median_ms(lambda: [sess.run_with_iobinding(binding) for _ in range(20)], repeats, 20)
