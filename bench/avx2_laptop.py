@@ -16,6 +16,13 @@ Before running the command the copy is checked, in a fresh process:
     AVX2 kernel without VNNI does (vpmaddubsw; AVX-512 VNNI and AVX-VNNI are exact);
   - an fp32 GEMM runs at a rate the script reports next to the unpatched library's.
 
+With --openvino the installed OpenVINO package is copied and patched the same way (every
+`xgetbv` in its core library and its CPU plugin), and checked: it loads from the copy and its CPU plugin no
+longer reports bfloat16 or float16 (AVX-512 and AMX) capabilities. OpenVINO's own oneDNN fails
+to compile a graph when ONEDNN_MAX_CPU_ISA is set, so in this mode PyTorch's oneDNN is not held
+(ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS still are). OpenVINO's AVX-VNNI kernels are not
+left out.
+
 What this does not reproduce: a laptop's memory bandwidth, clock and per-op dispatch cost (on
 the AVX2 machine of issue 13 one tiny PyTorch op took 5-8 us). The figures it gives are this
 CPU's with AVX-512 left out, not a laptop's.
@@ -112,6 +119,42 @@ def xgetbv_offsets(library: Path, address: int, offset: int) -> list[int]:
     return [int(a, 16) - address + offset for a in found]
 
 
+def replace_xgetbv(library: Path) -> int:
+    """Every xgetbv in the library's .text reads 0x6 instead; how many there were."""
+    data = bytearray(library.read_bytes())
+    address, text, _ = text_section(library)
+    sites = xgetbv_offsets(library, address, text)
+    for at in sites:
+        if data[at:at + 3] != XGETBV:
+            raise PatchError(f"offset {at:#x} of {library.name} is not an xgetbv")
+        data[at:at + 3] = XCR0_AVX
+    library.write_bytes(bytes(data))
+    return len(sites)
+
+
+def patch_openvino(package: Path, dest: Path) -> dict:
+    """Copy `package` (the openvino folder) to dest/openvino and patch its native libraries."""
+    copy = dest / "openvino"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
+    # The core library and the CPU plugin read XCR0; the other plugins and frontends do not
+    # run on the CPU path (and disassembling them all takes a minute).
+    libraries = [lib for pattern in ("libopenvino.so*", "libopenvino_intel_cpu_plugin.so*")
+                 for lib in sorted((copy / "libs").glob(pattern)) if not lib.is_symlink()]
+    patched = {lib.name: replace_xgetbv(lib) for lib in libraries}
+    if not any(sites for name, sites in patched.items() if name.startswith("libopenvino_intel_cpu_plugin")):
+        raise PatchError("no xgetbv in OpenVINO's CPU plugin: not a layout this script knows")
+    return patched
+
+
+def openvino_check(pythonpath: str) -> dict:
+    """Where a fresh process loads openvino from, and what its CPU plugin says it can do."""
+    code = ("import json, openvino as ov; print(json.dumps({'openvino': ov.__file__, "
+            "'capabilities': ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}))")
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def patch(package: Path, dest: Path, keep_avx_vnni: bool) -> dict:
     """Copy `package` (the onnxruntime folder) to dest/onnxruntime and patch its native library."""
     if shutil.which("objdump") is None:
@@ -119,22 +162,18 @@ def patch(package: Path, dest: Path, keep_avx_vnni: bool) -> dict:
     copy = dest / "onnxruntime"
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
     library = native_library(copy)
-    data = bytearray(library.read_bytes())
-    address, text, size = text_section(library)
-    sites = xgetbv_offsets(library, address, text)
+    sites = replace_xgetbv(library)
     if not sites:
         raise PatchError(f"no xgetbv in {library.name}: not a layout this script knows")
-    for at in sites:
-        if data[at:at + 3] != XGETBV:
-            raise PatchError(f"offset {at:#x} of {library.name} is not an xgetbv")
-        data[at:at + 3] = XCR0_AVX
     if not keep_avx_vnni:
+        data = bytearray(library.read_bytes())
+        _, text, size = text_section(library)
         probes = [m.start() + text for m in re.finditer(re.escape(AVX_VNNI_PROBE), bytes(data[text:text + size]))]
         if len(probes) != 1:
             raise PatchError(f"expected one AVX-VNNI probe in {library.name}, found {len(probes)}")
         data[probes[0] + len(AVX_VNNI_PROBE) - 1] = JMP_SHORT
-    library.write_bytes(bytes(data))
-    return {"library": str(library), "xgetbv_patched": len(sites), "avx_vnni": keep_avx_vnni}
+        library.write_bytes(bytes(data))
+    return {"library": str(library), "xgetbv_patched": sites, "avx_vnni": keep_avx_vnni}
 
 
 def probe(pythonpath: str | None) -> dict:
@@ -149,6 +188,7 @@ def probe(pythonpath: str | None) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--avx-vnni", action="store_true", help="keep MLAS's AVX-VNNI int8 kernels (Alder Lake and later)")
+    ap.add_argument("--openvino", action="store_true", help="also a patched copy of OpenVINO (see above)")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = ap.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -184,7 +224,32 @@ def main() -> int:
             return 2
         isa = "avx2+avx-vnni" if args.avx_vnni else "avx2"
         env = {**os.environ, **TORCH_SWITCHES, "PYTHONPATH": pythonpath, "PERCEIVER_MUSIC_ONNXRUNTIME_ISA": isa}
+        if args.openvino:
+            if (failed := held_openvino(Path(folder), pythonpath)) is not None:
+                print(f"avx2_laptop: {failed}", file=sys.stderr)
+                return 2
+            env.pop("ONEDNN_MAX_CPU_ISA")
+            env["PERCEIVER_MUSIC_OPENVINO_ISA"] = "avx2"
         return subprocess.run(command, env=env).returncode
+
+
+def held_openvino(folder: Path, pythonpath: str) -> str | None:
+    """Patch a copy of OpenVINO into `folder` and check it; None if it is held, else why not."""
+    try:
+        import openvino
+    except ImportError:
+        return "--openvino: openvino is not installed"
+    try:
+        patched = patch_openvino(Path(openvino.__file__).parent, folder)
+        check = openvino_check(pythonpath)
+    except (PatchError, OSError, subprocess.CalledProcessError, ValueError) as e:
+        return f"--openvino: {e}"
+    print(json.dumps({"avx2_laptop_openvino": dict(check, xgetbv_patched=patched)}), file=sys.stderr)
+    if not check["openvino"].startswith(str(folder)):
+        return f"the command would load {check['openvino']}, not the copy"
+    if {"BF16", "FP16"} & set(check["capabilities"]):
+        return f"the patched OpenVINO still reports {check['capabilities']}"
+    return None
 
 
 if __name__ == "__main__":

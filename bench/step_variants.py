@@ -12,6 +12,11 @@ same model and run on the same caches as the shipped graphs:
   int8-blocks           weights in 8 bits by blocks of 128 along the input axis (MatMulNBits,
                         int8 compute: onnxruntime's kernels for one-token LLM decoding), in
                         place of the shipped per-channel 7-bit DynamicQuantizeMatMul
+  openvino-int8         another runtime: the float32 step with int8 weights per output column
+                        (DequantizeLinear before each weight product, which OpenVINO's CPU plugin
+                        runs as one product over compressed weights), compiled by OpenVINO for
+                        the CPU with static shapes, float32 arithmetic, reading the same caches
+                        in place; needs the openvino package, else reported as skipped
 
 The caches are real: a float32 reset over the end of the longest shipped primer (nearly max_context ids,
 R latents). Batch 1 is that window; "4 variations" is the shared_step graph with the window as
@@ -32,9 +37,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +125,68 @@ def quantize_int8_blocks(path: Path, out: Path, block: int = 128) -> None:
     onnx.save(model, str(out))
 
 
+def dequantize_int8_columns(path: Path, out: Path) -> None:
+    """Every MatMul by a constant weight (K, N) reads it through DequantizeLinear: int8 codes,
+    symmetric, one scale per output column (the largest |w| of the column / 127)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes, replaced = [], set()
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+            scale = np.abs(w).max(0) / 127.0
+            scale[scale == 0] = 1.0
+            codes = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+            name = node.input[1]
+            replaced.add(name)
+            graph.initializer.extend([numpy_helper.from_array(codes, f"{name}_codes"),
+                                      numpy_helper.from_array(scale.astype(np.float32), f"{name}_scales")])
+            nodes.append(helper.make_node("DequantizeLinear", [f"{name}_codes", f"{name}_scales"], [f"{name}_dq"],
+                                          axis=1))
+            nodes.append(helper.make_node("MatMul", [node.input[0], f"{name}_dq"], list(node.output)))
+        else:
+            nodes.append(node)
+    kept = [init for init in graph.initializer if init.name not in replaced]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept)
+    onnx.save(model, str(out))
+
+
+def openvino_available() -> str | None:
+    """None if OpenVINO can run, else why not."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as error:
+        return f"{error.name or error} is not installed"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # OpenVINO's own oneDNN reads it too, and then fails
+        return "OpenVINO's CPU plugin cannot compile the step with ONEDNN_MAX_CPU_ISA set (bench/avx2_laptop.py sets it)"
+    return None
+
+
+def openvino_run(path: Path, feeds: dict, threads: int) -> tuple:
+    """(run, logits of one run, what it must keep alive): the graph compiled by OpenVINO for the
+    CPU at the feeds' shapes, its inputs the feeds' own memory (shared, not copied)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({port.get_any_name(): ov.PartialShape(list(np.shape(feeds[port.get_any_name()])))
+                   for port in model.inputs})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                                 "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    arrays = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+    for name, array in arrays.items():
+        request.set_tensor(name, ov.Tensor(array, shared_memory=True))
+    request.infer()
+    return request.infer, request.get_output_tensor(0).data.copy(), (compiled, arrays)
+
+
 def int4_available() -> str | None:
     """None if the int4 quantiser can run, else why not."""
     try:
@@ -148,6 +217,8 @@ def export_graphs(model, folder: Path, variants: list[str]) -> dict:
                 quantize_int4(plain, out)
             elif variant == "int8-blocks":
                 quantize_int8_blocks(plain, out)
+            elif variant == "openvino-int8":
+                dequantize_int8_columns(plain, out)
             elif variant == "int8-latent-float16":
                 args = [a.half() if i >= first_latent[graph] else a for i, a in enumerate(examples[graph])]
                 half = folder / f"{graph}.latent-float16.float32.onnx"
@@ -220,30 +291,35 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint).model.float().eval()
     skipped = {}
-    variants = ["int8", "int8-latent-float16", "int4", "int8-blocks"]
-    if (why := int4_available()) is not None:
-        variants.remove("int4")
-        skipped["int4"] = why
+    variants = ["int8", "int8-latent-float16", "int4", "int8-blocks", "openvino-int8"]
+    for variant, why in (("int4", int4_available()), ("openvino-int8", openvino_available())):
+        if why is not None:
+            variants.remove(variant)
+            skipped[variant] = why
     one, four = real_caches(model, args.data, args.threads)
     cases = {"batch1": ("step", one), "4_variations": ("shared_step", four)}
     with tempfile.TemporaryDirectory(prefix="step-variants-") as folder:
         files = export_graphs(model, Path(folder), variants)
-        runs = {}
+        runs = {}  # (variant, case) -> (run one step, its logits, what run needs kept alive)
         for variant in ["float32", *variants]:
             for case, (graph, feeds) in cases.items():
+                if variant == "openvino-int8":
+                    runs[(variant, case)] = openvino_run(files[(variant, graph)], feeds, args.threads)
+                    continue
                 sess = D.cpu_session(files[(variant, graph)], args.threads)
                 binding, values = bound(sess, feeds, variant == "int8-latent-float16")
                 sess.run_with_iobinding(binding)
-                runs[(variant, case)] = (sess, binding, values, binding.copy_outputs_to_cpu()[0])
+                runs[(variant, case)] = (partial(sess.run_with_iobinding, binding), binding.copy_outputs_to_cpu()[0],
+                                         values)
         ms = {key: [] for key in runs if key[0] != "float32"}
         for _ in range(args.rounds):
             for key in ms:
-                sess, binding = runs[key][:2]
+                run = runs[key][0]
                 for _ in range(3):
-                    sess.run_with_iobinding(binding)
+                    run()
                 start = time.perf_counter()
                 for _ in range(args.burst):
-                    sess.run_with_iobinding(binding)
+                    run()
                 ms[key].append(1e3 * (time.perf_counter() - start) / args.burst)
 
     def median(values) -> float:
@@ -255,16 +331,22 @@ def main() -> None:
         for case in cases:
             entry[f"{case}_step_ms"] = median(ms[(variant, case)])
             entry[f"{case}_over_int8"] = median(np.divide(ms[(variant, case)], ms[("int8", case)]))
-            entry[f"{case}_next_id_total_variation_vs_float32"] = total_variation(runs[(variant, case)][3],
-                                                                                   runs[("float32", case)][3])
+            entry[f"{case}_next_id_total_variation_vs_float32"] = total_variation(runs[(variant, case)][1],
+                                                                                   runs[("float32", case)][1])
         entry["4_variations_over_batch1_step"] = median(np.divide(ms[(variant, "4_variations")], ms[(variant, "batch1")]))
         report[variant] = entry
     import onnxruntime
 
+    versions = {"onnxruntime": onnxruntime.__version__}
+    if "openvino-int8" in variants:
+        import openvino
+
+        versions.update(openvino=openvino.__version__,
+                        openvino_isa=os.environ.get("PERCEIVER_MUSIC_OPENVINO_ISA", "this CPU's"))
     print(json.dumps({
         "command": "python bench/step_variants.py " + " ".join(sys.argv[1:]),
         "started": started,
-        "machine": dict(machine(), onnxruntime=onnxruntime.__version__),
+        "machine": dict(machine(), **versions),
         "context": model.config.max_context,
         "rounds": args.rounds,
         "variants": report,

@@ -40,3 +40,23 @@ def test_the_command_runs_on_a_patched_copy_held_to_avx2_and_its_exit_code_comes
 def test_no_command_is_a_usage_error():
     proc = subprocess.run([sys.executable, "bench/avx2_laptop.py"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "give the command" in proc.stderr
+
+
+OPENVINO_CHILD = """
+import json, os, sys, openvino as ov
+print(json.dumps({"openvino": ov.__file__, "isa": os.environ["PERCEIVER_MUSIC_OPENVINO_ISA"],
+                  "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA"), "aten": os.environ["ATEN_CPU_CAPABILITY"],
+                  "capabilities": ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")}))
+"""
+
+
+def test_openvino_runs_from_a_patched_copy_without_avx512():
+    pytest.importorskip("openvino")
+    proc = subprocess.run([sys.executable, "bench/avx2_laptop.py", "--avx-vnni", "--openvino", "--",
+                           sys.executable, "-c", OPENVINO_CHILD],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    child = json.loads(proc.stdout)
+    assert "onnxruntime-avx2-" in child["openvino"] and "site-packages" not in child["openvino"]
+    assert (child["isa"], child["aten"], child["onednn"]) == ("avx2", "avx2", None)
+    assert "FP32" in child["capabilities"] and not {"BF16", "FP16"} & set(child["capabilities"])

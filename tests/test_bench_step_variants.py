@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,11 +24,16 @@ def test_step_variants_times_each_variant_against_the_shipped_step(random_checkp
     report = json.loads(proc.stdout)
     assert report["context"] == 512 and report["rounds"] == 2
     variants = report["variants"]
-    try:
-        import onnx_ir  # noqa: F401
-        assert set(variants) == {"int8", "int8-latent-float16", "int4", "int8-blocks"} and report["skipped"] == {}
-    except ImportError:
-        assert set(variants) == {"int8", "int8-latent-float16", "int8-blocks"} and "onnx_ir" in report["skipped"]["int4"]
+    sys.path.insert(0, str(REPO / "bench"))
+    import step_variants as SV
+
+    optional = {"int4": SV.int4_available(), "openvino-int8": SV.openvino_available()}  # variant: why not
+    for variant, why_not in optional.items():
+        if why_not is None:
+            assert variant in variants and variant not in report["skipped"]
+        else:
+            assert variant not in variants and report["skipped"][variant] == why_not
+    assert set(variants) - set(optional) == {"int8", "int8-latent-float16", "int8-blocks"}
     assert variants["int8"]["batch1_over_int8"] == 1.0 and variants["int8"]["4_variations_over_int8"] == 1.0
     for entry in variants.values():
         for case in ("batch1", "4_variations"):
@@ -40,3 +48,32 @@ def test_step_variants_times_each_variant_against_the_shipped_step(random_checkp
     # distribution (a wrong code layout or scale would move it far).
     for case in ("batch1", "4_variations"):
         assert variants["int8-blocks"][f"{case}_next_id_total_variation_vs_float32"] < 0.05
+
+
+def test_openvino_variant_runs_the_same_step_on_the_caches_in_place(random_checkpoint):
+    """OpenVINO computes the step that onnxruntime computes (float32: the same distribution),
+    its int8 weights stay near float32, and it reads the caches in place: changing them
+    changes its next step."""
+    pytest.importorskip("openvino")
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        pytest.skip("OpenVINO cannot compile with ONEDNN_MAX_CPU_ISA set")
+    sys.path.insert(0, str(REPO / "bench"))
+    import step_variants as SV
+    from perceiver_music import decode_onnx as D
+    from perceiver_music.checkpoint import load_checkpoint
+
+    model = load_checkpoint(random_checkpoint).model.float().eval()
+    one, _ = SV.real_caches(model, str(REPO / "assets" / "primers"), 1)
+    with tempfile.TemporaryDirectory() as folder:
+        files = SV.export_graphs(model, Path(folder), ["openvino-int8"])
+        sess = D.cpu_session(files[("float32", "step")], 1)
+        binding, _values = SV.bound(sess, one, False)
+        sess.run_with_iobinding(binding)
+        onnxruntime_logits = binding.copy_outputs_to_cpu()[0]
+        openvino_logits = SV.openvino_run(files[("float32", "step")], one, 1)[1]
+        assert SV.total_variation(openvino_logits, onnxruntime_logits) < 1e-3
+        run, int8_logits, (compiled, arrays) = SV.openvino_run(files[("openvino-int8", "step")], one, 1)
+        assert SV.total_variation(int8_logits, onnxruntime_logits) < 0.05
+        arrays["cross_v"][...] = np.random.default_rng(0).standard_normal(arrays["cross_v"].shape)
+        run()
+        assert not np.allclose(run.__self__.get_output_tensor(0).data, int8_logits)
