@@ -17,11 +17,11 @@ Before running the command the copy is checked, in a fresh process:
   - an fp32 GEMM runs at a rate the script reports next to the unpatched library's.
 
 With --openvino the installed OpenVINO package is copied and patched the same way (every
-`xgetbv` in its core library and its CPU plugin), and checked: it loads from the copy and its CPU plugin no
-longer reports bfloat16 or float16 (AVX-512 and AMX) capabilities. OpenVINO's own oneDNN fails
-to compile a graph when ONEDNN_MAX_CPU_ISA is set, so in this mode PyTorch's oneDNN is not held
-(ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS still are). OpenVINO's AVX-VNNI kernels are not
-left out.
+`xgetbv` in its core library and its CPU plugin), and checked: it loads from the copy, and its
+CPU plugin no longer reports bfloat16 or float16 (AVX-512 and AMX) capabilities. OpenVINO's own
+oneDNN fails to compile a graph when ONEDNN_MAX_CPU_ISA is set, so in this mode PyTorch's oneDNN
+is not held (ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS still are). OpenVINO's AVX-VNNI
+kernels are not left out.
 
 What this does not reproduce: a laptop's memory bandwidth, clock and per-op dispatch cost (on
 the AVX2 machine of issue 13 one tiny PyTorch op took 5-8 us). The figures it gives are this

@@ -86,22 +86,43 @@ def quantize_int4(path: Path, out: Path) -> None:
     quantizer.model.save_model_to_file(str(out), False)
 
 
-def quantize_int8_blocks(path: Path, out: Path, block: int = 128) -> None:
-    """Every MatMul by a constant weight (K, N) becomes com.microsoft.MatMulNBits with 8-bit
-    codes, symmetric per block of `block` inputs: code = round(w / scale) + 128, scale = the
-    block's largest |w| / 127 (the operator's default zero point for 8 bits is 128)."""
+def rewrite_weight_products(path: Path, out: Path, rewrite, domain: str | None = None) -> None:
+    """Every MatMul by a constant weight (K, N) in the graph at `path` is replaced by what
+    rewrite(x, w, name, y) returns: (new initializers, new nodes) computing output y from input x
+    and the float32 weight w. `domain`: an operator domain the new nodes need."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
-    nodes, replaced = [], set()
+    nodes, added, replaced = [], [], set()
     for node in graph.node:
         if node.op_type != "MatMul" or node.input[1] not in weights:
             nodes.append(node)
             continue
-        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)  # (K, N)
+        name = node.input[1]
+        initializers, new_nodes = rewrite(node.input[0], numpy_helper.to_array(weights[name]).astype(np.float32),
+                                          name, node.output[0])
+        replaced.add(name)
+        added += initializers
+        nodes += new_nodes
+    kept = [init for init in graph.initializer if init.name not in replaced]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept + added)
+    if domain:
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    onnx.save(model, str(out))
+
+
+def quantize_int8_blocks(path: Path, out: Path, block: int = 128) -> None:
+    """Every weight product becomes com.microsoft.MatMulNBits with 8-bit codes, symmetric per
+    block of `block` inputs: code = round(w / scale) + 128, scale = the block's largest |w| / 127
+    (the operator's default zero point for 8 bits is 128)."""
+    from onnx import helper, numpy_helper
+
+    def rewrite(x, w, name, y):
         K, N = w.shape
         blocks = -(-K // block)
         padded = np.zeros((N, blocks * block), np.float32)
@@ -110,51 +131,29 @@ def quantize_int8_blocks(path: Path, out: Path, block: int = 128) -> None:
         scale = np.abs(padded).max(-1) / 127.0
         scale[scale == 0] = 1.0
         codes = (np.clip(np.rint(padded / scale[..., None]), -127, 127) + 128).astype(np.uint8)
-        name = node.input[1]
-        replaced.add(name)
-        graph.initializer.extend([numpy_helper.from_array(codes, f"{name}_codes"),
-                                  numpy_helper.from_array(scale.reshape(-1).astype(np.float32), f"{name}_scales")])
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{name}_codes", f"{name}_scales"],
-                                      list(node.output), domain="com.microsoft", K=K, N=N, bits=8,
-                                      block_size=block, accuracy_level=4))
-    kept = [init for init in graph.initializer if init.name not in replaced]
-    del graph.node[:], graph.initializer[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(kept)
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(out))
+        return ([numpy_helper.from_array(codes, f"{name}_codes"),
+                 numpy_helper.from_array(scale.reshape(-1).astype(np.float32), f"{name}_scales")],
+                [helper.make_node("MatMulNBits", [x, f"{name}_codes", f"{name}_scales"], [y], domain="com.microsoft",
+                                  K=K, N=N, bits=8, block_size=block, accuracy_level=4)])
+
+    rewrite_weight_products(path, out, rewrite, domain="com.microsoft")
 
 
 def dequantize_int8_columns(path: Path, out: Path) -> None:
-    """Every MatMul by a constant weight (K, N) reads it through DequantizeLinear: int8 codes,
-    symmetric, one scale per output column (the largest |w| of the column / 127)."""
-    import onnx
+    """Every weight product reads its weight through DequantizeLinear: int8 codes, symmetric,
+    one scale per output column (the largest |w| of the column / 127)."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
-    graph = model.graph
-    weights = {init.name: init for init in graph.initializer}
-    nodes, replaced = [], set()
-    for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in weights:
-            w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
-            scale = np.abs(w).max(0) / 127.0
-            scale[scale == 0] = 1.0
-            codes = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-            name = node.input[1]
-            replaced.add(name)
-            graph.initializer.extend([numpy_helper.from_array(codes, f"{name}_codes"),
-                                      numpy_helper.from_array(scale.astype(np.float32), f"{name}_scales")])
-            nodes.append(helper.make_node("DequantizeLinear", [f"{name}_codes", f"{name}_scales"], [f"{name}_dq"],
-                                          axis=1))
-            nodes.append(helper.make_node("MatMul", [node.input[0], f"{name}_dq"], list(node.output)))
-        else:
-            nodes.append(node)
-    kept = [init for init in graph.initializer if init.name not in replaced]
-    del graph.node[:], graph.initializer[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(kept)
-    onnx.save(model, str(out))
+    def rewrite(x, w, name, y):
+        scale = np.abs(w).max(0) / 127.0
+        scale[scale == 0] = 1.0
+        codes = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        return ([numpy_helper.from_array(codes, f"{name}_codes"),
+                 numpy_helper.from_array(scale.astype(np.float32), f"{name}_scales")],
+                [helper.make_node("DequantizeLinear", [f"{name}_codes", f"{name}_scales"], [f"{name}_dq"], axis=1),
+                 helper.make_node("MatMul", [x, f"{name}_dq"], [y])])
+
+    rewrite_weight_products(path, out, rewrite)
 
 
 def openvino_available() -> str | None:

@@ -72,7 +72,7 @@ def test_openvino_variant_runs_the_same_step_on_the_caches_in_place(random_check
         onnxruntime_logits = binding.copy_outputs_to_cpu()[0]
         openvino_logits = SV.openvino_run(files[("float32", "step")], one, 1)[1]
         assert SV.total_variation(openvino_logits, onnxruntime_logits) < 1e-3
-        run, int8_logits, (compiled, arrays) = SV.openvino_run(files[("openvino-int8", "step")], one, 1)
+        run, int8_logits, (_compiled, arrays) = SV.openvino_run(files[("openvino-int8", "step")], one, 1)
         assert SV.total_variation(int8_logits, onnxruntime_logits) < 0.05
         arrays["cross_v"][...] = np.random.default_rng(0).standard_normal(arrays["cross_v"].shape)
         run()
