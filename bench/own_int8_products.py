@@ -6,11 +6,12 @@ products at one row read their weights at about half the rate that float32 produ
 This probe asks what kernels of our own would give for that part. It uses AVX2 only, with no
 AVX-512 and no VNNI, as on any x86 laptop.
 
-`bench/own_int8_products.c` is compiled here with gcc (-O3 -mavx2 -mfma) into a temporary
-folder. Its int8 products at one row run over the step's 30 weight shapes: 7-bit codes, one
-scale per output column, the row quantised to bytes per product, on two threads (a worker
-spinning between products). The same shapes are timed in the same run through onnxruntime's
-shipped int8 products and its float32 products (bench/id_anatomy.py's weight_products).
+The weight products of `bench/own_step.c` (compiled here with gcc, -O3 -mavx2 -mfma, into a
+temporary folder) run alone over the step's 30 weight shapes at one row: 7-bit codes, one scale
+per output column, the row quantised to bytes with a scale and zero point for each product, on
+two threads (a worker spinning between products). The same shapes are timed in the same run
+through onnxruntime's shipped int8 products and its float32 products (bench/id_anatomy.py's
+weight_products).
 
 Correctness, checked before timing: the kernel's outputs equal a numpy emulation of the same
 integer arithmetic (to float rounding), and stay within 3 % (relative norm) of the float32
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,74 +44,63 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
 from id_anatomy import step_weight_shapes, weight_products  # noqa: E402
+from own_step import CODE_LIMIT, Weight, build, worker  # noqa: E402
 
 from perceiver_music.model import default_config  # noqa: E402
 
-SOURCE = REPO / "bench" / "own_int8_products.c"
-CODE_LIMIT = 63  # 7-bit codes: vpmaddubsw's pairs stay within 16 bits
-
-
-class Product(ctypes.Structure):
-    _fields_ = [("K", ctypes.c_int32), ("N", ctypes.c_int32), ("codes", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p), ("colsum", ctypes.c_void_p), ("x", ctypes.c_void_p),
-                ("y", ctypes.c_void_p)]
 
 
 class Kernels:
-    """The compiled kernels and the arrays their products point into (kept alive here)."""
+    """own_step.c's weight products, and the arrays they point into (kept alive here)."""
 
     def __init__(self, folder: Path) -> None:
-        if shutil.which("gcc") is None:
-            raise RuntimeError("gcc not found")
-        library = folder / "own_int8_products.so"
-        subprocess.run(["gcc", "-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-pthread", str(SOURCE), "-o",
-                        str(library)], check=True, capture_output=True, text=True)
-        self.lib = ctypes.CDLL(str(library))
-        self.lib.run_products.argtypes = [ctypes.POINTER(Product), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32]
-        self.arrays: list[np.ndarray] = []
+        self.lib = build(folder)
+        self.arrays: list = []
 
     def products(self, weights: list[np.ndarray], rows: list[np.ndarray]) -> tuple:
-        """(Product array, outputs, codes, scales) for float32 weights (K, N) and rows (K,)."""
-        table = (Product * len(weights))()
+        """(table, outputs, codes, scales) for float32 weights (K, N) and rows (K,)."""
+        table = (Weight * len(weights))()
         outputs, all_codes, all_scales = [], [], []
-        for i, (w, x) in enumerate(zip(weights, rows)):
+        for i, w in enumerate(weights):
             K, N = w.shape
             scale = np.abs(w).max(0) / CODE_LIMIT
             scale[scale == 0] = 1.0
             codes = np.ascontiguousarray(np.clip(np.rint(w / scale), -CODE_LIMIT, CODE_LIMIT).astype(np.int8).T)
             scale = scale.astype(np.float32)
             colsum = codes.sum(1, dtype=np.int32)
-            x = np.ascontiguousarray(x, np.float32)
-            y = np.zeros(N, np.float32)
-            self.arrays += [codes, scale, colsum, x, y]
-            table[i] = Product(K, N, codes.ctypes.data, scale.ctypes.data, colsum.ctypes.data, x.ctypes.data,
-                               y.ctypes.data)
-            outputs.append(y)
+            self.arrays += [codes, scale, colsum]
+            table[i] = Weight(K, N, codes.ctypes.data, scale.ctypes.data, colsum.ctypes.data, None)
+            outputs.append(np.zeros(N, np.float32))
             all_codes.append(codes)
             all_scales.append(scale)
-        return table, outputs, all_codes, all_scales
+        rows = [np.ascontiguousarray(x, np.float32) for x in rows]
+        self.arrays += [rows, outputs]
+        pointers = lambda arrays: (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])  # noqa: E731
+        return (table, pointers(rows), pointers(outputs)), outputs, all_codes, all_scales
 
-    def run(self, table, repeats: int, two_threads: bool) -> None:
-        if self.lib.run_products(table, len(table), repeats, int(two_threads)) != 0:
+    def run(self, table: tuple, repeats: int) -> None:
+        weights, rows, outputs = table
+        if self.lib.run_products(weights, rows, outputs, len(weights), repeats) != 0:
             raise ValueError("a product's K is not a multiple of 32")
 
 
 def emulated(x: np.ndarray, codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """The kernel's arithmetic in numpy: the same float32 quantisation, exact integer sums."""
-    largest = np.float32(np.abs(x).max())
-    sx = largest / np.float32(127) if largest > 0 else np.float32(1)
-    xq = (np.rint(x * (np.float32(1) / sx)) + 128).astype(np.int64)
-    sums = codes.astype(np.int64) @ xq - 128 * codes.sum(1, dtype=np.int64)
+    low, high = np.float32(min(x.min(), 0)), np.float32(max(x.max(), 0))
+    sx = (high - low) / np.float32(255) if high > low else np.float32(1)
+    zero = int(np.rint(-low / sx))
+    xq = np.clip(np.rint(x * (np.float32(1) / sx)) + zero, 0, 255).astype(np.int64)
+    sums = codes.astype(np.int64) @ xq - zero * codes.sum(1, dtype=np.int64)
     return (sx * scale * sums.astype(np.float32)).astype(np.float32)
 
 
-def check(kernels: Kernels, shapes: list[tuple[int, int]], two_threads: bool) -> dict:
+def check(kernels: Kernels, shapes: list[tuple[int, int]]) -> dict:
     """Run every shape once on random weights and rows; compare with numpy."""
     rng = np.random.default_rng(0)
     weights = [(rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32) for k, n in shapes]
     rows = [rng.standard_normal(k).astype(np.float32) for k, _ in shapes]
     table, outputs, codes, scales = kernels.products(weights, rows)
-    kernels.run(table, 1, two_threads)
+    kernels.run(table, 1)
     to_emulation = max(float(np.abs(y - emulated(x, c, s)).max() / np.abs(y).max())
                        for y, x, c, s in zip(outputs, rows, codes, scales))
     to_float32 = max(float(np.linalg.norm(y - x @ w) / np.linalg.norm(x @ w))
@@ -119,16 +108,16 @@ def check(kernels: Kernels, shapes: list[tuple[int, int]], two_threads: bool) ->
     return {"max_error_vs_emulation": to_emulation, "max_relative_error_vs_float32": round(to_float32, 5)}
 
 
-def own_ms(kernels: Kernels, shapes: list[tuple[int, int]], repeats: int, two_threads: bool) -> float:
+def own_ms(kernels: Kernels, shapes: list[tuple[int, int]], repeats: int) -> float:
     rng = np.random.default_rng(1)
     weights = [rng.standard_normal((k, n)).astype(np.float32) for k, n in shapes]
     rows = [rng.standard_normal(k).astype(np.float32) for k, _ in shapes]
     table = kernels.products(weights, rows)[0]
-    kernels.run(table, 20, two_threads)
+    kernels.run(table, 20)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        kernels.run(table, 20, two_threads)
+        kernels.run(table, 20)
         times.append((time.perf_counter() - start) / 20)
     return round(1e3 * float(np.median(times)), 4)
 
@@ -144,20 +133,14 @@ def main() -> None:
     model = bench_model(replace(default_config(), max_context=args.context), torch.device("cpu"))
     shapes = step_weight_shapes(model)
     n_weights = sum(k * n for k, n in shapes)
-    two = args.threads == 2
     with tempfile.TemporaryDirectory(prefix="own-int8-") as folder:
         try:
             kernels = Kernels(Path(folder))
         except (RuntimeError, subprocess.CalledProcessError) as error:
             raise SystemExit(f"own_int8_products: cannot build the kernels: {error}")
-        if two and kernels.lib.start_worker() != 0:
-            raise SystemExit("own_int8_products: cannot start the worker thread")
-        try:
-            correctness = check(kernels, shapes, two)
-            own = own_ms(kernels, shapes, args.repeats, two)
-        finally:
-            if two:
-                kernels.lib.stop_worker()
+        with worker(kernels.lib, args.threads):
+            correctness = check(kernels, shapes)
+            own = own_ms(kernels, shapes, args.repeats)
     shipped = weight_products(model, shapes, args.threads, args.repeats, (1,))
     gbps = lambda ms, bytes_per_weight: round(n_weights * bytes_per_weight / 2**30 / (ms / 1e3), 1)  # noqa: E731
     print(json.dumps({

@@ -1,0 +1,431 @@
+/* The default model's decode step at batch 1, in kernels of our own (bench/own_step.py).
+
+   A probe, not the product: is a step of our own, AVX2 only and two threads, fast enough for
+   issue 13's 3x? It computes what decode_onnx.StepGraph computes, from the same weights (query
+   weights carrying the attention scale, RoPE as a product by rotated rows: x * cos + x_rot * sin)
+   and the same caches (the cross-attend ring, keys transposed, with its additive mask; the
+   latent caches likewise), and writes the same outputs.
+
+   Weight products are int8 or float32 (FMA), both over weights stored output after output, as
+   torch's Linear stores them. int8: 7-bit codes with one scale per output; the row quantised to
+   bytes with a scale and zero point (onnxruntime's dynamic quantisation); vpmaddubsw multiplies
+   bytes pairwise into 16 bits (at most 2 * 255 * 63 = 32130: 7-bit codes keep it from
+   saturating), vpmaddwd adds pairs into 32 bits, and
+   y[n] = scale_x * scale[n] * (sum_k xq[k] code[n][k] - zero_x * colsum[n]). Attention is one pass of
+   scores over the ring, a softmax with an exp of our own, and one pass over the values.
+
+   Two threads: the caller's and a worker that spins between tasks; each task is split in two
+   (columns of a product, heads of an attention). */
+
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    int32_t K, N;
+    const int8_t *codes;    /* int8: N outputs of K codes, else NULL */
+    const float *scale;     /* int8: N */
+    const int32_t *colsum;  /* int8: N, each output's sum of codes */
+    const float *w;         /* float32: N outputs of K weights, else NULL */
+} Weight;
+
+typedef struct {
+    const float *weight, *bias;
+} Norm;
+
+typedef struct {
+    Norm norm1, norm2;
+    Weight qkv, out, fc, proj;  /* qkv: q, k, q_rot, k_rot, v */
+} Block;
+
+typedef struct {
+    int32_t d, heads, head_dim, vocab, layers, latent_slots;
+    const float *embedding;       /* vocab x d */
+    const float *cross_cos, *cross_sin, *self_cos, *self_sin;  /* positions x head_dim */
+    Norm q_norm, kv_norm, mlp_norm, final_norm;
+    Weight cross_q, cross_kv, cross_out, cross_fc, cross_proj, head;  /* cross_q: q, q_rot; cross_kv: k, k_rot, v */
+    const Block *blocks;
+} Model;
+
+typedef struct {
+    int64_t token, pos;
+    int32_t slots;                     /* the cross ring's */
+    const float *cross_k_t, *cross_v, *cross_mask;  /* (H, hd, slots), (H, slots, hd), (slots) */
+    const float *latent_mask;          /* (latent_slots) */
+    const float *const *latent_k_t;    /* per layer (H, hd, latent_slots) */
+    const float *const *latent_v;      /* per layer (H, latent_slots, hd) */
+    float *logits, *new_cross_k, *new_cross_v;
+    float *const *new_latent_k, *const *new_latent_v;  /* per layer (H, hd) */
+} Step;
+
+#define MAX_WIDTH 8192
+#define MAX_SLOTS 65536
+static float buf_x[MAX_WIDTH], buf_a[MAX_WIDTH], buf_b[MAX_WIDTH], buf_wide[MAX_WIDTH], buf_y[MAX_WIDTH];
+static float buf_q[MAX_WIDTH];
+static float scores[2][MAX_SLOTS + 8] __attribute__((aligned(32)));  /* one per thread */
+static uint8_t xq[MAX_WIDTH] __attribute__((aligned(32)));
+static float xscale;
+static int32_t xzero;
+
+/* ---- two threads: tasks split in two halves ---- */
+
+typedef void (*TaskFn)(const void *arg, int part);
+static TaskFn task_fn;
+static const void *task_arg;
+static atomic_int posted, finished, stopping;
+static pthread_t worker;
+static int generation;
+
+static void *work(void *unused) {
+    (void)unused;
+    int seen = 0;
+    for (;;) {
+        int now;
+        while ((now = atomic_load_explicit(&posted, memory_order_acquire)) == seen) {
+            if (atomic_load_explicit(&stopping, memory_order_relaxed))
+                return 0;
+            _mm_pause();
+        }
+        seen = now;
+        task_fn(task_arg, 1);
+        atomic_store_explicit(&finished, seen, memory_order_release);
+    }
+}
+
+static int two_threads;
+
+int start_worker(void) {
+    atomic_store(&stopping, 0);
+    atomic_store(&posted, 0);
+    atomic_store(&finished, 0);
+    generation = 0;
+    two_threads = pthread_create(&worker, 0, work, 0) == 0;
+    return two_threads ? 0 : -1;
+}
+
+void stop_worker(void) {
+    if (!two_threads)
+        return;
+    atomic_store(&stopping, 1);
+    pthread_join(worker, 0);
+    two_threads = 0;
+}
+
+static void run_task(TaskFn fn, const void *arg) {
+    if (!two_threads) {
+        fn(arg, 0);
+        fn(arg, 1);
+        return;
+    }
+    task_fn = fn;
+    task_arg = arg;
+    atomic_store_explicit(&posted, ++generation, memory_order_release);
+    fn(arg, 0);
+    while (atomic_load_explicit(&finished, memory_order_acquire) != generation)
+        _mm_pause();
+}
+
+/* ---- small pieces ---- */
+
+static float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+
+static int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* e^x for 8 floats: x = n ln2 + r, e^r by a degree-6 polynomial (Cephes' expf coefficients),
+   2^n through the exponent bits. -inf and anything below -87 give 0. */
+static __m256 exp_ps(__m256 x) {
+    const __m256 low = _mm256_set1_ps(-87.0f);
+    __m256 zero_mask = _mm256_cmp_ps(x, low, _CMP_LT_OQ);
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), low);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+}
+
+static void layer_norm(const float *x, int32_t d, Norm norm, float *y) {
+    float mean = 0.0f, var = 0.0f;
+    for (int32_t i = 0; i < d; i++)
+        mean += x[i];
+    mean /= (float)d;
+    for (int32_t i = 0; i < d; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    float inv = 1.0f / sqrtf(var / (float)d + 1e-5f);
+    for (int32_t i = 0; i < d; i++)
+        y[i] = (x[i] - mean) * inv * norm.weight[i] + norm.bias[i];
+}
+
+/* The row to bytes, as onnxruntime's dynamic quantisation does: one scale and zero point over
+   [min(x, 0), max(x, 0)], xq = round(x / scale) + zero in 0..255. */
+static void quantize(const float *x, int32_t K) {
+    __m256 top = _mm256_setzero_ps(), bottom = _mm256_setzero_ps();
+    for (int32_t k = 0; k < K; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        top = _mm256_max_ps(top, v);
+        bottom = _mm256_min_ps(bottom, v);
+    }
+    __m128 hi = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+    hi = _mm_max_ps(hi, _mm_shuffle_ps(hi, hi, 0x4e));
+    hi = _mm_max_ps(hi, _mm_shuffle_ps(hi, hi, 0xb1));
+    __m128 lo = _mm_min_ps(_mm256_castps256_ps128(bottom), _mm256_extractf128_ps(bottom, 1));
+    lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, 0x4e));
+    lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, 0xb1));
+    float range = _mm_cvtss_f32(hi) - _mm_cvtss_f32(lo);
+    xscale = range > 0.0f ? range / 255.0f : 1.0f;
+    xzero = (int32_t)nearbyintf(-_mm_cvtss_f32(lo) / xscale);
+    const __m256 inverse = _mm256_set1_ps(1.0f / xscale);
+    const __m256i offset = _mm256_set1_epi32(xzero);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undo the packs' lane interleave */
+    for (int32_t k = 0; k < K; k += 32) {
+        __m256i a = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inverse)), offset);
+        __m256i b = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8), inverse)), offset);
+        __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 16), inverse)), offset);
+        __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 24), inverse)), offset);
+        __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(a, b), _mm256_packus_epi32(c, e));
+        _mm256_store_si256((__m256i *)(xq + k), _mm256_permutevar8x32_epi32(bytes, order));
+    }
+}
+
+/* ---- weight products: y = W x, split by outputs ---- */
+
+typedef struct {
+    const Weight *w;
+    const float *x;
+    float *y;
+} Product;
+
+static void int8_outputs(const Weight *w, float *y, int32_t first, int32_t last) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int32_t K = w->K;
+    int32_t n = first;
+    for (; n + 4 <= last; n += 4) {
+        const int8_t *c = w->codes + (int64_t)n * K;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (int32_t k = 0; k < K; k += 32) {
+            __m256i x = _mm256_load_si256((const __m256i *)(xq + k));
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + k))), ones));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + K + k))), ones));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + 2 * K + k))), ones));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + 3 * K + k))), ones));
+        }
+        int32_t sums[4] = {hsum_epi32(a0), hsum_epi32(a1), hsum_epi32(a2), hsum_epi32(a3)};
+        for (int j = 0; j < 4; j++)
+            y[n + j] = xscale * w->scale[n + j] * (float)(sums[j] - xzero * w->colsum[n + j]);
+    }
+    for (; n < last; n++) {
+        const int8_t *c = w->codes + (int64_t)n * K;
+        __m256i a = _mm256_setzero_si256();
+        for (int32_t k = 0; k < K; k += 32)
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(
+                    _mm256_load_si256((const __m256i *)(xq + k)), _mm256_loadu_si256((const __m256i *)(c + k))), ones));
+        y[n] = xscale * w->scale[n] * (float)(hsum_epi32(a) - xzero * w->colsum[n]);
+    }
+}
+
+static void float_outputs(const Weight *w, const float *x, float *y, int32_t first, int32_t last) {
+    const int32_t K = w->K;
+    int32_t n = first;
+    for (; n + 4 <= last; n += 4) {
+        const float *r = w->w + (int64_t)n * K;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int32_t k = 0; k < K; k += 8) {
+            __m256 v = _mm256_loadu_ps(x + k);
+            a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r + k), a0);
+            a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r + K + k), a1);
+            a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r + 2 * K + k), a2);
+            a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r + 3 * K + k), a3);
+        }
+        y[n] = hsum_ps(a0);
+        y[n + 1] = hsum_ps(a1);
+        y[n + 2] = hsum_ps(a2);
+        y[n + 3] = hsum_ps(a3);
+    }
+    for (; n < last; n++) {
+        const float *r = w->w + (int64_t)n * K;
+        __m256 a = _mm256_setzero_ps();
+        for (int32_t k = 0; k < K; k += 8)
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), _mm256_loadu_ps(r + k), a);
+        y[n] = hsum_ps(a);
+    }
+}
+
+static void product_part(const void *arg, int part) {
+    const Product *p = arg;
+    int32_t split = (p->w->N / 2) & ~3;
+    int32_t first = part ? split : 0, last = part ? p->w->N : split;
+    if (p->w->codes)
+        int8_outputs(p->w, p->y, first, last);
+    else
+        float_outputs(p->w, p->x, p->y, first, last);
+}
+
+static void product(const Weight *w, const float *x, float *y) {
+    Product p = {w, x, y};
+    if (w->codes)
+        quantize(x, w->K);
+    run_task(product_part, &p);
+}
+
+/* ---- attention of one query per head over cached keys/values and its own new key/value ---- */
+
+typedef struct {
+    int32_t heads, head_dim, slots;
+    const float *q, *k_new, *v_new;     /* (H, hd) */
+    const float *k_t, *v, *mask;        /* (H, hd, slots), (H, slots, hd), (slots) */
+    float *y;                           /* (H, hd) */
+} Attention;
+
+static void attention_part(const void *arg, int part) {
+    const Attention *a = arg;
+    const int32_t hd = a->head_dim, S = a->slots, half = a->heads / 2;
+    float *s = scores[part];
+    for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
+        const float *q = a->q + h * hd, *kt = a->k_t + (int64_t)h * hd * S, *v = a->v + (int64_t)h * S * hd;
+        int32_t j = 0;
+        for (; j + 8 <= S; j += 8)
+            _mm256_store_ps(s + j, _mm256_loadu_ps(a->mask + j));
+        for (; j < S; j++)
+            s[j] = a->mask[j];
+        for (int32_t i = 0; i < hd; i++) {  /* scores += q[i] * k_t[i, :] */
+            const __m256 qi = _mm256_set1_ps(q[i]);
+            const float *row = kt + (int64_t)i * S;
+            for (j = 0; j + 8 <= S; j += 8)
+                _mm256_store_ps(s + j, _mm256_fmadd_ps(qi, _mm256_loadu_ps(row + j), _mm256_load_ps(s + j)));
+            for (; j < S; j++)
+                s[j] += q[i] * row[j];
+        }
+        float own = 0.0f;
+        for (int32_t i = 0; i < hd; i++)
+            own += q[i] * a->k_new[h * hd + i];
+        float top = own;
+        for (j = 0; j < S; j++)
+            top = s[j] > top ? s[j] : top;
+        const __m256 vtop = _mm256_set1_ps(top);
+        __m256 vsum = _mm256_setzero_ps();
+        for (j = 0; j + 8 <= S; j += 8) {
+            __m256 e = exp_ps(_mm256_sub_ps(_mm256_load_ps(s + j), vtop));
+            _mm256_store_ps(s + j, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        float sum = hsum_ps(vsum);
+        for (; j < S; j++) {
+            s[j] = expf(s[j] - top);
+            sum += s[j];
+        }
+        float w_own = expf(own - top);
+        sum += w_own;
+        float inv = 1.0f / sum;
+        __m256 acc[8];  /* head_dim 64 */
+        for (int i = 0; i < 8; i++)
+            acc[i] = _mm256_setzero_ps();
+        for (j = 0; j < S; j++) {
+            const __m256 wj = _mm256_set1_ps(s[j]);
+            const float *row = v + (int64_t)j * hd;
+            for (int i = 0; i < 8; i++)
+                acc[i] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(row + 8 * i), acc[i]);
+        }
+        float *y = a->y + h * hd;
+        for (int i = 0; i < 8; i++)
+            _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(acc[i], _mm256_set1_ps(inv)));
+        for (int32_t i = 0; i < hd; i++)
+            y[i] += w_own * inv * a->v_new[h * hd + i];
+    }
+}
+
+static void rope(const float *x, const float *x_rot, const float *cos, const float *sin, int32_t heads, int32_t hd,
+                 float *y) {
+    for (int32_t h = 0; h < heads; h++)
+        for (int32_t i = 0; i < hd; i++)
+            y[h * hd + i] = x[h * hd + i] * cos[i] + x_rot[h * hd + i] * sin[i];
+}
+
+static void mlp(const Weight *fc, const Weight *proj, Norm norm, float *h, int32_t d) {
+    layer_norm(h, d, norm, buf_a);
+    product(fc, buf_a, buf_wide);
+    for (int32_t i = 0; i < fc->N; i++) {
+        float r = buf_wide[i] > 0.0f ? buf_wide[i] : 0.0f;
+        buf_wide[i] = r * r;
+    }
+    product(proj, buf_wide, buf_y);
+    for (int32_t i = 0; i < d; i++)
+        h[i] += buf_y[i];
+}
+
+/* One step. Returns -1 if a size is beyond this probe's buffers or head_dim is not 64. */
+int step(const Model *m, const Step *in) {
+    const int32_t d = m->d, H = m->heads, hd = m->head_dim;
+    if (hd != 64 || H % 2 || d % 32 || 5 * d > MAX_WIDTH || 4 * d > MAX_WIDTH || in->slots > MAX_SLOTS ||
+        m->latent_slots > MAX_SLOTS || m->vocab > MAX_WIDTH)
+        return -1;
+    float *h = buf_x;
+    memcpy(h, m->embedding + in->token * d, d * sizeof(float));
+    const float *cc = m->cross_cos + in->pos * hd, *cs = m->cross_sin + in->pos * hd;
+    layer_norm(h, d, m->q_norm, buf_a);
+    layer_norm(h, d, m->kv_norm, buf_b);
+    product(&m->cross_q, buf_a, buf_wide);
+    rope(buf_wide, buf_wide + d, cc, cs, H, hd, buf_q);
+    product(&m->cross_kv, buf_b, buf_wide);
+    rope(buf_wide, buf_wide + d, cc, cs, H, hd, in->new_cross_k);
+    memcpy(in->new_cross_v, buf_wide + 2 * d, d * sizeof(float));
+    Attention cross = {H, hd, in->slots, buf_q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
+                       in->cross_mask, buf_y};
+    run_task(attention_part, &cross);
+    product(&m->cross_out, buf_y, buf_a);
+    for (int32_t i = 0; i < d; i++)
+        h[i] += buf_a[i];
+    mlp(&m->cross_fc, &m->cross_proj, m->mlp_norm, h, d);
+    const float *sc = m->self_cos + in->pos * hd, *ss = m->self_sin + in->pos * hd;
+    for (int32_t l = 0; l < m->layers; l++) {
+        const Block *b = m->blocks + l;
+        layer_norm(h, d, b->norm1, buf_a);
+        product(&b->qkv, buf_a, buf_wide);
+        rope(buf_wide, buf_wide + 2 * d, sc, ss, H, hd, buf_q);
+        rope(buf_wide + d, buf_wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
+        memcpy(in->new_latent_v[l], buf_wide + 4 * d, d * sizeof(float));
+        Attention self = {H, hd, m->latent_slots, buf_q, in->new_latent_k[l], in->new_latent_v[l],
+                          in->latent_k_t[l], in->latent_v[l], in->latent_mask, buf_y};
+        run_task(attention_part, &self);
+        product(&b->out, buf_y, buf_a);
+        for (int32_t i = 0; i < d; i++)
+            h[i] += buf_a[i];
+        mlp(&b->fc, &b->proj, b->norm2, h, d);
+    }
+    layer_norm(h, d, m->final_norm, buf_a);
+    product(&m->head, buf_a, in->logits);
+    return 0;
+}
+
+/* Weight products alone (bench/own_int8_products.py): every weights[i] times rows[i] into
+   outputs[i], `repeats` times over. Returns -1 if a K is not a multiple of 32 or too wide. */
+int run_products(const Weight *weights, const float *const *rows, float *const *outputs, int32_t count,
+                 int32_t repeats) {
+    for (int32_t i = 0; i < count; i++)
+        if (weights[i].K % 32 || weights[i].K > MAX_WIDTH)
+            return -1;
+    for (int32_t r = 0; r < repeats; r++)
+        for (int32_t i = 0; i < count; i++)
+            product(weights + i, rows[i], outputs[i]);
+    return 0;
+}
