@@ -272,7 +272,13 @@ def main() -> None:
                          "onnxruntime int8, this many interleaved rounds (random weights, --context)")
     ap.add_argument("--context", type=int, default=4096, help="the loop's model")
     ap.add_argument("--new-tokens", type=int, default=600, help="ids per loop measurement")
+    ap.add_argument("--no-native-bfloat16", action="store_true",
+                    help="the eager CPU setting without bfloat16 weights, as on a CPU without AVX512-BF16 or AMX")
     args = ap.parse_args()
+    if args.no_native_bfloat16:
+        from perceiver_music import cpu_precision
+
+        cpu_precision.native_bfloat16 = lambda: False
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint).model.float().eval()
@@ -348,6 +354,7 @@ def main() -> None:
         "step_ms": {name: round(float(np.median(values)), 4) for name, values in ms.items()},
         "over_onnxruntime_int8": {name: round(float(np.median(np.divide(values, ms["onnxruntime_int8"]))), 3)
                                   for name, values in ms.items()},
+        "bfloat16_switched_off": bool(args.no_native_bfloat16),
         "loop": loop,
     }, indent=1))
 
