@@ -7,6 +7,10 @@ float32 (the reference) and once per variant, and every next id is scored. Varia
   low_precision  the eager step with generate(dtype=torch.float16)'s weights (cpu_precision.py)
   onnx-float32   the compiled step (decode_onnx.py) in float32
   onnx-int8      the compiled step with onnxruntime's int8 dynamic quantisation of the weights
+  own-int8       onnx-int8 with its batch-1 step in kernels of our own (bench/own_step.py; needs gcc
+                 and AVX2; only when asked for with --variants). Its worker thread spins from its
+                 first reset to the end of the run, so the other decoders' times in that run
+                 are not comparable.
 
 Prints one JSON object: NLL (nats per id) of each, and per variant its NLL minus float32's, how
 far apart their next-id distributions are (total variation distance, mean and max), how often
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +86,8 @@ def main() -> None:
     ap.add_argument("--works", type=int, default=8, help="at most this many works")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", default=None,
-                    help="comma-separated: low_precision, onnx-float32, onnx-int8 (default: all that are installed)")
+                    help="comma-separated: low_precision, onnx-float32, onnx-int8, own-int8 (default: the first "
+                         "three, those that are installed)")
     ap.add_argument("--save-reference", default=None, metavar="NPY",
                     help="also write float32's log-probabilities of every scored position here")
     ap.add_argument("--reference", default=None, metavar="NPY",
@@ -90,8 +96,8 @@ def main() -> None:
     args = ap.parse_args()
     from perceiver_music.decode_onnx import available
 
-    known = ["low_precision", "onnx-float32", "onnx-int8"]
-    variants = args.variants.split(",") if args.variants else [v for v in known if available() or "onnx" not in v]
+    known = ["low_precision", "onnx-float32", "onnx-int8", "own-int8"]
+    variants = args.variants.split(",") if args.variants else [v for v in known[:3] if available() or "onnx" not in v]
     if set(variants) - set(known):
         ap.error(f"--variants takes {', '.join(known)}")
     if args.threads:
@@ -122,10 +128,18 @@ def main() -> None:
             return EagerDecoder(model)
         if name == "low_precision":
             return EagerDecoder(model, torch.float16)
+        if name == "own-int8":
+            sys.path.insert(0, str(REPO / "bench"))
+            import own_step
+
+            nonlocal own_library
+            own_library = own_step.build(Path(tempfile.mkdtemp(prefix="precision-own-")))
+            return own_step.OwnStepDecoder(model, own_library, min(2, torch.get_num_threads()), "int8")
         from perceiver_music.decode_onnx import OnnxDecoder
 
         return OnnxDecoder(model, 1, precision=name.removeprefix("onnx-"))
 
+    own_library = None
     decoded = names if reference is None else variants
     decoders = {name: make(name) for name in decoded}  # exported once, before any timing
     with torch.inference_mode():
@@ -149,6 +163,8 @@ def main() -> None:
                     agree[name] += int(p.argmax() == q.argmax())
                 count += 1
 
+    if own_library is not None:
+        own_library.stop_worker()
     if args.save_reference:
         np.save(args.save_reference, np.stack(saved).astype(np.float32))
 
