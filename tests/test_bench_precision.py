@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,3 +57,14 @@ def test_a_saved_reference_scores_the_variants_as_the_float32_run_did(tmp_path):
         other = run(score, "--reference", str(saved))
         assert other.returncode != 0 and f"holds 30 positions, this run scores {score}" in other.stderr
         assert "Traceback" not in other.stderr
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or "avx2" not in Path("/proc/cpuinfo").read_text(),
+                    reason="the own step needs gcc and an AVX2 CPU")
+def test_the_own_int8_step_is_scored_when_asked_for():
+    pytest.importorskip("onnxruntime")
+    proc = subprocess.run([sys.executable, "bench/precision.py", "--works", "1", "--score", "40", "--threads", "2",
+                           "--variants", "own-int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    own = json.loads(proc.stdout)["vs_float32"]["own-int8"]
+    assert own["passes_0.01_nats"] and own["same_most_likely_id"] > 0.9 and own["total_variation"]["mean"] < 0.05
