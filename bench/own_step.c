@@ -216,19 +216,24 @@ typedef struct {
     float *y;
 } Product;
 
+/* acc + the byte products of x (unsigned) and 32 codes (signed), summed in pairs into 8 ints */
+static inline __m256i add_products(__m256i acc, __m256i x, const int8_t *codes) {
+    __m256i pairs = _mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)codes));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
 static void int8_outputs(const Weight *w, float *y, int32_t first, int32_t last) {
-    const __m256i ones = _mm256_set1_epi16(1);
     const int32_t K = w->K;
     int32_t n = first;
-    for (; n + 4 <= last; n += 4) {
+    for (; n + 4 <= last; n += 4) {  /* four outputs share each load of the row */
         const int8_t *c = w->codes + (int64_t)n * K;
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
         for (int32_t k = 0; k < K; k += 32) {
             __m256i x = _mm256_load_si256((const __m256i *)(xq + k));
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + k))), ones));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + K + k))), ones));
-            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + 2 * K + k))), ones));
-            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)(c + 3 * K + k))), ones));
+            a0 = add_products(a0, x, c + k);
+            a1 = add_products(a1, x, c + K + k);
+            a2 = add_products(a2, x, c + 2 * K + k);
+            a3 = add_products(a3, x, c + 3 * K + k);
         }
         int32_t sums[4] = {hsum_epi32(a0), hsum_epi32(a1), hsum_epi32(a2), hsum_epi32(a3)};
         for (int j = 0; j < 4; j++)
@@ -238,8 +243,7 @@ static void int8_outputs(const Weight *w, float *y, int32_t first, int32_t last)
         const int8_t *c = w->codes + (int64_t)n * K;
         __m256i a = _mm256_setzero_si256();
         for (int32_t k = 0; k < K; k += 32)
-            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(
-                    _mm256_load_si256((const __m256i *)(xq + k)), _mm256_loadu_si256((const __m256i *)(c + k))), ones));
+            a = add_products(a, _mm256_load_si256((const __m256i *)(xq + k)), c + k);
         y[n] = xscale * w->scale[n] * (float)(hsum_epi32(a) - xzero * w->colsum[n]);
     }
 }

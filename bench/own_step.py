@@ -16,13 +16,20 @@ Checked before timing:
   int8's).
 
 Timed in interleaved rounds (a burst of steps each): onnxruntime int8 (shipped), onnxruntime
-float32, own int8 and own float32. Prints one JSON object: median ms, each one's ratio to
-onnxruntime int8 within the round, and the checks.
+float32, own int8 and own float32. The own worker thread spins only during its own bursts.
 
-This is not generate(): the step is not wired into the decoder, and it has no 4-variation
-form. Resets and sampling are as they are.
+With --loop-rounds, also generate() at batch 1, interleaved round by round: the eager CPU
+setting, onnxruntime int8, and own int8 (OwnStepDecoder: the onnxruntime int8 decoder with its
+step session replaced by the own step; resets, rings and the loop unchanged), on random weights
+of `default_config()` at --context, as bench/compiled_vs_eager.py measures them.
 
-    python bench/own_step.py --threads 2 --rounds 20
+Prints one JSON object: median step ms, each one's ratio to onnxruntime int8 within the round,
+the checks, and the loop's tokens/s and ratios to the eager CPU setting.
+
+The app does not use this step; it has no 4-variation form.
+
+    python bench/own_step.py --threads 2 --rounds 20 --loop-rounds 3
+    python bench/avx2_laptop.py -- python bench/own_step.py ... --no-native-bfloat16  # as on an AVX2 laptop
 """
 
 from __future__ import annotations
@@ -115,7 +122,8 @@ class OwnStep:
             scale = np.abs(w).max(1) / CODE_LIMIT
             scale[scale == 0] = 1.0
             codes = np.clip(np.rint(w / scale[:, None]), -CODE_LIMIT, CODE_LIMIT).astype(np.int8)
-            return Weight(K, N, array(codes, np.int8), array(scale), array(codes.sum(1, dtype=np.int32), np.int32), None)
+            colsum = codes.sum(1, dtype=np.int32)
+            return Weight(K, N, array(codes, np.int8), array(scale), array(colsum, np.int32), None)
 
         def norm(layer) -> Norm:
             return Norm(array(layer.weight), array(layer.bias))
@@ -144,7 +152,8 @@ class OwnStep:
                          cross_mask.ctypes.data, latent_mask.ctypes.data, pointers(latent_k_t), pointers(latent_v),
                          logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
                          pointers(new_latent_k), pointers(new_latent_v))
-        self.pointed = (cross_k_t, cross_v, latent_k_t, latent_v, new_latent_k, new_latent_v)  # kept alive
+        self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
+                        new_cross_v, new_latent_k, new_latent_v)  # kept alive while pointed at
 
     def run(self) -> None:
         if self.lib.step(ctypes.byref(self.model), ctypes.byref(self.step)) != 0:
