@@ -11,8 +11,9 @@
    bytes with a scale and zero point (onnxruntime's dynamic quantisation); vpmaddubsw multiplies
    bytes pairwise into 16 bits (at most 2 * 255 * 63 = 32130: 7-bit codes keep it from
    saturating), vpmaddwd adds pairs into 32 bits, and
-   y[n] = scale_x * scale[n] * (sum_k xq[k] code[n][k] - zero_x * colsum[n]). Attention is one pass of
-   scores over the ring, a softmax with an exp of our own, and one pass over the values.
+   y[n] = scale_x * scale[n] * (sum_k xq[k] code[n][k] - zero_x * colsum[n]).
+   Attention is one pass of scores over the ring, a softmax with an exp of our own, and one pass
+   over the values.
 
    Two threads: the caller's and a worker that spins between tasks; each task is split in two
    (columns of a product, heads of an attention). */
@@ -42,7 +43,7 @@ typedef struct {
 } Block;
 
 typedef struct {
-    int32_t d, heads, head_dim, vocab, layers, latent_slots;
+    int32_t d, heads, head_dim, vocab, layers, latent_slots, positions;  /* positions: the tables' rows */
     const float *embedding;       /* vocab x d */
     const float *cross_cos, *cross_sin, *self_cos, *self_sin;  /* positions x head_dim */
     Norm q_norm, kv_norm, mlp_norm, final_norm;
@@ -98,6 +99,8 @@ static void *work(void *unused) {
 static int two_threads;
 
 int start_worker(void) {
+    if (two_threads)  /* one worker at most */
+        return 0;
     atomic_store(&stopping, 0);
     atomic_store(&posted, 0);
     atomic_store(&finished, 0);
@@ -377,11 +380,14 @@ static void mlp(const Weight *fc, const Weight *proj, Norm norm, float *h, int32
         h[i] += buf_y[i];
 }
 
-/* One step. Returns -1 if a size is beyond this probe's buffers or head_dim is not 64. */
+/* One step. Returns -1 if a size is beyond this probe's buffers, head_dim is not 64, or the
+   token or position is outside the model's tables. */
 int step(const Model *m, const Step *in) {
     const int32_t d = m->d, H = m->heads, hd = m->head_dim;
     if (hd != 64 || H % 2 || d % 32 || 5 * d > MAX_WIDTH || 4 * d > MAX_WIDTH || in->slots > MAX_SLOTS ||
         m->latent_slots > MAX_SLOTS || m->vocab > MAX_WIDTH)
+        return -1;
+    if (in->token < 0 || in->token >= m->vocab || in->pos < 0 || in->pos >= m->positions)
         return -1;
     float *h = buf_x;
     memcpy(h, m->embedding + in->token * d, d * sizeof(float));

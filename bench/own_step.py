@@ -83,6 +83,7 @@ class Block(ctypes.Structure):
 class Model(ctypes.Structure):
     _fields_ = [("d", ctypes.c_int32), ("heads", ctypes.c_int32), ("head_dim", ctypes.c_int32),
                 ("vocab", ctypes.c_int32), ("layers", ctypes.c_int32), ("latent_slots", ctypes.c_int32),
+                ("positions", ctypes.c_int32),
                 ("embedding", ctypes.c_void_p), ("cross_cos", ctypes.c_void_p), ("cross_sin", ctypes.c_void_p),
                 ("self_cos", ctypes.c_void_p), ("self_sin", ctypes.c_void_p),
                 ("q_norm", Norm), ("kv_norm", Norm), ("mlp_norm", Norm), ("final_norm", Norm),
@@ -133,7 +134,7 @@ class OwnStep:
                   weight(b.mlp.fc.weight), weight(b.mlp.proj.weight)) for i, b in enumerate(m.blocks)])
         self.keep.append(blocks)
         self.model = Model(d, cfg.n_heads, d // cfg.n_heads, cfg.vocab_size, cfg.n_layers, cfg.num_latents,
-                           array(m.tok_emb.weight), array(graph.cross_cos), array(graph.cross_sin),
+                           graph.cross_cos.shape[0], array(m.tok_emb.weight), array(graph.cross_cos), array(graph.cross_sin),
                            array(graph.self_cos), array(graph.self_sin), norm(c.q_norm), norm(c.kv_norm),
                            norm(c.mlp_norm), norm(m.norm), weight(graph.cross_q), weight(graph.cross_kv),
                            weight(c.out.weight), weight(c.mlp.fc.weight), weight(c.mlp.proj.weight),
@@ -157,7 +158,7 @@ class OwnStep:
 
     def run(self) -> None:
         if self.lib.step(ctypes.byref(self.model), ctypes.byref(self.step)) != 0:
-            raise ValueError("a size is beyond what bench/own_step.c handles")
+            raise ValueError("a size, token or position is beyond what bench/own_step.c handles")
 
 
 class _OwnStepSession:
