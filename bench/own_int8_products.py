@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
 from id_anatomy import step_weight_shapes, weight_products  # noqa: E402
-from own_step import CODE_LIMIT, Weight, build, worker  # noqa: E402
+from own_step import CODE_LIMIT, Weight, build  # noqa: E402
 
 from perceiver_music.model import default_config  # noqa: E402
 
@@ -53,9 +53,15 @@ from perceiver_music.model import default_config  # noqa: E402
 class Kernels:
     """own_step.c's weight products, and the arrays they point into (kept alive here)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, threads: int) -> None:
         self.lib = build(folder)
+        self.context = self.lib.create_context(threads)
+        if not self.context:
+            raise RuntimeError("no memory for a context")
         self.arrays: list = []
+
+    def close(self) -> None:
+        self.lib.destroy_context(self.context)
 
     def products(self, weights: list[np.ndarray], rows: list[np.ndarray]) -> tuple:
         """(table, outputs, codes, scales) for float32 weights (K, N) and rows (K,)."""
@@ -80,7 +86,7 @@ class Kernels:
 
     def run(self, table: tuple, repeats: int) -> None:
         weights, rows, outputs = table
-        if self.lib.run_products(weights, rows, outputs, len(weights), repeats) != 0:
+        if self.lib.run_products(self.context, weights, rows, outputs, len(weights), repeats) != 0:
             raise ValueError("a product's K is not a multiple of 32")
 
 
@@ -135,12 +141,15 @@ def main() -> None:
     n_weights = sum(k * n for k, n in shapes)
     with tempfile.TemporaryDirectory(prefix="own-int8-") as folder:
         try:
-            kernels = Kernels(Path(folder))
+            kernels = Kernels(Path(folder), args.threads)
         except (RuntimeError, subprocess.CalledProcessError) as error:
             raise SystemExit(f"own_int8_products: cannot build the kernels: {error}")
-        with worker(kernels.lib, args.threads):
+        try:
             correctness = check(kernels, shapes)
             own = own_ms(kernels, shapes, args.repeats)
+        finally:
+            kernels.close()
+    time.sleep(0.01)  # the own worker asleep before onnxruntime is timed
     shipped = weight_products(model, shapes, args.threads, args.repeats, (1,))
     gbps = lambda ms, bytes_per_weight: round(n_weights * bytes_per_weight / 2**30 / (ms / 1e3), 1)  # noqa: E731
     print(json.dumps({

@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
@@ -64,70 +65,110 @@ typedef struct {
 
 #define MAX_WIDTH 8192
 #define MAX_SLOTS 65536
-static float buf_x[MAX_WIDTH], buf_a[MAX_WIDTH], buf_b[MAX_WIDTH], buf_wide[MAX_WIDTH], buf_y[MAX_WIDTH];
-static float buf_q[MAX_WIDTH];
-static float scores[2][MAX_SLOTS + 8] __attribute__((aligned(32)));  /* one per thread */
-static uint8_t xq[MAX_WIDTH] __attribute__((aligned(32)));
-static float xscale;
-static int32_t xzero;
+#define SPIN_LIMIT 20000  /* pauses (about 1-3 ms) before an idle worker sleeps */
+
+typedef struct Context Context;
+typedef void (*TaskFn)(Context *c, const void *arg, int part);
+
+/* Everything one step owner needs: its buffers, and its worker thread, which spins between
+   tasks and sleeps when idle for longer. One per decoder, so that steps of different decoders
+   can run at the same time. */
+struct Context {
+    float scores[2][MAX_SLOTS + 8] __attribute__((aligned(32)));  /* one per thread */
+    uint8_t xq[MAX_WIDTH] __attribute__((aligned(32)));
+    float x[MAX_WIDTH], a[MAX_WIDTH], b[MAX_WIDTH], wide[MAX_WIDTH], y[MAX_WIDTH], q[MAX_WIDTH];
+    float xscale;
+    int32_t xzero;
+    TaskFn task_fn;
+    const void *task_arg;
+    atomic_int posted, finished, stopping, sleeping;
+    int generation, two_threads;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t worker;
+};
 
 /* ---- two threads: tasks split in two halves ---- */
 
-typedef void (*TaskFn)(const void *arg, int part);
-static TaskFn task_fn;
-static const void *task_arg;
-static atomic_int posted, finished, stopping;
-static pthread_t worker;
-static int generation;
-
-static void *work(void *unused) {
-    (void)unused;
+static void *work(void *arg) {
+    Context *c = arg;
     int seen = 0;
     for (;;) {
-        int now;
-        while ((now = atomic_load_explicit(&posted, memory_order_acquire)) == seen) {
-            if (atomic_load_explicit(&stopping, memory_order_relaxed))
+        int now, spins = 0;
+        while ((now = atomic_load_explicit(&c->posted, memory_order_acquire)) == seen) {
+            if (atomic_load(&c->stopping))
                 return 0;
-            _mm_pause();
+            if (++spins < SPIN_LIMIT) {
+                _mm_pause();
+                continue;
+            }
+            /* Asleep: the poster signals when it sees `sleeping` (both sides seq_cst, so it
+               either sees it or this thread sees the new task before waiting). */
+            pthread_mutex_lock(&c->lock);
+            atomic_store(&c->sleeping, 1);
+            while (atomic_load(&c->posted) == seen && !atomic_load(&c->stopping))
+                pthread_cond_wait(&c->wake, &c->lock);
+            atomic_store(&c->sleeping, 0);
+            pthread_mutex_unlock(&c->lock);
+            spins = 0;
         }
         seen = now;
-        task_fn(task_arg, 1);
-        atomic_store_explicit(&finished, seen, memory_order_release);
+        c->task_fn(c, c->task_arg, 1);
+        atomic_store_explicit(&c->finished, seen, memory_order_release);
     }
 }
 
-static int two_threads;
+static void wake_worker(Context *c) {
+    if (atomic_load(&c->sleeping)) {
+        pthread_mutex_lock(&c->lock);
+        pthread_cond_signal(&c->wake);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
 
-int start_worker(void) {
-    if (two_threads)  /* one worker at most */
+/* A context with two threads (the caller's and a worker) or one. NULL if out of memory. */
+Context *create_context(int32_t threads) {
+    Context *c = aligned_alloc(32, sizeof(Context));
+    if (!c)
         return 0;
-    atomic_store(&stopping, 0);
-    atomic_store(&posted, 0);
-    atomic_store(&finished, 0);
-    generation = 0;
-    two_threads = pthread_create(&worker, 0, work, 0) == 0;
-    return two_threads ? 0 : -1;
+    memset(c, 0, sizeof(Context));
+    pthread_mutex_init(&c->lock, 0);
+    pthread_cond_init(&c->wake, 0);
+    c->two_threads = threads == 2 && pthread_create(&c->worker, 0, work, c) == 0;
+    return c;
 }
 
-void stop_worker(void) {
-    if (!two_threads)
+int context_threads(const Context *c) {
+    return c->two_threads ? 2 : 1;
+}
+
+void destroy_context(Context *c) {
+    if (!c)
         return;
-    atomic_store(&stopping, 1);
-    pthread_join(worker, 0);
-    two_threads = 0;
+    if (c->two_threads) {
+        atomic_store(&c->stopping, 1);
+        pthread_mutex_lock(&c->lock);
+        pthread_cond_signal(&c->wake);
+        pthread_mutex_unlock(&c->lock);
+        pthread_join(c->worker, 0);
+    }
+    pthread_cond_destroy(&c->wake);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
 }
 
-static void run_task(TaskFn fn, const void *arg) {
-    if (!two_threads) {
-        fn(arg, 0);
-        fn(arg, 1);
+static void run_task(Context *c, TaskFn fn, const void *arg) {
+    if (!c->two_threads) {
+        fn(c, arg, 0);
+        fn(c, arg, 1);
         return;
     }
-    task_fn = fn;
-    task_arg = arg;
-    atomic_store_explicit(&posted, ++generation, memory_order_release);
-    fn(arg, 0);
-    while (atomic_load_explicit(&finished, memory_order_acquire) != generation)
+    c->task_fn = fn;
+    c->task_arg = arg;
+    atomic_store(&c->posted, ++c->generation);
+    wake_worker(c);
+    fn(c, arg, 0);
+    while (atomic_load_explicit(&c->finished, memory_order_acquire) != c->generation)
         _mm_pause();
 }
 
@@ -182,7 +223,7 @@ static void layer_norm(const float *x, int32_t d, Norm norm, float *y) {
 
 /* The row to bytes, as onnxruntime's dynamic quantisation does: one scale and zero point over
    [min(x, 0), max(x, 0)], xq = round(x / scale) + zero in 0..255. */
-static void quantize(const float *x, int32_t K) {
+static void quantize(Context *c, const float *x, int32_t K) {
     __m256 top = _mm256_setzero_ps(), bottom = _mm256_setzero_ps();
     for (int32_t k = 0; k < K; k += 8) {
         __m256 v = _mm256_loadu_ps(x + k);
@@ -196,18 +237,18 @@ static void quantize(const float *x, int32_t K) {
     lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, 0x4e));
     lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, 0xb1));
     float range = _mm_cvtss_f32(hi) - _mm_cvtss_f32(lo);
-    xscale = range > 0.0f ? range / 255.0f : 1.0f;
-    xzero = (int32_t)nearbyintf(-_mm_cvtss_f32(lo) / xscale);
-    const __m256 inverse = _mm256_set1_ps(1.0f / xscale);
-    const __m256i offset = _mm256_set1_epi32(xzero);
+    c->xscale = range > 0.0f ? range / 255.0f : 1.0f;
+    c->xzero = (int32_t)nearbyintf(-_mm_cvtss_f32(lo) / c->xscale);
+    const __m256 inverse = _mm256_set1_ps(1.0f / c->xscale);
+    const __m256i offset = _mm256_set1_epi32(c->xzero);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undo the packs' lane interleave */
     for (int32_t k = 0; k < K; k += 32) {
-        __m256i a = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inverse)), offset);
-        __m256i b = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8), inverse)), offset);
-        __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 16), inverse)), offset);
-        __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 24), inverse)), offset);
-        __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(a, b), _mm256_packus_epi32(c, e));
-        _mm256_store_si256((__m256i *)(xq + k), _mm256_permutevar8x32_epi32(bytes, order));
+        __m256i v0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inverse)), offset);
+        __m256i v1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8), inverse)), offset);
+        __m256i v2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 16), inverse)), offset);
+        __m256i v3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 24), inverse)), offset);
+        __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(v0, v1), _mm256_packus_epi32(v2, v3));
+        _mm256_store_si256((__m256i *)(c->xq + k), _mm256_permutevar8x32_epi32(bytes, order));
     }
 }
 
@@ -225,14 +266,14 @@ static inline __m256i add_products(__m256i acc, __m256i x, const int8_t *codes) 
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-static void int8_outputs(const Weight *w, float *y, int32_t first, int32_t last) {
+static void int8_outputs(const Context *ctx, const Weight *w, float *y, int32_t first, int32_t last) {
     const int32_t K = w->K;
     int32_t n = first;
     for (; n + 4 <= last; n += 4) {  /* four outputs share each load of the row */
         const int8_t *c = w->codes + (int64_t)n * K;
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
         for (int32_t k = 0; k < K; k += 32) {
-            __m256i x = _mm256_load_si256((const __m256i *)(xq + k));
+            __m256i x = _mm256_load_si256((const __m256i *)(ctx->xq + k));
             a0 = add_products(a0, x, c + k);
             a1 = add_products(a1, x, c + K + k);
             a2 = add_products(a2, x, c + 2 * K + k);
@@ -240,14 +281,14 @@ static void int8_outputs(const Weight *w, float *y, int32_t first, int32_t last)
         }
         int32_t sums[4] = {hsum_epi32(a0), hsum_epi32(a1), hsum_epi32(a2), hsum_epi32(a3)};
         for (int j = 0; j < 4; j++)
-            y[n + j] = xscale * w->scale[n + j] * (float)(sums[j] - xzero * w->colsum[n + j]);
+            y[n + j] = ctx->xscale * w->scale[n + j] * (float)(sums[j] - ctx->xzero * w->colsum[n + j]);
     }
     for (; n < last; n++) {
         const int8_t *c = w->codes + (int64_t)n * K;
         __m256i a = _mm256_setzero_si256();
         for (int32_t k = 0; k < K; k += 32)
-            a = add_products(a, _mm256_load_si256((const __m256i *)(xq + k)), c + k);
-        y[n] = xscale * w->scale[n] * (float)(hsum_epi32(a) - xzero * w->colsum[n]);
+            a = add_products(a, _mm256_load_si256((const __m256i *)(ctx->xq + k)), c + k);
+        y[n] = ctx->xscale * w->scale[n] * (float)(hsum_epi32(a) - ctx->xzero * w->colsum[n]);
     }
 }
 
@@ -278,21 +319,21 @@ static void float_outputs(const Weight *w, const float *x, float *y, int32_t fir
     }
 }
 
-static void product_part(const void *arg, int part) {
+static void product_part(Context *c, const void *arg, int part) {
     const Product *p = arg;
     int32_t split = (p->w->N / 2) & ~3;
     int32_t first = part ? split : 0, last = part ? p->w->N : split;
     if (p->w->codes)
-        int8_outputs(p->w, p->y, first, last);
+        int8_outputs(c, p->w, p->y, first, last);
     else
         float_outputs(p->w, p->x, p->y, first, last);
 }
 
-static void product(const Weight *w, const float *x, float *y) {
+static void product(Context *c, const Weight *w, const float *x, float *y) {
     Product p = {w, x, y};
     if (w->codes)
-        quantize(x, w->K);
-    run_task(product_part, &p);
+        quantize(c, x, w->K);
+    run_task(c, product_part, &p);
 }
 
 /* ---- attention of one query per head over cached keys/values and its own new key/value ---- */
@@ -304,10 +345,10 @@ typedef struct {
     float *y;                           /* (H, hd) */
 } Attention;
 
-static void attention_part(const void *arg, int part) {
+static void attention_part(Context *c, const void *arg, int part) {
     const Attention *a = arg;
     const int32_t hd = a->head_dim, S = a->slots, half = a->heads / 2;
-    float *s = scores[part];
+    float *s = c->scores[part];
     for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
         const float *q = a->q + h * hd, *kt = a->k_t + (int64_t)h * hd * S, *v = a->v + (int64_t)h * S * hd;
         int32_t j = 0;
@@ -368,74 +409,74 @@ static void rope(const float *x, const float *x_rot, const float *cos, const flo
             y[h * hd + i] = x[h * hd + i] * cos[i] + x_rot[h * hd + i] * sin[i];
 }
 
-static void mlp(const Weight *fc, const Weight *proj, Norm norm, float *h, int32_t d) {
-    layer_norm(h, d, norm, buf_a);
-    product(fc, buf_a, buf_wide);
+static void mlp(Context *c, const Weight *fc, const Weight *proj, Norm norm, float *h, int32_t d) {
+    layer_norm(h, d, norm, c->a);
+    product(c, fc, c->a, c->wide);
     for (int32_t i = 0; i < fc->N; i++) {
-        float r = buf_wide[i] > 0.0f ? buf_wide[i] : 0.0f;
-        buf_wide[i] = r * r;
+        float r = c->wide[i] > 0.0f ? c->wide[i] : 0.0f;
+        c->wide[i] = r * r;
     }
-    product(proj, buf_wide, buf_y);
+    product(c, proj, c->wide, c->y);
     for (int32_t i = 0; i < d; i++)
-        h[i] += buf_y[i];
+        h[i] += c->y[i];
 }
 
 /* One step. Returns -1 if a size is beyond this probe's buffers, head_dim is not 64, or the
    token or position is outside the model's tables. */
-int step(const Model *m, const Step *in) {
+int step(Context *c, const Model *m, const Step *in) {
     const int32_t d = m->d, H = m->heads, hd = m->head_dim;
     if (hd != 64 || H % 2 || d % 32 || 5 * d > MAX_WIDTH || 4 * d > MAX_WIDTH || in->slots > MAX_SLOTS ||
         m->latent_slots > MAX_SLOTS || m->vocab > MAX_WIDTH)
         return -1;
     if (in->token < 0 || in->token >= m->vocab || in->pos < 0 || in->pos >= m->positions)
         return -1;
-    float *h = buf_x;
+    float *h = c->x;
     memcpy(h, m->embedding + in->token * d, d * sizeof(float));
     const float *cc = m->cross_cos + in->pos * hd, *cs = m->cross_sin + in->pos * hd;
-    layer_norm(h, d, m->q_norm, buf_a);
-    layer_norm(h, d, m->kv_norm, buf_b);
-    product(&m->cross_q, buf_a, buf_wide);
-    rope(buf_wide, buf_wide + d, cc, cs, H, hd, buf_q);
-    product(&m->cross_kv, buf_b, buf_wide);
-    rope(buf_wide, buf_wide + d, cc, cs, H, hd, in->new_cross_k);
-    memcpy(in->new_cross_v, buf_wide + 2 * d, d * sizeof(float));
-    Attention cross = {H, hd, in->slots, buf_q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
-                       in->cross_mask, buf_y};
-    run_task(attention_part, &cross);
-    product(&m->cross_out, buf_y, buf_a);
+    layer_norm(h, d, m->q_norm, c->a);
+    layer_norm(h, d, m->kv_norm, c->b);
+    product(c, &m->cross_q, c->a, c->wide);
+    rope(c->wide, c->wide + d, cc, cs, H, hd, c->q);
+    product(c, &m->cross_kv, c->b, c->wide);
+    rope(c->wide, c->wide + d, cc, cs, H, hd, in->new_cross_k);
+    memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
+    Attention cross = {H, hd, in->slots, c->q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
+                       in->cross_mask, c->y};
+    run_task(c, attention_part, &cross);
+    product(c, &m->cross_out, c->y, c->a);
     for (int32_t i = 0; i < d; i++)
-        h[i] += buf_a[i];
-    mlp(&m->cross_fc, &m->cross_proj, m->mlp_norm, h, d);
+        h[i] += c->a[i];
+    mlp(c, &m->cross_fc, &m->cross_proj, m->mlp_norm, h, d);
     const float *sc = m->self_cos + in->pos * hd, *ss = m->self_sin + in->pos * hd;
     for (int32_t l = 0; l < m->layers; l++) {
         const Block *b = m->blocks + l;
-        layer_norm(h, d, b->norm1, buf_a);
-        product(&b->qkv, buf_a, buf_wide);
-        rope(buf_wide, buf_wide + 2 * d, sc, ss, H, hd, buf_q);
-        rope(buf_wide + d, buf_wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
-        memcpy(in->new_latent_v[l], buf_wide + 4 * d, d * sizeof(float));
-        Attention self = {H, hd, m->latent_slots, buf_q, in->new_latent_k[l], in->new_latent_v[l],
-                          in->latent_k_t[l], in->latent_v[l], in->latent_mask, buf_y};
-        run_task(attention_part, &self);
-        product(&b->out, buf_y, buf_a);
+        layer_norm(h, d, b->norm1, c->a);
+        product(c, &b->qkv, c->a, c->wide);
+        rope(c->wide, c->wide + 2 * d, sc, ss, H, hd, c->q);
+        rope(c->wide + d, c->wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
+        memcpy(in->new_latent_v[l], c->wide + 4 * d, d * sizeof(float));
+        Attention self = {H, hd, m->latent_slots, c->q, in->new_latent_k[l], in->new_latent_v[l],
+                          in->latent_k_t[l], in->latent_v[l], in->latent_mask, c->y};
+        run_task(c, attention_part, &self);
+        product(c, &b->out, c->y, c->a);
         for (int32_t i = 0; i < d; i++)
-            h[i] += buf_a[i];
-        mlp(&b->fc, &b->proj, b->norm2, h, d);
+            h[i] += c->a[i];
+        mlp(c, &b->fc, &b->proj, b->norm2, h, d);
     }
-    layer_norm(h, d, m->final_norm, buf_a);
-    product(&m->head, buf_a, in->logits);
+    layer_norm(h, d, m->final_norm, c->a);
+    product(c, &m->head, c->a, in->logits);
     return 0;
 }
 
 /* Weight products alone (bench/own_int8_products.py): every weights[i] times rows[i] into
    outputs[i], `repeats` times over. Returns -1 if a K is not a multiple of 32 or too wide. */
-int run_products(const Weight *weights, const float *const *rows, float *const *outputs, int32_t count,
-                 int32_t repeats) {
+int run_products(Context *c, const Weight *weights, const float *const *rows, float *const *outputs,
+                 int32_t count, int32_t repeats) {
     for (int32_t i = 0; i < count; i++)
         if (weights[i].K % 32 || weights[i].K > MAX_WIDTH)
             return -1;
     for (int32_t r = 0; r < repeats; r++)
         for (int32_t i = 0; i < count; i++)
-            product(weights + i, rows[i], outputs[i]);
+            product(c, weights + i, rows[i], outputs[i]);
     return 0;
 }

@@ -16,7 +16,7 @@ Checked before timing:
   int8's).
 
 Timed in interleaved rounds (a burst of steps each): onnxruntime int8 (shipped), onnxruntime
-float32, own int8 and own float32. The own worker thread spins only during its own bursts.
+float32, own int8 and own float32.
 
 With --loop-rounds, also generate() at batch 1, interleaved round by round: the eager CPU
 setting, onnxruntime int8, and own int8 (OwnStepDecoder: the onnxruntime int8 decoder with its
@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,8 +104,12 @@ class OwnStep:
     """The compiled step over one model's weights (float32 or int8); the arrays the C structs
     point into are kept here. point() names the caches of the next step."""
 
-    def __init__(self, library: ctypes.CDLL, model, precision: str) -> None:
+    def __init__(self, library: ctypes.CDLL, model, precision: str, threads: int) -> None:
         self.lib, self.keep = library, []
+        self.context = library.create_context(threads)  # its buffers and worker thread
+        if not self.context:
+            raise MemoryError("own_step: no memory for a step context")
+        weakref.finalize(self, library.destroy_context, self.context)
         graph = D.StepGraph(model).eval()
         m, c, cfg = model, model.cross, model.config
         d = cfg.d_model
@@ -157,7 +161,7 @@ class OwnStep:
                         new_cross_v, new_latent_k, new_latent_v)  # kept alive while pointed at
 
     def run(self) -> None:
-        if self.lib.step(ctypes.byref(self.model), ctypes.byref(self.step)) != 0:
+        if self.lib.step(self.context, ctypes.byref(self.model), ctypes.byref(self.step)) != 0:
             raise ValueError("a size, token or position is beyond what bench/own_step.c handles")
 
 
@@ -166,7 +170,7 @@ class _OwnStepSession:
     the decoder's own caches and output buffers (the binding is not read)."""
 
     def __init__(self, decoder: "OwnStepDecoder") -> None:
-        self.decoder, self.bound_to = decoder, None
+        self.decoder, self.bound_to = weakref.proxy(decoder), None  # no cycle: the decoder owns this
 
     def run_with_iobinding(self, _binding) -> None:
         d = self.decoder
@@ -185,23 +189,14 @@ class _OwnStepSession:
 class OwnStepDecoder(D.OnnxDecoder):
     """The engine's onnxruntime decoder at batch 1 with its step session replaced by the own step
     of the same precision: resets, rings and the loop are onnxruntime's and generate()'s,
-    unchanged. The own worker thread spins between steps and stops during resets
-    (onnxruntime's threads have both cores there); the caller stops it after the run."""
+    unchanged. The own worker thread sleeps through resets (it sleeps whenever idle for a few ms),
+    so onnxruntime's threads have both cores there."""
 
     def __init__(self, model, library: ctypes.CDLL, threads: int, precision: str = "int8") -> None:
         super().__init__(model, 1, precision=precision, threads=threads)
-        self.lib, self.threads = library, threads
-        self.own = OwnStep(library, model, precision)
+        self.own = OwnStep(library, model, precision, threads)
         self.compiled = copy.copy(self.compiled)  # the shared sessions stay as they are
         self.compiled.step = _OwnStepSession(self)
-
-    def reset(self, window, num_latents: int):
-        self.lib.stop_worker()
-        try:
-            return super().reset(window, num_latents)
-        finally:
-            if self.threads == 2:
-                self.lib.start_worker()
 
 
 def loop_rates(model, library: ctypes.CDLL, threads: int, rounds: int, new_tokens: int) -> dict:
@@ -232,16 +227,13 @@ def loop_rates(model, library: ctypes.CDLL, threads: int, rounds: int, new_token
     try:
         for name, kw in settings.items():  # warm-up: exports and first sessions
             bench_generate.generation_rate(model, prompt, 50, torch.device("cpu"), repeats=1, **kw)
-            library.stop_worker()  # its decoder's resets started it; it must not spin beside the others
         for _ in range(rounds):
             for name, kw in settings.items():
                 steady = bench_generate.generation_rate(model, prompt, new_tokens, torch.device("cpu"), repeats=1,
                                                         **kw)[1]
-                library.stop_worker()
                 rates[name].append(round(steady, 1))
     finally:
         G.make_decoder, bench_generate.make_bench_decoder = original, plain
-        library.stop_worker()
     over = lambda name: [round(a / b, 2) for a, b in zip(rates[name], rates["eager_cpu_setting"])]  # noqa: E731
     return {"tokens_per_s": rates,
             "median_tokens_per_s": {name: float(np.median(r)) for name, r in rates.items()},
@@ -254,19 +246,15 @@ def build(folder: Path) -> ctypes.CDLL:
     library = folder / "own_step.so"
     subprocess.run(["gcc", "-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-pthread", str(SOURCE), "-o", str(library)],
                    check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(library))
-
-
-@contextmanager
-def worker(library: ctypes.CDLL, threads: int):
-    """The kernels' second thread, spinning between tasks, for the length of the block (none
-    with one thread)."""
-    if threads == 2 and library.start_worker() != 0:
-        raise SystemExit("own_step: cannot start the worker thread")
-    try:
-        yield
-    finally:
-        library.stop_worker()
+    lib = ctypes.CDLL(str(library))
+    lib.create_context.restype = ctypes.c_void_p
+    lib.create_context.argtypes = [ctypes.c_int32]
+    lib.destroy_context.argtypes = [ctypes.c_void_p]
+    lib.context_threads.argtypes = [ctypes.c_void_p]
+    lib.step.argtypes = [ctypes.c_void_p, ctypes.POINTER(Model), ctypes.POINTER(Step)]
+    lib.run_products.argtypes = [ctypes.c_void_p, ctypes.POINTER(Weight), ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_int32, ctypes.c_int32]
+    return lib
 
 
 def main() -> None:
@@ -310,19 +298,17 @@ def main() -> None:
             raise SystemExit(f"own_step: cannot build the kernels: {error}")
     L, d = model.config.n_layers, model.config.d_model
     own_steps = {}
-    with worker(library, args.threads):
-        for precision in ("int8", "float32"):
-            own = own_steps[precision] = OwnStep(library, model, precision)
-            out = [np.zeros(model.config.vocab_size, np.float32), np.zeros(d, np.float32), np.zeros(d, np.float32),
-                   [np.zeros(d, np.float32) for _ in range(L)], [np.zeros(d, np.float32) for _ in range(L)]]
-            caches = {name: np.ascontiguousarray(a) for name, a in one.items()}
-            own.point(int(caches["tokens"][0]), int(caches["pos"][0]), caches["cross_k_t"], caches["cross_v"],
-                      caches["cross_mask"], caches["latent_mask"], [caches[f"latent_k_t{i}"] for i in range(L)],
-                      [caches[f"latent_v{i}"] for i in range(L)], *out)
-            own.run()
-            runs[f"own_{precision}"] = own.run
-            outputs[f"own_{precision}"] = [out[0][None], out[1], out[2],
-                                           *[a for pair in zip(out[3], out[4]) for a in pair]]
+    for precision in ("int8", "float32"):
+        own = own_steps[precision] = OwnStep(library, model, precision, args.threads)
+        out = [np.zeros(model.config.vocab_size, np.float32), np.zeros(d, np.float32), np.zeros(d, np.float32),
+               [np.zeros(d, np.float32) for _ in range(L)], [np.zeros(d, np.float32) for _ in range(L)]]
+        caches = {name: np.ascontiguousarray(a) for name, a in one.items()}
+        own.point(int(caches["tokens"][0]), int(caches["pos"][0]), caches["cross_k_t"], caches["cross_v"],
+                  caches["cross_mask"], caches["latent_mask"], [caches[f"latent_k_t{i}"] for i in range(L)],
+                  [caches[f"latent_v{i}"] for i in range(L)], *out)
+        own.run()
+        runs[f"own_{precision}"] = own.run
+        outputs[f"own_{precision}"] = [out[0][None], out[1], out[2], *[a for pair in zip(out[3], out[4]) for a in pair]]
     reference, mine = outputs["onnxruntime_float32"], outputs["own_float32"]
     checks = {
         "own_float32_logits_max_abs_diff": float(np.abs(mine[0] - reference[0]).max()),
@@ -335,15 +321,14 @@ def main() -> None:
     ms = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
-            # The own worker spins only during its own bursts: spinning beside onnxruntime would
-            # take a core from it.
-            with worker(library, args.threads if name.startswith("own") else 1):
-                for _ in range(3):
-                    run()
-                start = time.perf_counter()
-                for _ in range(args.burst):
-                    run()
-                ms[name].append(1e3 * (time.perf_counter() - start) / args.burst)
+            for _ in range(3):
+                run()
+            if not name.startswith("own"):  # the own workers asleep, not spinning beside onnxruntime
+                time.sleep(0.01)
+            start = time.perf_counter()
+            for _ in range(args.burst):
+                run()
+            ms[name].append(1e3 * (time.perf_counter() - start) / args.burst)
     loop = None
     if args.loop_rounds:
         os.environ["PERCEIVER_MUSIC_CACHE"] = tempfile.mkdtemp(prefix="own-step-loop-")  # this run's random model

@@ -8,9 +8,9 @@ float32 (the reference) and once per variant, and every next id is scored. Varia
   onnx-float32   the compiled step (decode_onnx.py) in float32
   onnx-int8      the compiled step with onnxruntime's int8 dynamic quantisation of the weights
   own-int8       onnx-int8 with its batch-1 step in kernels of our own (bench/own_step.py; needs gcc
-                 and AVX2; only when asked for with --variants). Its worker thread spins from its
-                 first reset to the end of the run, so the other decoders' times in that run
-                 are not comparable.
+                 and AVX2; only when asked for with --variants). Its worker thread spins for a
+                 few ms after each of its steps, beside the other decoders' steps, so their
+                 times in that run are not comparable.
 
 Prints one JSON object: NLL (nats per id) of each, and per variant its NLL minus float32's, how
 far apart their next-id distributions are (total variation distance, mean and max), how often
@@ -132,14 +132,12 @@ def main() -> None:
             sys.path.insert(0, str(REPO / "bench"))
             import own_step
 
-            nonlocal own_library
-            own_library = own_step.build(Path(tempfile.mkdtemp(prefix="precision-own-")))
-            return own_step.OwnStepDecoder(model, own_library, min(2, torch.get_num_threads()), "int8")
+            library = own_step.build(Path(tempfile.mkdtemp(prefix="precision-own-")))
+            return own_step.OwnStepDecoder(model, library, min(2, torch.get_num_threads()), "int8")
         from perceiver_music.decode_onnx import OnnxDecoder
 
         return OnnxDecoder(model, 1, precision=name.removeprefix("onnx-"))
 
-    own_library = None
     decoded = names if reference is None else variants
     decoders = {name: make(name) for name in decoded}  # exported once, before any timing
     with torch.inference_mode():
@@ -163,8 +161,6 @@ def main() -> None:
                     agree[name] += int(p.argmax() == q.argmax())
                 count += 1
 
-    if own_library is not None:
-        own_library.stop_worker()
     if args.save_reference:
         np.save(args.save_reference, np.stack(saved).astype(np.float32))
 
