@@ -77,13 +77,17 @@ struct Context {
     float scores[2][MAX_SLOTS + 8] __attribute__((aligned(32)));  /* one per thread */
     uint8_t xq[MAX_WIDTH] __attribute__((aligned(32)));
     float x[MAX_WIDTH], a[MAX_WIDTH], b[MAX_WIDTH], wide[MAX_WIDTH], y[MAX_WIDTH], q[MAX_WIDTH];
+    /* Each thread spins on a cache line of its own, apart from what the caller writes per task:
+       a write to a line that the other thread spins on costs both of them. */
+    _Alignas(64) atomic_int posted;  /* the worker spins on this line */
+    atomic_int stopping, sleeping;
+    _Alignas(64) atomic_int finished;  /* the caller spins on this one */
+    _Alignas(64) TaskFn task_fn;
+    const void *task_arg;
+    int generation, two_threads;
     float xscale;
     int32_t xzero;
-    TaskFn task_fn;
-    const void *task_arg;
-    atomic_int posted, finished, stopping, sleeping;
-    int generation, two_threads;
-    pthread_mutex_t lock;
+    _Alignas(64) pthread_mutex_t lock;
     pthread_cond_t wake;
     pthread_t worker;
 };
