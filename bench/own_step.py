@@ -64,7 +64,6 @@ from perceiver_music.model import default_config  # noqa: E402
 
 SOURCE = REPO / "bench" / "own_step.c"
 CODE_LIMIT = 63  # 7-bit codes: vpmaddubsw's pairs stay within 16 bits
-F32P = ctypes.POINTER(ctypes.c_float)
 
 
 class Weight(ctypes.Structure):
@@ -138,11 +137,11 @@ class OwnStep:
                   weight(b.mlp.fc.weight), weight(b.mlp.proj.weight)) for i, b in enumerate(m.blocks)])
         self.keep.append(blocks)
         self.model = Model(d, cfg.n_heads, d // cfg.n_heads, cfg.vocab_size, cfg.n_layers, cfg.num_latents,
-                           graph.cross_cos.shape[0], array(m.tok_emb.weight), array(graph.cross_cos), array(graph.cross_sin),
-                           array(graph.self_cos), array(graph.self_sin), norm(c.q_norm), norm(c.kv_norm),
-                           norm(c.mlp_norm), norm(m.norm), weight(graph.cross_q), weight(graph.cross_kv),
-                           weight(c.out.weight), weight(c.mlp.fc.weight), weight(c.mlp.proj.weight),
-                           weight(m.head.weight), blocks)
+                           graph.cross_cos.shape[0], array(m.tok_emb.weight), array(graph.cross_cos),
+                           array(graph.cross_sin), array(graph.self_cos), array(graph.self_sin), norm(c.q_norm),
+                           norm(c.kv_norm), norm(c.mlp_norm), norm(m.norm), weight(graph.cross_q),
+                           weight(graph.cross_kv), weight(c.out.weight), weight(c.mlp.fc.weight),
+                           weight(c.mlp.proj.weight), weight(m.head.weight), blocks)
         self.layers = cfg.n_layers
         self.step = Step()
 

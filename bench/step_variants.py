@@ -163,7 +163,8 @@ def openvino_available() -> str | None:
     except ImportError as error:
         return f"{error.name or error} is not installed"
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):  # OpenVINO's own oneDNN reads it too, and then fails
-        return "OpenVINO's CPU plugin cannot compile the step with ONEDNN_MAX_CPU_ISA set (bench/avx2_laptop.py sets it)"
+        return ("OpenVINO's CPU plugin cannot compile the step with ONEDNN_MAX_CPU_ISA set "
+                "(bench/avx2_laptop.py sets it)")
     return None
 
 
