@@ -123,6 +123,8 @@ def main() -> None:
     agree = {name: 0 for name in variants}
     count = 0
 
+    built = []  # the own step's build folders
+
     def make(name):
         if name == "float32":
             return EagerDecoder(model)
@@ -132,7 +134,9 @@ def main() -> None:
             sys.path.insert(0, str(REPO / "bench"))
             import own_step
 
-            library = own_step.build(Path(tempfile.mkdtemp(prefix="precision-own-")))
+            folder = tempfile.TemporaryDirectory(prefix="precision-own-")  # removed at exit
+            built.append(folder)
+            library = own_step.build(Path(folder.name))
             return own_step.OwnStepDecoder(model, library, min(2, torch.get_num_threads()), "int8")
         from perceiver_music.decode_onnx import OnnxDecoder
 
