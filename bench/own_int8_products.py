@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
 from id_anatomy import step_weight_shapes, weight_products  # noqa: E402
-from own_step import CODE_LIMIT, Weight, build  # noqa: E402
+from own_step import Weight, build, int8_codes  # noqa: E402
 
 from perceiver_music.model import default_config  # noqa: E402
 
@@ -69,11 +69,7 @@ class Kernels:
         outputs, all_codes, all_scales = [], [], []
         for i, w in enumerate(weights):
             K, N = w.shape
-            scale = np.abs(w).max(0) / CODE_LIMIT
-            scale[scale == 0] = 1.0
-            codes = np.ascontiguousarray(np.clip(np.rint(w / scale), -CODE_LIMIT, CODE_LIMIT).astype(np.int8).T)
-            scale = scale.astype(np.float32)
-            colsum = codes.sum(1, dtype=np.int32)
+            codes, scale, colsum = int8_codes(w.T)
             self.arrays += [codes, scale, colsum]
             table[i] = Weight(K, N, codes.ctypes.data, scale.ctypes.data, colsum.ctypes.data, None)
             outputs.append(np.zeros(N, np.float32))

@@ -66,6 +66,15 @@ SOURCE = REPO / "bench" / "own_step.c"
 CODE_LIMIT = 63  # 7-bit codes: vpmaddubsw's pairs stay within 16 bits
 
 
+def int8_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The int8 form of a weight stored (N, K), output after output: 7-bit codes (N, K), one
+    float32 scale per output, and each output's sum of codes."""
+    scale = np.abs(w).max(1) / CODE_LIMIT
+    scale[scale == 0] = 1.0
+    codes = np.ascontiguousarray(np.clip(np.rint(w / scale[:, None]), -CODE_LIMIT, CODE_LIMIT).astype(np.int8))
+    return codes, scale.astype(np.float32), codes.sum(1, dtype=np.int32)
+
+
 class Weight(ctypes.Structure):
     _fields_ = [("K", ctypes.c_int32), ("N", ctypes.c_int32), ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p),
                 ("colsum", ctypes.c_void_p), ("w", ctypes.c_void_p)]
@@ -123,10 +132,7 @@ class OwnStep:
             N, K = w.shape
             if precision == "float32":
                 return Weight(K, N, None, None, None, array(w))
-            scale = np.abs(w).max(1) / CODE_LIMIT
-            scale[scale == 0] = 1.0
-            codes = np.clip(np.rint(w / scale[:, None]), -CODE_LIMIT, CODE_LIMIT).astype(np.int8)
-            colsum = codes.sum(1, dtype=np.int32)
+            codes, scale, colsum = int8_codes(w)
             return Weight(K, N, array(codes, np.int8), array(scale), array(colsum, np.int32), None)
 
         def norm(layer) -> Norm:
