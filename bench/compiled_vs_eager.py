@@ -9,8 +9,10 @@ excluded, 600 ids per variation, random weights of `default_config()` at max_con
 round's figures, the medians, and each round's ratio to the eager CPU setting.
 
 Settings: the eager CPU setting (`dtype=torch.float16`: float16/bfloat16 Linear weights,
-what the engine ran on a CPU before the compiled step), onnx int8 (the engine's default),
-onnx float32 (exact); batch 1 and 4 variations; per round also the compiled int8 step's ms at
+what the engine ran on a CPU before the compiled step), onnx int8 (the engine's default: at
+batch 1 the native step, native_step.py, where it can be had), onnx int8 with onnxruntime's
+step at batch 1 too (PERCEIVER_MUSIC_NATIVE_STEP=0), onnx float32 (exact); batch 1 and 4
+variations; per round also the compiled int8 step's ms at
 batch 1, for 4 variations of one primer and for 4 rows of their own ids (bench/generate.py's
 reset_and_step_ms: the steps right after the reset over the primer).
 
@@ -36,15 +38,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generate import bench_model, generation_rate, machine, reset_and_step_ms  # noqa: E402
+from generate import bench_model, generation_rate, machine, native_step_switched, reset_and_step_ms  # noqa: E402
 
 from perceiver_music.model import default_config  # noqa: E402
 from perceiver_music.tokenizer import VOCAB_SIZE  # noqa: E402
 
-SETTINGS = {  # name -> generate() keywords
-    "eager_cpu_setting": {"backend": "eager", "dtype": torch.float16},
-    "onnx_int8": {"backend": "onnx", "dtype": torch.qint8},
-    "onnx_float32": {"backend": "onnx", "dtype": None},
+SETTINGS = {  # name -> generate() keywords, and whether a batch of one steps natively (where it can)
+    "eager_cpu_setting": ({"backend": "eager", "dtype": torch.float16}, True),
+    "onnx_int8": ({"backend": "onnx", "dtype": torch.qint8}, True),
+    "onnx_int8_onnxruntime_step": ({"backend": "onnx", "dtype": torch.qint8}, False),
+    "onnx_float32": ({"backend": "onnx", "dtype": None}, True),
 }
 BASELINE = "eager_cpu_setting"
 
@@ -77,11 +80,14 @@ def main() -> None:
     step_ms: dict = {"batch1": [], "4_variations": [], "4_own_prompts": []}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for name, v in cases:  # warm-up: exports and first sessions outside the rounds
-        generation_rate(model, prompt, 50, device, repeats=1, num_variations=v, **SETTINGS[name])
+        kw, native = SETTINGS[name]
+        with native_step_switched(native):
+            generation_rate(model, prompt, 50, device, repeats=1, num_variations=v, **kw)
     for _ in range(args.rounds):
         for name, v in cases:
-            _, steady = generation_rate(model, prompt, args.new_tokens, device, repeats=1, num_variations=v,
-                                        **SETTINGS[name])
+            kw, native = SETTINGS[name]
+            with native_step_switched(native):
+                _, steady = generation_rate(model, prompt, args.new_tokens, device, repeats=1, num_variations=v, **kw)
             rates[f"{name}_x{v}"].append(round(steady, 1))
         if "onnx_int8" in settings:
             for key, batch, one_primer in (("batch1", 1, True), ("4_variations", 4, True), ("4_own_prompts", 4, False)):

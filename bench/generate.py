@@ -9,10 +9,11 @@ Prints one JSON object:
   training    forward + backward + AdamW step, Perceiver AR vs the dense decoder.
   peak_memory per phase (CUDA: max_memory_allocated; CPU: ru_maxrss so far, it only grows).
   targets     issue 3's targets next to this run's figures, each with met: true/false.
-  compiled    CPU: the compiled decode step (onnxruntime, decode_onnx.py) next to eager in the
-              same run, per context: reset and step ms and tokens/s at batch 1 and with 4
-              variations, per precision; its export and second-start costs; issue 13's
-              targets. `machine.cpu_features` lists AVX2, AVX-512, AVX512-BF16, AMX.
+  compiled    CPU: the compiled decode step (onnxruntime, decode_onnx.py; at batch 1 the native
+              step, native_step.py, where it can be had, with onnxruntime's step beside it)
+              next to eager in the same run, per context: reset and step ms and tokens/s at
+              batch 1 and with 4 variations, per precision; its export and second-start
+              costs; issue 13's targets. `machine.cpu_features` lists AVX2, AVX-512, AVX512-BF16, AMX.
 
     python bench/generate.py --device cpu            # the CPU figures in BENCHMARKS.md
     python bench/generate.py --device cpu --threads 2 --skip naive,dense,candidates,training
@@ -29,6 +30,7 @@ Prints one JSON object:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -93,8 +95,6 @@ def timed(fn, device: torch.device) -> float:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    import contextlib
-
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
@@ -104,6 +104,24 @@ def make_bench_decoder(model, dtype, backend: str = "eager", batch: int = 1):
 
         return OnnxDecoder(model, batch, precision="int8" if dtype == torch.qint8 else "float32")
     return EagerDecoder(model, dtype)
+
+
+@contextlib.contextmanager
+def native_step_switched(on: bool):
+    """Within: the onnx decoders made at batch 1 step natively (the engine's default, where the
+    native step can be had) or, with on=False, with onnxruntime's step (native_step.SWITCH)."""
+    from perceiver_music.native_step import SWITCH
+
+    old = os.environ.get(SWITCH)
+    if not on:
+        os.environ[SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(SWITCH, None)
+        else:
+            os.environ[SWITCH] = old
 
 
 def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: int, backend: str = "eager",
@@ -126,7 +144,8 @@ def reset_and_step_ms(model: PerceiverAR, context: int, device, dtype, steps: in
         decoder.reset(ids, R)
         step_s = timed(lambda: [decoder.step(tok, ids) for _ in range(steps)], device) / steps
     out = {"reset_ms": round(reset_s * 1e3, 2), "step_ms": round(step_s * 1e3, 3)}
-    if backend == "onnx":  # its resets after the first keep the cached inputs' K/V
+    if backend == "onnx":  # which step ran; its resets after the first keep the cached inputs' K/V
+        out["step_kernels"] = "native" if decoder.native is not None else "onnxruntime"
         reset_s = min(continued_reset_s(decoder, ids, tok, R, steps, device) for _ in range(2))
         out["continued_reset_ms"] = round(reset_s * 1e3, 2)
     cycle = cfg.num_latents - R + 1  # ids per reset cycle: N - R steps and one reset
@@ -279,8 +298,9 @@ def cpu_features() -> dict:
 
 
 def compiled_part(model, prompt, context, new_tokens, device, precisions, eager_row, cache_dir, timing) -> dict:
-    """The compiled step (onnxruntime) of this model at this context, next to the eager figures
-    of the same run (eager_row): batch 1 and 4 variations, per precision."""
+    """The compiled step (onnxruntime, with the native step at batch 1 where it can be had) of
+    this model at this context, next to the eager figures of the same run (eager_row): batch 1
+    and 4 variations, per precision; with the native step, onnxruntime's batch-1 step too."""
     import onnxruntime
 
     from perceiver_music import decode_onnx
@@ -306,7 +326,14 @@ def compiled_part(model, prompt, context, new_tokens, device, precisions, eager_
         variations = reset_and_step_ms(model, context, device, dtype, steps=64, backend="onnx", batch=4, one_primer=True)
         _, rate1 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx")
         _, rate4 = generation_rate(model, prompt, new_tokens, device, dtype=dtype, backend="onnx", num_variations=4)
+        if one["step_kernels"] == "native":  # and onnxruntime's own batch-1 step, for comparison
+            with native_step_switched(False):
+                row["onnxruntime_step_ms"] = reset_and_step_ms(model, context, device, dtype, steps=64,
+                                                               backend="onnx")["step_ms"]
+                row["onnxruntime_step_tokens_per_s"] = round(generation_rate(
+                    model, prompt, new_tokens, device, dtype=dtype, backend="onnx")[1], 1)
         row.update({
+            "step_kernels": one["step_kernels"],
             "reset_ms": one["reset_ms"], "continued_reset_ms": one["continued_reset_ms"], "step_ms": one["step_ms"],
             "tokens_per_s": round(rate1, 1), "estimated_tokens_per_s": one["estimated_tokens_per_s"],
             "batch4_reset_ms": four["reset_ms"], "batch4_continued_reset_ms": four["continued_reset_ms"],

@@ -6,8 +6,8 @@ products at one row read their weights at about half the rate that float32 produ
 This probe asks what kernels of our own would give for that part. It uses AVX2 only, with no
 AVX-512 and no VNNI, as on any x86 laptop.
 
-The weight products of `bench/own_step.c` (compiled here with gcc, -O3 -mavx2 -mfma, into a
-temporary folder) run alone over the step's 30 weight shapes at one row: 7-bit codes, one scale
+The weight products of the native step (perceiver_music/native/decode_step.c, built as the
+engine builds it: native_step.load_library) run alone over the step's 30 weight shapes at one row: 7-bit codes, one scale
 per output column, the row quantised to bytes with a scale and zero point for each product, on
 two threads (a worker spinning between products). The same shapes are timed in the same run
 through onnxruntime's shipped int8 products and its float32 products (bench/id_anatomy.py's
@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,17 +42,17 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
 from id_anatomy import step_weight_shapes, weight_products  # noqa: E402
-from own_step import Weight, build, int8_codes  # noqa: E402
 
 from perceiver_music.model import default_config  # noqa: E402
+from perceiver_music.native_step import Unavailable, Weight, int8_codes, load_library  # noqa: E402
 
 
 
 class Kernels:
-    """own_step.c's weight products, and the arrays they point into (kept alive here)."""
+    """decode_step.c's weight products, and the arrays they point into (kept alive here)."""
 
-    def __init__(self, folder: Path, threads: int) -> None:
-        self.lib = build(folder)
+    def __init__(self, threads: int) -> None:
+        self.lib = load_library()
         self.context = self.lib.create_context(threads)
         if not self.context:
             raise RuntimeError("no memory for a context")
@@ -135,16 +133,15 @@ def main() -> None:
     model = bench_model(replace(default_config(), max_context=args.context), torch.device("cpu"))
     shapes = step_weight_shapes(model)
     n_weights = sum(k * n for k, n in shapes)
-    with tempfile.TemporaryDirectory(prefix="own-int8-") as folder:
-        try:
-            kernels = Kernels(Path(folder), args.threads)
-        except (RuntimeError, subprocess.CalledProcessError) as error:
-            raise SystemExit(f"own_int8_products: cannot build the kernels: {error}")
-        try:
-            correctness = check(kernels, shapes)
-            own = own_ms(kernels, shapes, args.repeats)
-        finally:
-            kernels.close()
+    try:
+        kernels = Kernels(args.threads)
+    except Unavailable as error:
+        raise SystemExit(f"own_int8_products: {error}")
+    try:
+        correctness = check(kernels, shapes)
+        own = own_ms(kernels, shapes, args.repeats)
+    finally:
+        kernels.close()
     time.sleep(0.01)  # the own worker asleep before onnxruntime is timed
     shipped = weight_products(model, shapes, args.threads, args.repeats, (1,))
     gbps = lambda ms, bytes_per_weight: round(n_weights * bytes_per_weight / 2**30 / (ms / 1e3), 1)  # noqa: E731

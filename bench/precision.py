@@ -6,11 +6,16 @@ float32 (the reference) and once per variant, and every next id is scored. Varia
 
   low_precision  the eager step with generate(dtype=torch.float16)'s weights (cpu_precision.py)
   onnx-float32   the compiled step (decode_onnx.py) in float32
-  onnx-int8      the compiled step with onnxruntime's int8 dynamic quantisation of the weights
-  own-int8       onnx-int8 with its batch-1 step in kernels of our own (bench/own_step.py; needs gcc
-                 and AVX2; only when asked for with --variants). Its worker thread spins for a
-                 few ms after each of its steps, beside the other decoders' steps, so their
-                 times in that run are not comparable.
+  onnx-int8      the compiled step in int8 (the engine's default): where the native step can be
+                 had (native_step.py) its batch-1 steps are the native step's int8 products, its
+                 resets onnxruntime's int8 dynamic quantisation
+  onnxruntime-step-int8
+                 onnx-int8 with onnxruntime's step too (PERCEIVER_MUSIC_NATIVE_STEP=0; only when
+                 asked for with --variants)
+
+Each variant's "step_kernels" says which step ran (native or onnxruntime). The native step's
+worker thread spins for a few ms after each of its steps, beside the other decoders' steps, so
+step times of a run with both are not comparable.
 
 Prints one JSON object: NLL (nats per id) of each, and per variant its NLL minus float32's, how
 far apart their next-id distributions are (total variation distance, mean and max), how often
@@ -37,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -86,7 +90,7 @@ def main() -> None:
     ap.add_argument("--works", type=int, default=8, help="at most this many works")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", default=None,
-                    help="comma-separated: low_precision, onnx-float32, onnx-int8, own-int8 (default: the first "
+                    help="comma-separated: low_precision, onnx-float32, onnx-int8, onnxruntime-step-int8 (default: the first "
                          "three, those that are installed)")
     ap.add_argument("--save-reference", default=None, metavar="NPY",
                     help="also write float32's log-probabilities of every scored position here")
@@ -96,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     from perceiver_music.decode_onnx import available
 
-    known = ["low_precision", "onnx-float32", "onnx-int8", "own-int8"]
+    known = ["low_precision", "onnx-float32", "onnx-int8", "onnxruntime-step-int8"]
     variants = args.variants.split(",") if args.variants else [v for v in known[:3] if available() or "onnx" not in v]
     if set(variants) - set(known):
         ap.error(f"--variants takes {', '.join(known)}")
@@ -123,23 +127,15 @@ def main() -> None:
     agree = {name: 0 for name in variants}
     count = 0
 
-    built = []  # the own step's build folders
-
     def make(name):
         if name == "float32":
             return EagerDecoder(model)
         if name == "low_precision":
             return EagerDecoder(model, torch.float16)
-        if name == "own-int8":
-            sys.path.insert(0, str(REPO / "bench"))
-            import own_step
-
-            folder = tempfile.TemporaryDirectory(prefix="precision-own-")  # removed at exit
-            built.append(folder)
-            library = own_step.build(Path(folder.name))
-            return own_step.OwnStepDecoder(model, library, min(2, torch.get_num_threads()), "int8")
         from perceiver_music.decode_onnx import OnnxDecoder
 
+        if name == "onnxruntime-step-int8":
+            return OnnxDecoder(model, 1, precision="int8", native_step=False)
         return OnnxDecoder(model, 1, precision=name.removeprefix("onnx-"))
 
     decoded = names if reference is None else variants
@@ -177,6 +173,10 @@ def main() -> None:
                  "same_most_likely_id": round(agree[name] / count, 4),
                  "passes_0.01_nats": abs(nll[name] - nll["float32"]) / count < 0.01}
           for name in variants}
+    for name in variants:  # which step ran in the decoders of this run
+        native = getattr(decoders.get(name), "native", None)
+        if name.startswith("onnx"):
+            vs[name]["step_kernels"] = "native" if native is not None else "onnxruntime"
     print(json.dumps({
         "command": "python bench/precision.py " + " ".join(sys.argv[1:]),
         "checkpoint": args.checkpoint,

@@ -770,11 +770,17 @@ class OnnxDecoder:
     `identical_rows_once`: an onnx reset over rows that are all the same window (variations at
     their prefill) computes one row and broadcasts its K/V and logits (off: every row, for
     bench/variation_prefill.py).
+
+    `native_step`: at batch 1 the step runs in kernels of our own (native_step.py: about half
+    onnxruntime's step time) over the same buffers. None: where it can be had, else onnxruntime's
+    step (`native_unavailable` says why); True: it or an error (native_step.Unavailable); False:
+    onnxruntime's step.
     """
 
     def __init__(self, model: PerceiverAR, batch: int, *, precision: str = "float32", reset_runtime: str = "onnx",
                  threads: int | None = None, cache_dir: Path | None = None, torch_model: PerceiverAR | None = None,
-                 sessions: SessionCache = SESSIONS, identical_rows_once: bool = True) -> None:
+                 sessions: SessionCache = SESSIONS, identical_rows_once: bool = True,
+                 native_step: bool | None = None) -> None:
         cfg = model.config
         if cfg.attention != "softmax":
             raise ValueError("the compiled step supports softmax attention only")
@@ -807,6 +813,18 @@ class OnnxDecoder:
         self.new_latent_v = np.zeros((self.L, B, hs, hds), f32)
         self.latent_slot = 0
         self.resets = {"afresh": 0, "continued": 0}
+        self.native, self.native_unavailable = None, None
+        if native_step and B != 1:
+            raise ValueError("the native step runs a batch of one")
+        if native_step is not False and B == 1:
+            from .native_step import NativeStep, Unavailable
+
+            try:
+                self.native = NativeStep(model, precision, threads or torch.get_num_threads(), cache_dir)
+            except Unavailable as error:
+                if native_step:
+                    raise
+                self.native_unavailable = str(error)
         # Bound to the numpy buffers: OrtValues over them share their memory, and must outlive
         # the bindings (kept by name; a ring that grows or shrinks is bound again).
         self._bound: dict = {}
@@ -842,6 +860,12 @@ class OnnxDecoder:
         self._bind(f"{name}_k_t" if ring.keys_transposed else f"{name}_k", ring.k)
         self._bind(f"{name}_v", ring.v)
         self._bind(f"{name}_mask", ring.mask)
+        if name == "cross" and self.native is not None:
+            L = self.L
+            self.native.point(ring.k[0], ring.v[0], ring.mask, self.latent_mask,
+                              [self.latent_k_t[i, 0] for i in range(L)], [self.latent_v[i, 0] for i in range(L)],
+                              self.logits[0], self.new_cross_k[0], self.new_cross_v[0],
+                              [self.new_latent_k[i, 0] for i in range(L)], [self.new_latent_v[i, 0] for i in range(L)])
 
     # -- the rings of input K/V --
 
@@ -971,8 +995,11 @@ class OnnxDecoder:
         s = self.latent_slot
         if self.cached == self.ring:  # the window is full: its oldest input drops out
             self._drop_oldest(1)
-        graph = "shared_step" if self.shared.cached else "step"
-        getattr(self.compiled, graph).run_with_iobinding(self.bindings[graph][0])
+        if self.native is not None:  # a batch of one: no shared ring
+            self.native.run(int(self.tokens[0]), int(self.pos[0]))
+        else:
+            graph = "shared_step" if self.shared.cached else "step"
+            getattr(self.compiled, graph).run_with_iobinding(self.bindings[graph][0])
         self._cache_input(self.tokens, self.new_cross_k, self.new_cross_v)
         self.latent_k_t[..., s] = self.new_latent_k
         self.latent_v[:, :, :, s] = self.new_latent_v

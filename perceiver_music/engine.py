@@ -520,6 +520,7 @@ def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 
     notify(Progress("loading", 0, 1, message="preparing the compiled CPU decode step (the first time: an export)"))
     try:
         SESSIONS.get(model, PRECISION_OF[dtype], torch.get_num_threads())
+        _prepare_native_step(model, PRECISION_OF[dtype])
     except Exception as error:  # noqa: BLE001 - auto: the eager step is the fallback
         if cpu_runtime != "auto":
             raise
@@ -528,6 +529,18 @@ def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 
         warnings.warn(f"the compiled CPU step could not be prepared ({error}); using the eager step", RuntimeWarning)
         return generation_backend(model, "torch", prompts, cpu_precision)
     return backend, dtype
+
+
+def _prepare_native_step(model, precision: str) -> None:
+    """The native batch-1 step's library (compiled once per machine) and weights, made now rather
+    than in the first decoder; where it cannot be had, the decoders use onnxruntime's step."""
+    from .native_step import WEIGHTS, Unavailable, load_library
+
+    try:
+        load_library()
+    except Unavailable:
+        return
+    WEIGHTS.get(model, precision)
 
 
 def generation_backend(model, cpu_runtime: str = "auto", prompts: int = 1, cpu_precision: str = "auto"):

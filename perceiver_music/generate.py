@@ -278,10 +278,11 @@ def make_decoder(model: PerceiverAR, batch: int, *, use_cache: bool, backend: st
 
 def runtime_name(decoder) -> str:
     """What computed the logits, for provenance: eager, eager-float16 (on a CPU: cpu_precision's
-    weights), eager-bfloat16, naive, static, graph, onnx-float32, onnx-int8."""
+    weights), eager-bfloat16, naive, static, graph, onnx-float32, onnx-int8, and
+    onnx-float32+native-step, onnx-int8+native-step (onnxruntime's resets, native_step.py's steps)."""
     name = type(decoder).__name__
     if name == "OnnxDecoder":
-        return f"onnx-{decoder.precision}"
+        return f"onnx-{decoder.precision}" + ("+native-step" if decoder.native is not None else "")
     if name == "GraphDecoder":
         return "graph" if decoder.graph is not None else "static"
     if name == "EagerDecoder" and decoder.requested_dtype is not None:

@@ -21,9 +21,12 @@ def test_greedy_side_by_side_compares_both_runtimes_with_the_float32_reference(r
     report = json.loads(proc.stdout)
     assert report["primers_run"] == 2 and report["new_tokens"] == 60
     settings = report["settings"]
+    from perceiver_music import native_step
+
+    native = "+native-step" if native_step.cpu_reason() is None and native_step.compiler() else ""
     assert {name: s["runtime"] for name, s in settings.items()} == {
-        "torch-float32": "eager", "onnx-float32": "onnx-float32", "torch-auto": "eager-float16",
-        "onnx-auto": "onnx-int8"}
+        "torch-float32": "eager", "onnx-float32": "onnx-float32" + native, "torch-auto": "eager-float16",
+        "onnx-auto": "onnx-int8" + native}
     # float32 on the compiled step is exact: the same greedy ids as the eager reference
     assert settings["onnx-float32"]["primers_with_the_reference_ids"] == 2
     for primer in report["primers"].values():

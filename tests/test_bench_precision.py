@@ -60,11 +60,15 @@ def test_a_saved_reference_scores_the_variants_as_the_float32_run_did(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None or "avx2" not in Path("/proc/cpuinfo").read_text(),
-                    reason="the own step needs gcc and an AVX2 CPU")
-def test_the_own_int8_step_is_scored_when_asked_for():
+                    reason="the native step needs gcc and an AVX2 CPU")
+def test_the_native_int8_step_and_onnxruntimes_are_both_scored():
     pytest.importorskip("onnxruntime")
     proc = subprocess.run([sys.executable, "bench/precision.py", "--works", "1", "--score", "40", "--threads", "2",
-                           "--variants", "own-int8"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--variants", "onnx-int8,onnxruntime-step-int8"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
-    own = json.loads(proc.stdout)["vs_float32"]["own-int8"]
-    assert own["passes_0.01_nats"] and own["same_most_likely_id"] > 0.9 and own["total_variation"]["mean"] < 0.05
+    vs = json.loads(proc.stdout)["vs_float32"]
+    assert vs["onnx-int8"]["step_kernels"] == "native"
+    assert vs["onnxruntime-step-int8"]["step_kernels"] == "onnxruntime"
+    for row in vs.values():
+        assert row["passes_0.01_nats"] and row["same_most_likely_id"] > 0.9 and row["total_variation"]["mean"] < 0.05

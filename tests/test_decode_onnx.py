@@ -13,12 +13,18 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from perceiver_music import decode_onnx  # noqa: E402
+from perceiver_music import decode_onnx, native_step  # noqa: E402
 from perceiver_music.decode_onnx import OnnxDecoder, SessionCache, exported_files  # noqa: E402
 from perceiver_music.generate import EagerDecoder, TokenWindow, default_reset_latents, generate  # noqa: E402
 from test_generate import MAX_CONTEXT, N, ids_stream, random_model, replay_schedule  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# At batch 1 the decoder steps with the native step where it can be built (x86-64 with AVX2, a C
+# compiler), and says so in the runtime's name.
+NATIVE_HERE = native_step.cpu_reason() is None and native_step.compiler() is not None
+WITH_NATIVE = "+native-step" if NATIVE_HERE else ""
+needs_native = pytest.mark.skipif(not NATIVE_HERE, reason="the native step needs x86-64 with AVX2 and a C compiler")
 
 
 def decoder(model, batch=1, cache_dir=None, **kw) -> OnnxDecoder:
@@ -49,14 +55,17 @@ def decode_side_by_side(window, eager, compiled, steps, g, R, after_each=lambda:
 # ---- exactness ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("step", ["onnxruntime", pytest.param("native", marks=needs_native)])
 @pytest.mark.parametrize("reset_runtime", ["onnx", "torch"])
 @pytest.mark.parametrize("prompt_len, R", [(10, None), (6, None), (3, 4)])
-def test_compiled_step_matches_eager_across_resets_and_slides(tmp_path, reset_runtime, prompt_len, R):
+def test_compiled_step_matches_eager_across_resets_and_slides(tmp_path, step, reset_runtime, prompt_len, R):
     # prompt 6: a reset lands at window 60, so its steps wrap around the end of the ring. The
     # onnx resets keep the cached inputs (their positions run on past max_context) until the
     # positions near the graphs' tables' end, where one starts afresh from position 0.
     model = random_model()
-    eager, compiled = EagerDecoder(model), decoder(model, cache_dir=tmp_path, reset_runtime=reset_runtime)
+    eager = EagerDecoder(model)
+    compiled = decoder(model, cache_dir=tmp_path, reset_runtime=reset_runtime, native_step=step == "native")
+    assert (compiled.native is not None) == (step == "native")
     tokens = ids_stream(4 * MAX_CONTEXT, seed=5)
     R = R or default_reset_latents(N)
     kinds = {"reset": 0, "step": 0}
@@ -213,7 +222,7 @@ def test_auto_is_the_compiled_step_on_a_cpu():
     stats: dict = {}
     model = random_model()
     generate(model, ids_stream(5), max_new_tokens=10, seed=0, stats=stats)
-    assert stats["runtime"] == "onnx-float32"
+    assert stats["runtime"] == "onnx-float32" + WITH_NATIVE
     generate(model, ids_stream(5), max_new_tokens=10, seed=0, stats=stats, backend="eager")
     assert stats["runtime"] == "eager"
     generate(random_model(attention="linear"), ids_stream(5), max_new_tokens=10, seed=0, stats=stats)
@@ -404,7 +413,7 @@ def test_engine_cpu_runtime(random_checkpoint, monkeypatch):
 
     from perceiver_music import engine
 
-    compiled = "onnx-" + engine.ONNX_PRECISION
+    compiled = "onnx-" + engine.ONNX_PRECISION + WITH_NATIVE
     onnx, auto, torch_ = run("onnx"), run("auto"), run("torch")
     assert onnx.stats["runtime"] == auto.stats["runtime"] == compiled
     assert torch_.stats["runtime"] == "eager-float16" and onnx.provenance["stats"]["runtime"] == compiled
@@ -434,9 +443,9 @@ def test_engine_cpu_precision_float32_is_exact_on_both_runtimes(random_checkpoin
         return continue_midi(request, models=models).variations[0]
 
     onnx, torch_ = run("onnx", "float32"), run("torch", "float32")
-    assert (onnx.stats["runtime"], torch_.stats["runtime"]) == ("onnx-float32", "eager")
+    assert (onnx.stats["runtime"], torch_.stats["runtime"]) == ("onnx-float32" + WITH_NATIVE, "eager")
     assert onnx.new_ids == torch_.new_ids and len(onnx.new_ids) == 200
-    assert run("auto", "float32").stats["runtime"] == "onnx-float32"
+    assert run("auto", "float32").stats["runtime"] == "onnx-float32" + WITH_NATIVE
     with pytest.raises(BadRequestError, match="CPU precision"):
         run("auto", "float16")
     monkeypatch.setattr(decode_onnx, "available", lambda: False)
@@ -473,8 +482,8 @@ def test_cli_cpu_runtime_flag(random_checkpoint, tmp_path, capsys):
         return json.loads(text)["stats"]["runtime"]
 
     assert runtime_of(outs["torch", "auto"]) == "eager-float16"
-    assert runtime_of(outs["onnx", "auto"]) == "onnx-" + engine.ONNX_PRECISION
-    assert runtime_of(outs["onnx", "float32"]) == "onnx-float32"
+    assert runtime_of(outs["onnx", "auto"]) == "onnx-" + engine.ONNX_PRECISION + WITH_NATIVE
+    assert runtime_of(outs["onnx", "float32"]) == "onnx-float32" + WITH_NATIVE
     for flag in ("--cpu-runtime", "--cpu-precision"):
         with pytest.raises(SystemExit) as stop:
             parser.parse_args([flag, "fast"])
@@ -505,4 +514,4 @@ def test_a_batch_of_several_prompts_runs_the_compiled_step_in_float32(random_che
     results = continue_batch(requests, models=models)
     assert {r.variations[0].stats["runtime"] for r in results} == {"onnx-float32"}
     alone = continue_batch(requests[:1], models=models)[0]
-    assert alone.variations[0].stats["runtime"] == "onnx-int8"
+    assert alone.variations[0].stats["runtime"] == "onnx-int8" + WITH_NATIVE

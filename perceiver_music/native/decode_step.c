@@ -1,10 +1,12 @@
-/* The default model's decode step at batch 1, in kernels of our own (bench/own_step.py).
+/* A decode step at batch 1 in kernels of our own (perceiver_music/native_step.py builds and
+   loads it; decode_onnx.OnnxDecoder runs it in place of onnxruntime's step at batch 1).
 
-   A probe, not the product: is a step of our own, AVX2 only and two threads, fast enough for
-   issue 13's 3x? It computes what decode_onnx.StepGraph computes, from the same weights (query
-   weights carrying the attention scale, RoPE as a product by rotated rows: x * cos + x_rot * sin)
-   and the same caches (the cross-attend ring, keys transposed, with its additive mask; the
-   latent caches likewise), and writes the same outputs.
+   On a 2-core CPU onnxruntime's step took 1.5-1.9 ms at batch 1 (default model, 4,096 cached
+   inputs), most of it outside the arithmetic; this one takes 0.8-0.95 ms in int8 (BENCHMARKS.md).
+   It computes what decode_onnx.StepGraph computes, from the same weights (query weights carrying
+   the attention scale, RoPE as a product by rotated rows: x * cos + x_rot * sin) and the same
+   caches (the cross-attend ring, keys transposed, with its additive mask; the latent caches
+   likewise), and writes the same outputs.
 
    Weight products are int8 or float32 (FMA), both over weights stored output after output, as
    torch's Linear stores them. int8: 7-bit codes with one scale per output; the row quantised to
@@ -15,8 +17,9 @@
    Attention is one pass of scores over the ring, a softmax with an exp of our own, and one pass
    over the values.
 
-   Two threads: the caller's and a worker that spins between tasks; each task is split in two
-   (columns of a product, heads of an attention). */
+   AVX2 and FMA only (every x86-64 laptop since 2013-2015). Two threads: the caller's and a worker
+   that spins between tasks and sleeps when idle; each task is split in two (outputs of a
+   product, heads of an attention). */
 
 #include <immintrin.h>
 #include <math.h>
@@ -44,9 +47,11 @@ typedef struct {
 } Block;
 
 typedef struct {
-    int32_t d, heads, head_dim, vocab, layers, latent_slots, positions;  /* positions: the tables' rows */
+    int32_t d, cross_heads, cross_head_dim, heads, head_dim;  /* heads * head_dim = d, both kinds */
+    int32_t vocab, layers, latent_slots, positions;  /* positions: the tables' rows */
     const float *embedding;       /* vocab x d */
-    const float *cross_cos, *cross_sin, *self_cos, *self_sin;  /* positions x head_dim */
+    const float *cross_cos, *cross_sin;  /* positions x cross_head_dim */
+    const float *self_cos, *self_sin;    /* positions x head_dim */
     Norm q_norm, kv_norm, mlp_norm, final_norm;
     Weight cross_q, cross_kv, cross_out, cross_fc, cross_proj, head;  /* cross_q: q, q_rot; cross_kv: k, k_rot, v */
     const Block *blocks;
@@ -55,7 +60,7 @@ typedef struct {
 typedef struct {
     int64_t token, pos;
     int32_t slots;                     /* the cross ring's */
-    const float *cross_k_t, *cross_v, *cross_mask;  /* (H, hd, slots), (H, slots, hd), (slots) */
+    const float *cross_k_t, *cross_v, *cross_mask;  /* (Hc, hdc, slots), (Hc, slots, hdc), (slots) */
     const float *latent_mask;          /* (latent_slots) */
     const float *const *latent_k_t;    /* per layer (H, hd, latent_slots) */
     const float *const *latent_v;      /* per layer (H, latent_slots, hd) */
@@ -65,6 +70,7 @@ typedef struct {
 
 #define MAX_WIDTH 8192
 #define MAX_SLOTS 65536
+#define MAX_HEAD_DIM 128
 #define SPIN_LIMIT 20000  /* pauses (about 1-3 ms) before an idle worker sleeps */
 
 typedef struct Context Context;
@@ -349,6 +355,22 @@ typedef struct {
     float *y;                           /* (H, hd) */
 } Attention;
 
+/* y = inv * sum_j w[j] v[j, :] over S rows of `vectors` * 8 floats */
+static inline __attribute__((always_inline)) void weighted_values(const float *w, const float *v, int32_t S,
+                                                                  int32_t vectors, float inv, float *y) {
+    __m256 acc[MAX_HEAD_DIM / 8];
+    for (int i = 0; i < vectors; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int32_t j = 0; j < S; j++) {
+        const __m256 wj = _mm256_set1_ps(w[j]);
+        const float *row = v + (int64_t)j * vectors * 8;
+        for (int i = 0; i < vectors; i++)
+            acc[i] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(row + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < vectors; i++)
+        _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(acc[i], _mm256_set1_ps(inv)));
+}
+
 static void attention_part(Context *c, const void *arg, int part) {
     const Attention *a = arg;
     const int32_t hd = a->head_dim, S = a->slots, half = a->heads / 2;
@@ -389,18 +411,11 @@ static void attention_part(Context *c, const void *arg, int part) {
         float w_own = expf(own - top);
         sum += w_own;
         float inv = 1.0f / sum;
-        __m256 acc[8];  /* head_dim 64 */
-        for (int i = 0; i < 8; i++)
-            acc[i] = _mm256_setzero_ps();
-        for (j = 0; j < S; j++) {
-            const __m256 wj = _mm256_set1_ps(s[j]);
-            const float *row = v + (int64_t)j * hd;
-            for (int i = 0; i < 8; i++)
-                acc[i] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(row + 8 * i), acc[i]);
-        }
         float *y = a->y + h * hd;
-        for (int i = 0; i < 8; i++)
-            _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(acc[i], _mm256_set1_ps(inv)));
+        if (hd == 64)  /* the default model's: a constant count keeps the sums in registers */
+            weighted_values(s, v, S, 8, inv, y);
+        else
+            weighted_values(s, v, S, hd / 8, inv, y);
         for (int32_t i = 0; i < hd; i++)
             y[i] += w_own * inv * a->v_new[h * hd + i];
     }
@@ -425,26 +440,34 @@ static void mlp(Context *c, const Weight *fc, const Weight *proj, Norm norm, flo
         h[i] += c->y[i];
 }
 
-/* One step. Returns -1 if a size is beyond this probe's buffers, head_dim is not 64, or the
-   token or position is outside the model's tables. */
+/* Whether this code handles a model of these sizes (native_step.py asks before building a step). */
+int supported(const Model *m) {
+    const int32_t d = m->d;
+    return m->heads > 0 && m->cross_heads > 0 && m->heads * m->head_dim == d && m->cross_heads * m->cross_head_dim == d &&
+           m->head_dim % 8 == 0 && m->cross_head_dim % 8 == 0 && m->head_dim <= MAX_HEAD_DIM &&
+           m->cross_head_dim <= MAX_HEAD_DIM && d % 32 == 0 && 5 * d <= MAX_WIDTH && m->cross_fc.N <= MAX_WIDTH &&
+           m->cross_fc.N % 32 == 0 && m->latent_slots <= MAX_SLOTS && m->vocab > 0;
+}
+
+/* One step. Returns -1 if the model's sizes or the ring's are beyond this code's buffers (see
+   supported()), or the token or position is outside the model's tables. */
 int step(Context *c, const Model *m, const Step *in) {
-    const int32_t d = m->d, H = m->heads, hd = m->head_dim;
-    if (hd != 64 || H % 2 || d % 32 || 5 * d > MAX_WIDTH || 4 * d > MAX_WIDTH || in->slots > MAX_SLOTS ||
-        m->latent_slots > MAX_SLOTS || m->vocab > MAX_WIDTH)
+    const int32_t d = m->d, H = m->heads, hd = m->head_dim, Hc = m->cross_heads, hdc = m->cross_head_dim;
+    if (!supported(m) || in->slots > MAX_SLOTS)
         return -1;
     if (in->token < 0 || in->token >= m->vocab || in->pos < 0 || in->pos >= m->positions)
         return -1;
     float *h = c->x;
     memcpy(h, m->embedding + in->token * d, d * sizeof(float));
-    const float *cc = m->cross_cos + in->pos * hd, *cs = m->cross_sin + in->pos * hd;
+    const float *cc = m->cross_cos + in->pos * hdc, *cs = m->cross_sin + in->pos * hdc;
     layer_norm(h, d, m->q_norm, c->a);
     layer_norm(h, d, m->kv_norm, c->b);
     product(c, &m->cross_q, c->a, c->wide);
-    rope(c->wide, c->wide + d, cc, cs, H, hd, c->q);
+    rope(c->wide, c->wide + d, cc, cs, Hc, hdc, c->q);
     product(c, &m->cross_kv, c->b, c->wide);
-    rope(c->wide, c->wide + d, cc, cs, H, hd, in->new_cross_k);
+    rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
     memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
-    Attention cross = {H, hd, in->slots, c->q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
+    Attention cross = {Hc, hdc, in->slots, c->q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
                        in->cross_mask, c->y};
     run_task(c, attention_part, &cross);
     product(c, &m->cross_out, c->y, c->a);

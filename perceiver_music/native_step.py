@@ -1,0 +1,339 @@
+"""The batch-1 decode step in kernels of our own (native/decode_step.c), built once per machine.
+
+onnxruntime's step of the default model takes 1.5-1.9 ms at batch 1 on a 2-core CPU, most of it
+spent between its kernels; the same step written as one C function over the same weights and
+caches takes 0.8-0.95 ms in int8, which is what lifts generation past 3x the eager CPU setting
+(BENCHMARKS.md, "The native step"). OnnxDecoder runs it in place of onnxruntime's step at batch
+1; resets, rings and batches of several rows stay onnxruntime's.
+
+The C is compiled here, with the machine's C compiler (`$CC`, else gcc, else cc; -O3 -mavx2
+-mfma), the first time it is needed, into `cache_folder()/native/`, keyed by the source's
+sha256, the compiler's version and the flags. The library is written to a temporary name and
+moved into place, with its own sha256 beside it, checked before every load: a damaged library
+is rebuilt, never loaded. Where it cannot be had (not x86-64 Linux with AVX2 and FMA, no
+compiler, a compiler error, a model of sizes the C does not handle, or
+PERCEIVER_MUSIC_NATIVE_STEP=0), `Unavailable` says why and the decoder keeps onnxruntime's step.
+
+Precision: "float32" gives onnxruntime float32's logits (within 1e-4 across resets and a sliding
+window); "int8" quantises each product's row to bytes and its weights to 7-bit codes per output
+(`int8_codes`), as onnxruntime's int8 step does, with its NLL measured by bench/precision.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic_io import write_bytes
+from .errors import OutputPathError
+
+SOURCE = Path(__file__).parent / "native" / "decode_step.c"
+FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-pthread")
+CODE_LIMIT = 63  # 7-bit codes: vpmaddubsw's sums of two byte products stay within 16 bits
+SWITCH = "PERCEIVER_MUSIC_NATIVE_STEP"  # "0" keeps onnxruntime's step everywhere
+CPUINFO = Path("/proc/cpuinfo")
+
+
+class Unavailable(RuntimeError):
+    """The native step cannot run here; the message says why, in one line."""
+
+
+# ---- the C structs (decode_step.c) ----
+
+
+class Weight(ctypes.Structure):
+    _fields_ = [("K", ctypes.c_int32), ("N", ctypes.c_int32), ("codes", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("colsum", ctypes.c_void_p), ("w", ctypes.c_void_p)]
+
+
+class Norm(ctypes.Structure):
+    _fields_ = [("weight", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+
+
+class Block(ctypes.Structure):
+    _fields_ = [("norm1", Norm), ("norm2", Norm), ("qkv", Weight), ("out", Weight), ("fc", Weight), ("proj", Weight)]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [("d", ctypes.c_int32), ("cross_heads", ctypes.c_int32), ("cross_head_dim", ctypes.c_int32),
+                ("heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("vocab", ctypes.c_int32),
+                ("layers", ctypes.c_int32), ("latent_slots", ctypes.c_int32), ("positions", ctypes.c_int32),
+                ("embedding", ctypes.c_void_p), ("cross_cos", ctypes.c_void_p), ("cross_sin", ctypes.c_void_p),
+                ("self_cos", ctypes.c_void_p), ("self_sin", ctypes.c_void_p),
+                ("q_norm", Norm), ("kv_norm", Norm), ("mlp_norm", Norm), ("final_norm", Norm),
+                ("cross_q", Weight), ("cross_kv", Weight), ("cross_out", Weight), ("cross_fc", Weight),
+                ("cross_proj", Weight), ("head", Weight), ("blocks", ctypes.POINTER(Block))]
+
+
+class Step(ctypes.Structure):
+    _fields_ = [("token", ctypes.c_int64), ("pos", ctypes.c_int64), ("slots", ctypes.c_int32),
+                ("cross_k_t", ctypes.c_void_p), ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p),
+                ("latent_mask", ctypes.c_void_p), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)),
+                ("latent_v", ctypes.POINTER(ctypes.c_void_p)), ("logits", ctypes.c_void_p),
+                ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
+                ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
+
+
+# ---- building and loading the library ----
+
+
+def cpu_reason() -> str | None:
+    """Why this CPU cannot run the C (None if it can): it needs x86-64 with AVX2 and FMA, as
+    /proc/cpuinfo (CPUINFO) lists them."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the native step is x86-64 code; this CPU is {platform.machine() or 'unknown'}"
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return f"the native step reads the CPU's features from {CPUINFO} (Linux), which is not here"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    missing = [flag for flag in ("avx2", "fma") if flag not in flags]
+    return f"this CPU lacks {' and '.join(missing)}, which the native step needs" if missing else None
+
+
+def compiler() -> str | None:
+    chosen = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    return shutil.which(chosen) if chosen else None
+
+
+def library_key(cc: str) -> str:
+    """What the built library depends on: the source, the compiler's version and the flags."""
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise Unavailable(f"the C compiler {cc} does not run: {error}") from None
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest.update("\n".join([version.strip(), *FLAGS]).encode())
+    return digest.hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _writable_folder(folder: Path) -> Path:
+    """`folder`, or where it cannot be written this user's temporary one (as decode_onnx does)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return folder
+    except OSError:
+        fallback = Path(tempfile.gettempdir()) / f"perceiver-music-{os.getuid()}" / "native"
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def _compile(cc: str, target: Path) -> None:
+    """Compile to a temporary file beside `target`, then move it, and then its checksum, into
+    place: a crash in between leaves a library without a checksum, which is rebuilt."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    checksum = target.with_name(target.name + ".sha256")
+    try:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise Unavailable(f"the C compiler could not build the native step: {last}")
+        checksum.unlink(missing_ok=True)
+        os.replace(tmp, target)
+        write_bytes(checksum, _sha256(target).encode(), fsync=False)
+    except subprocess.SubprocessError as error:
+        raise Unavailable(f"the C compiler could not build the native step: {error}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _intact(target: Path) -> bool:
+    checksum = target.with_name(target.name + ".sha256")
+    try:
+        return target.is_file() and checksum.read_text().strip() == _sha256(target)
+    except OSError:
+        return False
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.create_context.restype = ctypes.c_void_p
+    lib.create_context.argtypes = [ctypes.c_int32]
+    lib.destroy_context.argtypes = [ctypes.c_void_p]
+    lib.context_threads.argtypes = [ctypes.c_void_p]
+    lib.supported.argtypes = [ctypes.POINTER(Model)]
+    lib.step.argtypes = [ctypes.c_void_p, ctypes.POINTER(Model), ctypes.POINTER(Step)]
+    lib.run_products.argtypes = [ctypes.c_void_p, ctypes.POINTER(Weight), ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_int32, ctypes.c_int32]
+    return lib
+
+
+_LIBRARIES: dict[tuple[Path, str], ctypes.CDLL] = {}  # by cache folder and compiler
+_LOCK = threading.Lock()
+
+
+def load_library(cache_dir: Path | None = None) -> ctypes.CDLL:
+    """The compiled library: loaded from the cache folder, built there first if it is missing or
+    damaged. Raises Unavailable (one line) where it cannot be had."""
+    from .decode_onnx import cache_folder
+
+    if os.environ.get(SWITCH, "1") == "0":
+        raise Unavailable(f"the native step is switched off ({SWITCH}=0)")
+    reason = cpu_reason()
+    if reason:
+        raise Unavailable(reason)
+    cc = compiler()
+    if cc is None:
+        raise Unavailable("no C compiler (gcc or cc) to build the native step with")
+    root = Path(cache_dir or cache_folder())
+    with _LOCK:
+        if (root, cc) not in _LIBRARIES:
+            _LIBRARIES[root, cc] = _bind(_built(cc, root / "native" / f"decode_step-{library_key(cc)}.so"))
+        return _LIBRARIES[root, cc]
+
+
+def _built(cc: str, target: Path) -> ctypes.CDLL:
+    """The library at `target` (or in the temporary folder, where `target`'s cannot be written),
+    compiled first if it is missing or fails its checksum."""
+    try:
+        if not _intact(target):
+            target = _writable_folder(target.parent) / target.name
+        if not _intact(target):
+            _compile(cc, target)
+        try:
+            return ctypes.CDLL(str(target))
+        except OSError:  # passed its checksum yet will not load (a foreign file): once more
+            target.unlink(missing_ok=True)
+            _compile(cc, target)
+            return ctypes.CDLL(str(target))
+    except (OSError, OutputPathError) as error:
+        raise Unavailable(f"the native step cannot be built in {target.parent}: {error}") from None
+
+
+# ---- one model's weights, as the C reads them ----
+
+
+def int8_codes(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The int8 form of a weight stored (N, K), output after output: 7-bit codes (N, K), one
+    float32 scale per output, and each output's sum of codes."""
+    scale = np.abs(w).max(1) / CODE_LIMIT
+    scale[scale == 0] = 1.0
+    codes = np.ascontiguousarray(np.clip(np.rint(w / scale[:, None]), -CODE_LIMIT, CODE_LIMIT).astype(np.int8))
+    return codes, scale.astype(np.float32), codes.sum(1, dtype=np.int32)
+
+
+class NativeWeights:
+    """One model's weights in one precision as decode_step.c's Model struct, and the arrays it
+    points into (kept here: the struct holds bare pointers)."""
+
+    def __init__(self, model, precision: str) -> None:
+        from .decode_onnx import StepGraph
+
+        if precision not in ("float32", "int8"):
+            raise ValueError(f"the native step computes float32 or int8, not {precision!r}")
+        self.precision, self.keep = precision, []
+        graph = StepGraph(model).eval()  # its fused, pre-scaled and rotated weights and RoPE tables
+        m, c, cfg = model, model.cross, model.config
+        d = cfg.d_model
+
+        def array(t, dtype=np.float32) -> int:
+            a = np.ascontiguousarray(t.detach().float().numpy() if isinstance(t, torch.Tensor) else t, dtype)
+            self.keep.append(a)
+            return a.ctypes.data
+
+        def weight(t) -> Weight:
+            w = t.detach().float().numpy()  # (N, K), as Linear stores it
+            N, K = w.shape
+            if precision == "float32":
+                return Weight(K, N, None, None, None, array(w))
+            codes, scale, colsum = int8_codes(w)
+            return Weight(K, N, array(codes, np.int8), array(scale), array(colsum, np.int32), None)
+
+        def norm(layer) -> Norm:
+            return Norm(array(layer.weight), array(layer.bias))
+
+        self.blocks = (Block * cfg.n_layers)(*[
+            Block(norm(b.norm1), norm(b.norm2), weight(getattr(graph, f"qkv{i}")), weight(b.out.weight),
+                  weight(b.mlp.fc.weight), weight(b.mlp.proj.weight)) for i, b in enumerate(m.blocks)])
+        self.struct = Model(d, c.heads, c.head_dim, cfg.n_heads, d // cfg.n_heads, cfg.vocab_size, cfg.n_layers,
+                            cfg.num_latents, graph.cross_cos.shape[0], array(m.tok_emb.weight),
+                            array(graph.cross_cos), array(graph.cross_sin), array(graph.self_cos),
+                            array(graph.self_sin), norm(c.q_norm), norm(c.kv_norm), norm(c.mlp_norm), norm(m.norm),
+                            weight(graph.cross_q), weight(graph.cross_kv), weight(c.out.weight),
+                            weight(c.mlp.fc.weight), weight(c.mlp.proj.weight), weight(m.head.weight), self.blocks)
+
+
+class WeightCache:
+    """NativeWeights by model object (weakly) and precision; a model whose weights changed in place
+    since (parameter versions) gets fresh ones. The int8 codes of the default model take ~0.1 s:
+    made once, not per generate() call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, model, precision: str) -> NativeWeights:
+        versions = tuple(p._version for p in model.parameters())
+        with self._lock:
+            entry = self._by_model.get(model)
+            if entry is None or entry[0] != versions:
+                entry = self._by_model[model] = (versions, {})
+            if precision not in entry[1]:
+                entry[1][precision] = NativeWeights(model, precision)
+            return entry[1][precision]
+
+
+WEIGHTS = WeightCache()
+
+
+class NativeStep:
+    """One decoder's native step: a context (buffers and a worker thread) over a model's weights.
+    point() names the arrays of the steps that follow; run() steps one token."""
+
+    def __init__(self, model, precision: str, threads: int, cache_dir: Path | None = None) -> None:
+        if model.config.attention != "softmax":
+            raise Unavailable("the native step computes softmax attention only")
+        self.lib = load_library(cache_dir)
+        self.weights = WEIGHTS.get(model, precision)
+        if not self.lib.supported(ctypes.byref(self.weights.struct)):
+            raise Unavailable("the native step does not handle this model's sizes (decode_step.c: supported())")
+        self.layers = model.config.n_layers
+        self.context = self.lib.create_context(2 if threads >= 2 else 1)  # its buffers and worker thread
+        if not self.context:
+            raise MemoryError("no memory for the native step's buffers")
+        weakref.finalize(self, self.lib.destroy_context, self.context)
+        self.step = Step()
+        self.pointed: tuple = ()
+
+    @property
+    def threads(self) -> int:
+        return self.lib.context_threads(self.context)
+
+    def point(self, cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
+              new_cross_v, new_latent_k, new_latent_v) -> None:
+        """The arrays the next steps read and write: float32, C-contiguous, one row each (the
+        per-layer ones as sequences). They are kept alive here while pointed at."""
+        pointers = lambda arrays: (ctypes.c_void_p * self.layers)(*[a.ctypes.data for a in arrays])  # noqa: E731
+        for array in (cross_k_t, cross_v, cross_mask, latent_mask, logits, new_cross_k, new_cross_v,
+                      *latent_k_t, *latent_v, *new_latent_k, *new_latent_v):
+            if not (array.flags.c_contiguous and array.dtype == np.float32):
+                raise ValueError("the native step reads and writes C-contiguous float32 arrays")
+        token, pos = self.step.token, self.step.pos
+        self.step = Step(token, pos, cross_mask.shape[-1], cross_k_t.ctypes.data, cross_v.ctypes.data,
+                         cross_mask.ctypes.data, latent_mask.ctypes.data, pointers(latent_k_t), pointers(latent_v),
+                         logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
+                         pointers(new_latent_k), pointers(new_latent_v))
+        self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
+                        new_cross_v, new_latent_k, new_latent_v)
+
+    def run(self, token: int, pos: int) -> None:
+        self.step.token, self.step.pos = token, pos
+        if self.lib.step(self.context, ctypes.byref(self.weights.struct), ctypes.byref(self.step)) != 0:
+            raise ValueError(f"the native step cannot run token {token} at position {pos} over "
+                             f"{self.step.slots} slots")

@@ -1,0 +1,255 @@
+"""The native batch-1 decode step (native_step.py, native/decode_step.c): built once per machine
+and cached, rebuilt when damaged, a one-line reason and onnxruntime's step where it cannot be
+had; onnxruntime float32's logits on the shipped model across resets and a sliding window, with
+two threads; two decoders stepping at once; an idle worker that sleeps. (Its exactness against
+the eager step on tiny models is in test_decode_onnx.py.)"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from perceiver_music import native_step  # noqa: E402
+from perceiver_music.decode_onnx import OnnxDecoder  # noqa: E402
+from perceiver_music.generate import generate  # noqa: E402
+from test_generate import ids_stream, random_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+needs_native = pytest.mark.skipif(native_step.cpu_reason() is not None or native_step.compiler() is None,
+                                  reason="the native step needs x86-64 with AVX2 and FMA, and a C compiler")
+
+
+@pytest.fixture
+def empty_cache(monkeypatch, tmp_path):
+    """An empty cache folder, and no library loaded yet by this process (as at a first start)."""
+    monkeypatch.setattr(native_step, "_LIBRARIES", {})
+    monkeypatch.setenv("PERCEIVER_MUSIC_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def library_path(cache: Path) -> Path:
+    cc = native_step.compiler()
+    return cache / "native" / f"decode_step-{native_step.library_key(cc)}.so"
+
+
+def steps_like_onnxruntime(cache: Path) -> None:
+    """A decoder with the native step gives onnxruntime float32's logits for a few steps."""
+    model = random_model(seed=2)
+    window = torch.tensor([ids_stream(40)])
+    mine = OnnxDecoder(model, 1, native_step=True, cache_dir=cache)
+    theirs = OnnxDecoder(model, 1, native_step=False, cache_dir=cache)
+    with torch.inference_mode():
+        torch.testing.assert_close(mine.reset(window, 8), theirs.reset(window, 8), atol=1e-4, rtol=1e-4)
+        for token in (5, 77, 301):
+            t = torch.tensor([token])
+            torch.testing.assert_close(mine.step(t, window), theirs.step(t, window), atol=1e-4, rtol=1e-4)
+
+
+# ---- the library: built once, cached, repaired ----
+
+
+@needs_native
+def test_built_once_then_a_second_start_only_loads_it(empty_cache, monkeypatch):
+    native_step.load_library()
+    target = library_path(empty_cache)
+    checksum = target.with_name(target.name + ".sha256")
+    assert checksum.read_text() == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name, checksum.name]  # no temporary left
+
+    def no_compile(*args):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(native_step, "_LIBRARIES", {})  # a new process, as far as the cache is concerned
+    monkeypatch.setattr(native_step, "_compile", no_compile)
+    assert native_step.load_library() is not None
+    steps_like_onnxruntime(empty_cache)
+
+
+@needs_native
+@pytest.mark.parametrize("damage", ["truncated", "no checksum", "garbage with its own checksum"])
+def test_a_damaged_library_is_rebuilt_not_loaded(empty_cache, damage):
+    target = library_path(empty_cache)
+    target.parent.mkdir(parents=True)
+    native_step._compile(native_step.compiler(), target)  # built, never loaded by this process
+    good = target.read_bytes()
+    checksum = target.with_name(target.name + ".sha256")
+    if damage == "truncated":
+        target.write_bytes(good[: len(good) // 3])
+    elif damage == "no checksum":
+        checksum.unlink()
+        target.write_bytes(b"\0" * len(good))
+    else:
+        target.write_bytes(b"not a library")
+        checksum.write_text(hashlib.sha256(b"not a library").hexdigest())
+    native_step.load_library()
+    assert len(target.read_bytes()) == len(good)
+    assert checksum.read_text() == hashlib.sha256(target.read_bytes()).hexdigest()
+    steps_like_onnxruntime(empty_cache)
+
+
+@needs_native
+def test_an_unwritable_cache_folder_builds_in_a_temporary_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(native_step, "_LIBRARIES", {})
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    assert native_step.load_library(blocked / "cache") is not None
+    assert not (blocked.parent / "cache").exists()
+
+
+# ---- where it cannot be had: onnxruntime's step, and why ----
+
+
+@pytest.mark.parametrize("cause, expected", [
+    ("no compiler", "no C compiler"),
+    ("compiler fails", "could not build the native step"),
+    ("switched off", "switched off (PERCEIVER_MUSIC_NATIVE_STEP=0)"),
+    ("no AVX2", "lacks avx2"),
+])
+def test_where_it_cannot_be_had_the_step_is_onnxruntimes_and_says_why(empty_cache, monkeypatch, cause, expected):
+    if cause == "no compiler":
+        monkeypatch.setattr(native_step, "compiler", lambda: None)
+    elif cause == "compiler fails":
+        monkeypatch.setenv("CC", "false")
+        if native_step.cpu_reason() is not None:
+            pytest.skip("this CPU cannot run the native step anyway")
+    elif cause == "switched off":
+        monkeypatch.setenv(native_step.SWITCH, "0")
+    else:
+        if native_step.platform.machine().lower() not in ("x86_64", "amd64"):
+            pytest.skip("an x86-64 question")
+        monkeypatch.setattr(native_step, "CPUINFO", cpuinfo(empty_cache, "fpu sse sse2 avx fma"))
+    model = random_model()
+    decoder = OnnxDecoder(model, 1)
+    assert decoder.native is None and expected in decoder.native_unavailable
+    assert "\n" not in decoder.native_unavailable
+    with pytest.raises(native_step.Unavailable, match="^[^\n]+$"):
+        OnnxDecoder(model, 1, native_step=True)
+    stats: dict = {}
+    out = generate(model, ids_stream(5), max_new_tokens=20, seed=0, stats=stats, backend="onnx")
+    assert stats["runtime"] == "onnx-float32" and len(out[0]) == 20
+    assert not list((empty_cache / "native").glob("*.so"))  # nothing half-built left
+
+
+def cpuinfo(folder: Path, flags: str) -> Path:
+    """A /proc/cpuinfo that lists these flags."""
+    path = folder / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n")
+    return path
+
+
+def test_the_cpu_needs_avx2_and_fma(monkeypatch, tmp_path):
+    if native_step.platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("an x86-64 question")
+    for flags, reason in (("fpu sse avx2 fma avx512f", None), ("fpu sse avx2", "this CPU lacks fma"),
+                          ("fpu sse avx", "this CPU lacks avx2 and fma")):
+        monkeypatch.setattr(native_step, "CPUINFO", cpuinfo(tmp_path, flags))
+        assert (native_step.cpu_reason() or "").startswith(reason or "") and bool(native_step.cpu_reason()) == bool(reason)
+    monkeypatch.setattr(native_step, "CPUINFO", tmp_path / "missing")
+    assert "/proc/cpuinfo" not in native_step.cpu_reason() and "missing" in native_step.cpu_reason()
+
+
+def test_a_batch_of_several_rows_keeps_onnxruntimes_step():
+    model = random_model()
+    assert OnnxDecoder(model, 2).native is None
+    with pytest.raises(ValueError, match="batch of one"):
+        OnnxDecoder(model, 2, native_step=True)
+
+
+# ---- the shipped model, two threads ----
+
+
+@needs_native
+def test_native_float32_gives_onnxruntime_float32_logits_across_resets_and_a_sliding_window():
+    """Both decoders step the same ids (greedy from onnxruntime's) from a full window for 300
+    ids: two continued resets, one input sliding out at every step."""
+    from perceiver_music.checkpoint import load_checkpoint
+    from perceiver_music.evaluate import load_eval_works
+    from perceiver_music.generate import default_reset_latents
+
+    model = load_checkpoint(REPO / "assets" / "model").model.float().eval()
+    cfg = model.config
+    works, _ = load_eval_works(str(REPO / "assets" / "primers"), split="test")
+    primer = max(works, key=len).tolist()
+    window = torch.tensor([(primer * (cfg.max_context // len(primer) + 1))[-cfg.max_context:]])
+    native = OnnxDecoder(model, 1, precision="float32", threads=2, native_step=True)
+    reference = OnnxDecoder(model, 1, precision="float32", threads=2, native_step=False)
+    assert native.native.threads == 2
+    R = default_reset_latents(cfg.num_latents)
+    resets, worst = 0, 0.0
+    logits = reference.reset(window, R)
+    native.reset(window, R)
+    for _ in range(300):
+        token = logits.argmax(-1)
+        window = torch.cat((window, token[:, None]), 1)[:, -cfg.max_context:]
+        if reference.latent_slot >= cfg.num_latents:
+            logits, mine = reference.reset(window, R), native.reset(window, R)
+            resets += 1
+        else:
+            logits, mine = reference.step(token, window), native.step(token, window)
+        worst = max(worst, float((mine - logits).abs().max()))
+    assert resets == 2 and native.resets["continued"] == 2
+    assert worst < 1e-4
+
+
+@needs_native
+def test_two_decoders_step_at_once_as_each_steps_alone():
+    """Each decoder's native step has its own buffers and worker: two running in two threads at
+    once (the web app's concurrent requests) give the logits each gives alone."""
+    from perceiver_music.checkpoint import load_checkpoint
+
+    model = load_checkpoint(REPO / "assets" / "model").model.float().eval()
+    window = torch.tensor([ids_stream(600, seed=4)])
+    decoders = [OnnxDecoder(model, 1, precision=p, threads=2, native_step=True) for p in ("float32", "int8")]
+    alone = []
+    for decoder in decoders:
+        decoder.reset(window, 64)
+        decoder.native.run(77, int(decoder.pos[0]))  # the logits of one step, into decoder.logits
+        alone.append(decoder.logits.copy())
+    differs = []
+
+    def repeat(decoder, expected) -> None:
+        for _ in range(200):
+            decoder.native.run(77, int(decoder.pos[0]))
+            if not np.array_equal(decoder.logits, expected):
+                differs.append(float(np.abs(decoder.logits - expected).max()))
+
+    threads = [threading.Thread(target=repeat, args=pair) for pair in zip(decoders, alone)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not differs
+    assert not np.allclose(alone[0], alone[1])  # two different steps ran (float32, int8)
+
+
+@needs_native
+def test_an_idle_worker_sleeps():
+    """The worker spins a few ms after a task, then sleeps: an idle decoder in a long-lived
+    process takes no core."""
+    lib = native_step.load_library()
+    context = lib.create_context(2)
+    try:
+        assert lib.context_threads(context) == 2
+        weight = np.random.default_rng(0).integers(-63, 64, (64, 64), dtype=np.int8)
+        row, out = np.ones(64, np.float32), np.zeros(64, np.float32)
+        scale, colsum = np.ones(64, np.float32), weight.sum(1, dtype=np.int32)
+        table = (native_step.Weight * 1)(native_step.Weight(64, 64, weight.ctypes.data, scale.ctypes.data,
+                                                            colsum.ctypes.data, None))
+        pointers = lambda a: (ctypes.c_void_p * 1)(a.ctypes.data)  # noqa: E731
+        assert lib.run_products(context, table, pointers(row), pointers(out), 1, 1) == 0  # wakes the worker
+        assert np.abs(out - weight.sum(1)).max() < 0.1 * np.abs(weight.sum(1)).max() + 1
+        time.sleep(0.2)  # past its spin
+        cpu, wall = time.process_time(), time.perf_counter()
+        time.sleep(0.5)
+        assert time.process_time() - cpu < 0.1 * (time.perf_counter() - wall)
+    finally:
+        lib.destroy_context(context)
