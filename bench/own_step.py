@@ -130,8 +130,8 @@ def main() -> None:
                      [caches[f"latent_k_t{i}"][0] for i in range(L)], [caches[f"latent_v{i}"][0] for i in range(L)],
                      *out)
         token, pos = int(caches["tokens"][0]), int(caches["pos"][0])
-        native.run(token, pos)
-        runs[f"own_{precision}"] = lambda native=native, token=token, pos=pos: native.run(token, pos)
+        native.run(pos, token)
+        runs[f"own_{precision}"] = lambda native=native, token=token, pos=pos: native.run(pos, token)
         outputs[f"own_{precision}"] = [out[0][None], out[1], out[2], *[a for pair in zip(out[3], out[4]) for a in pair]]
     reference, mine = outputs["onnxruntime_float32"], outputs["own_float32"]
     checks = {

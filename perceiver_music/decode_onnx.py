@@ -771,8 +771,8 @@ class OnnxDecoder:
     their prefill) computes one row and broadcasts its K/V and logits (off: every row, for
     bench/variation_prefill.py).
 
-    `native_step`: at batch 1 the step runs in kernels of our own (native_step.py: about half
-    onnxruntime's step time) over the same buffers. None: where it can be had, else onnxruntime's
+    `native_step`: the step runs in kernels of our own (native_step.py: about half onnxruntime's
+    step time at batch 1) over the same buffers. None: where it can be had, else onnxruntime's
     step (`native_unavailable` says why); True: it or an error (native_step.Unavailable); False:
     onnxruntime's step.
     """
@@ -797,8 +797,22 @@ class OnnxDecoder:
         hdc, hds = cfg.d_model // hc, cfg.d_model // hs
         f32 = np.float32
         B = self.batch = batch
+        self.native, self.native_unavailable = None, None
+        if native_step is not False:
+            from .native_step import MAX_ROWS, NativeStep, Unavailable
+
+            try:
+                if B > MAX_ROWS:
+                    raise Unavailable(f"the native step runs at most {MAX_ROWS} rows")
+                self.native = NativeStep(model, precision, threads or torch.get_num_threads(), cache_dir)
+            except Unavailable as error:
+                if native_step:
+                    raise
+                self.native_unavailable = str(error)
         self.shares = B >= SHARE_FROM_ROWS
-        self.shared = _Ring(1, hc, hdc, 1, self.ring, keys_transposed=False)  # empty unless self.shares
+        # The native step reads the shared keys transposed, as the rows' (one query's layout);
+        # onnxruntime's shared_step graph reads them as they come (several queries' layout).
+        self.shared = _Ring(1, hc, hdc, 1, self.ring, keys_transposed=self.native is not None)  # empty unless shares
         self.rows = _Ring(B, hc, hdc, min(ROW_SLOTS, self.ring) if self.shares else self.ring, self.ring,
                           keys_transposed=True)
         self.latent_k_t = np.zeros((self.L, B, hs, hds, self.N), f32)  # one block: one write per step
@@ -813,18 +827,6 @@ class OnnxDecoder:
         self.new_latent_v = np.zeros((self.L, B, hs, hds), f32)
         self.latent_slot = 0
         self.resets = {"afresh": 0, "continued": 0}
-        self.native, self.native_unavailable = None, None
-        if native_step and B != 1:
-            raise ValueError("the native step runs a batch of one")
-        if native_step is not False and B == 1:
-            from .native_step import NativeStep, Unavailable
-
-            try:
-                self.native = NativeStep(model, precision, threads or torch.get_num_threads(), cache_dir)
-            except Unavailable as error:
-                if native_step:
-                    raise
-                self.native_unavailable = str(error)
         # Bound to the numpy buffers: OrtValues over them share their memory, and must outlive
         # the bindings (kept by name; a ring that grows or shrinks is bound again).
         self._bound: dict = {}
@@ -860,12 +862,22 @@ class OnnxDecoder:
         self._bind(f"{name}_k_t" if ring.keys_transposed else f"{name}_k", ring.k)
         self._bind(f"{name}_v", ring.v)
         self._bind(f"{name}_mask", ring.mask)
-        if name == "cross" and self.native is not None:
-            L = self.L
-            self.native.point(ring.k[0], ring.v[0], ring.mask, self.latent_mask,
-                              [self.latent_k_t[i, 0] for i in range(L)], [self.latent_v[i, 0] for i in range(L)],
-                              self.logits[0], self.new_cross_k[0], self.new_cross_v[0],
-                              [self.new_latent_k[i, 0] for i in range(L)], [self.new_latent_v[i, 0] for i in range(L)])
+        if self.native is not None and hasattr(self, "rows"):  # both rings made
+            self._point_native()
+
+    def _point_native(self) -> None:
+        """The native step's arrays: the rings' (again whenever one is replaced) and the rest."""
+        layers = lambda a: [a[i] for i in range(self.L)]  # noqa: E731 - each layer's block, contiguous
+        if self.batch == 1:
+            one = lambda a: [a[i, 0] for i in range(self.L)]  # noqa: E731
+            self.native.point(self.rows.k[0], self.rows.v[0], self.rows.mask, self.latent_mask,
+                              one(self.latent_k_t), one(self.latent_v), self.logits[0], self.new_cross_k[0],
+                              self.new_cross_v[0], one(self.new_latent_k), one(self.new_latent_v))
+        else:
+            self.native.point_rows(self.tokens, self.shared.k, self.shared.v, self.shared.mask, self.rows.k,
+                                   self.rows.v, self.rows.mask, self.latent_mask, layers(self.latent_k_t),
+                                   layers(self.latent_v), self.logits, self.new_cross_k, self.new_cross_v,
+                                   layers(self.new_latent_k), layers(self.new_latent_v))
 
     # -- the rings of input K/V --
 
@@ -995,8 +1007,8 @@ class OnnxDecoder:
         s = self.latent_slot
         if self.cached == self.ring:  # the window is full: its oldest input drops out
             self._drop_oldest(1)
-        if self.native is not None:  # a batch of one: no shared ring
-            self.native.run(int(self.tokens[0]), int(self.pos[0]))
+        if self.native is not None:
+            self.native.run(int(self.pos[0]), int(self.tokens[0]))
         else:
             graph = "shared_step" if self.shared.cached else "step"
             getattr(self.compiled, graph).run_with_iobinding(self.bindings[graph][0])

@@ -85,6 +85,19 @@ class Step(ctypes.Structure):
                 ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
 
 
+class RowsStep(ctypes.Structure):
+    _fields_ = [("rows", ctypes.c_int32), ("tokens", ctypes.c_void_p), ("pos", ctypes.c_int64),
+                ("shared_slots", ctypes.c_int32), ("shared_k_t", ctypes.c_void_p), ("shared_v", ctypes.c_void_p),
+                ("shared_mask", ctypes.c_void_p), ("slots", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
+                ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p), ("latent_mask", ctypes.c_void_p),
+                ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
+                ("logits", ctypes.c_void_p), ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
+                ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
+
+
+MAX_ROWS = 16  # decode_step.c's
+
+
 # ---- building and loading the library ----
 
 
@@ -169,6 +182,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.context_threads.argtypes = [ctypes.c_void_p]
     lib.supported.argtypes = [ctypes.POINTER(Model)]
     lib.step.argtypes = [ctypes.c_void_p, ctypes.POINTER(Model), ctypes.POINTER(Step)]
+    lib.step_rows.argtypes = [ctypes.c_void_p, ctypes.POINTER(Model), ctypes.POINTER(RowsStep)]
     lib.run_products.argtypes = [ctypes.c_void_p, ctypes.POINTER(Weight), ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_int32, ctypes.c_int32]
     return lib
@@ -292,9 +306,16 @@ class WeightCache:
 WEIGHTS = WeightCache()
 
 
+def _c_arrays(*arrays) -> None:
+    for array in arrays:
+        if not (array.flags.c_contiguous and array.dtype in (np.float32, np.int64)):
+            raise ValueError("the native step reads and writes C-contiguous float32 (and int64 token) arrays")
+
+
 class NativeStep:
     """One decoder's native step: a context (buffers and a worker thread) over a model's weights.
-    point() names the arrays of the steps that follow; run() steps one token."""
+    point() (one row) or point_rows() (several) names the arrays of the steps that follow, which
+    are kept alive here while pointed at; run() steps one token per row."""
 
     def __init__(self, model, precision: str, threads: int, cache_dir: Path | None = None) -> None:
         if model.config.attention != "softmax":
@@ -308,32 +329,61 @@ class NativeStep:
         if not self.context:
             raise MemoryError("no memory for the native step's buffers")
         weakref.finalize(self, self.lib.destroy_context, self.context)
-        self.step = Step()
+        self.step: Step | RowsStep | None = None
         self.pointed: tuple = ()
 
     @property
     def threads(self) -> int:
         return self.lib.context_threads(self.context)
 
+    def _layers(self, arrays) -> ctypes.Array:
+        return (ctypes.c_void_p * self.layers)(*[a.ctypes.data for a in arrays])
+
     def point(self, cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
               new_cross_v, new_latent_k, new_latent_v) -> None:
-        """The arrays the next steps read and write: float32, C-contiguous, one row each (the
-        per-layer ones as sequences). They are kept alive here while pointed at."""
-        pointers = lambda arrays: (ctypes.c_void_p * self.layers)(*[a.ctypes.data for a in arrays])  # noqa: E731
-        for array in (cross_k_t, cross_v, cross_mask, latent_mask, logits, new_cross_k, new_cross_v,
-                      *latent_k_t, *latent_v, *new_latent_k, *new_latent_v):
-            if not (array.flags.c_contiguous and array.dtype == np.float32):
-                raise ValueError("the native step reads and writes C-contiguous float32 arrays")
-        token, pos = self.step.token, self.step.pos
-        self.step = Step(token, pos, cross_mask.shape[-1], cross_k_t.ctypes.data, cross_v.ctypes.data,
-                         cross_mask.ctypes.data, latent_mask.ctypes.data, pointers(latent_k_t), pointers(latent_v),
-                         logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
-                         pointers(new_latent_k), pointers(new_latent_v))
+        """One row's arrays, float32 and C-contiguous: the ring (Hc, hdc, S) and (Hc, S, hdc) with
+        its mask (S), the latent mask (N) and per layer caches (H, hd, N) and (H, N, hd); the
+        outputs: logits (V), the new cross K/V (Hc, hdc) and per layer the new latent K/V (H, hd)."""
+        _c_arrays(cross_k_t, cross_v, cross_mask, latent_mask, logits, new_cross_k, new_cross_v,
+                  *latent_k_t, *latent_v, *new_latent_k, *new_latent_v)
+        self.step = Step(0, 0, cross_mask.shape[-1], cross_k_t.ctypes.data, cross_v.ctypes.data,
+                         cross_mask.ctypes.data, latent_mask.ctypes.data, self._layers(latent_k_t),
+                         self._layers(latent_v), logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
+                         self._layers(new_latent_k), self._layers(new_latent_v))
         self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
                         new_cross_v, new_latent_k, new_latent_v)
 
-    def run(self, token: int, pos: int) -> None:
-        self.step.token, self.step.pos = token, pos
-        if self.lib.step(self.context, ctypes.byref(self.weights.struct), ctypes.byref(self.step)) != 0:
-            raise ValueError(f"the native step cannot run token {token} at position {pos} over "
-                             f"{self.step.slots} slots")
+    def point_rows(self, tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
+                   latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v) -> None:
+        """Several rows' arrays: `tokens` (R,) int64; the shared ring (1, Hc, hdc, S1) and
+        (1, Hc, S1, hdc) with its mask; the rows' ring (R, Hc, hdc, S2), (R, Hc, S2, hdc) and mask;
+        the latent mask and per layer caches (R, H, hd, N), (R, H, N, hd); the outputs: logits
+        (R, V), new cross K/V (R, Hc, hdc), per layer new latent K/V (R, H, hd)."""
+        rows = tokens.shape[0]
+        if not 1 <= rows <= MAX_ROWS:
+            raise ValueError(f"the native step runs 1 to {MAX_ROWS} rows, not {rows}")
+        _c_arrays(tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask, logits,
+                  new_cross_k, new_cross_v, *latent_k_t, *latent_v, *new_latent_k, *new_latent_v)
+        self.step = RowsStep(rows, tokens.ctypes.data, 0, shared_mask.shape[-1], shared_k_t.ctypes.data,
+                             shared_v.ctypes.data, shared_mask.ctypes.data, cross_mask.shape[-1],
+                             cross_k_t.ctypes.data, cross_v.ctypes.data, cross_mask.ctypes.data,
+                             latent_mask.ctypes.data, self._layers(latent_k_t), self._layers(latent_v),
+                             logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
+                             self._layers(new_latent_k), self._layers(new_latent_v))
+        self.pointed = (tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
+                        latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v)
+
+    def run(self, pos: int, token: int = 0) -> None:
+        """One step at position `pos`: of `token` after point(), of the tokens array's after
+        point_rows()."""
+        step = self.step
+        step.pos = pos
+        if isinstance(step, RowsStep):
+            done = self.lib.step_rows(self.context, ctypes.byref(self.weights.struct), ctypes.byref(step))
+        else:
+            step.token = token
+            done = self.lib.step(self.context, ctypes.byref(self.weights.struct), ctypes.byref(step))
+        if done == -2:
+            raise MemoryError("no memory for the native step's buffers")
+        if done != 0:
+            raise ValueError(f"the native step cannot run these tokens at position {pos}")

@@ -82,12 +82,17 @@ def test_compiled_step_matches_eager_across_resets_and_slides(tmp_path, step, re
         assert compiled.resets["continued"] > 10 and compiled.resets["afresh"] >= 3
 
 
-def test_compiled_step_in_a_batch_of_different_rows(tmp_path):
+STEPS = ["onnxruntime", pytest.param("native", marks=needs_native)]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_compiled_step_in_a_batch_of_different_rows(tmp_path, step):
     model = random_model(seed=2)
     B = 3
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(3, 300, (B, 50), generator=g)
-    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path)
+    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path, native_step=step == "native")
+    assert (compiled.native is not None) == (step == "native")
     R = default_reset_latents(N)
     with torch.inference_mode():
         window = TokenWindow(rows, B, MAX_CONTEXT, torch.device("cpu"))
@@ -96,7 +101,8 @@ def test_compiled_step_in_a_batch_of_different_rows(tmp_path):
     assert not torch.allclose(a[0], a[1])  # the rows really differ
 
 
-def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", STEPS)
+def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch, step):
     # The primer's cross-attend K/V are kept once for all variations (the shared ring) and each
     # variation's own ids in the rows' ring, which grows as they come; the primer slides out
     # of the window, and a window whose rows share only their first ids shares just those.
@@ -105,7 +111,8 @@ def test_variations_of_one_primer_share_its_cached_inputs(tmp_path, monkeypatch)
     B, primer_len = decode_onnx.SHARE_FROM_ROWS, 40
     g = torch.Generator().manual_seed(2)
     primer = torch.randint(3, 300, (1, primer_len), generator=g).repeat(B, 1)
-    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path)
+    eager, compiled = EagerDecoder(model), decoder(model, B, cache_dir=tmp_path, native_step=step == "native")
+    assert (compiled.native is not None) == (step == "native")
     R = default_reset_latents(N)
 
     def run(window, eager, steps):
@@ -512,6 +519,6 @@ def test_a_batch_of_several_prompts_runs_the_compiled_step_in_float32(random_che
     requests = [ContinueRequest(length_tokens=20, length_seconds=None, seed=s, device="cpu", render_audio=False,
                                 checkpoint=str(random_checkpoint)) for s in (1, 2)]
     results = continue_batch(requests, models=models)
-    assert {r.variations[0].stats["runtime"] for r in results} == {"onnx-float32"}
+    assert {r.variations[0].stats["runtime"] for r in results} == {"onnx-float32" + WITH_NATIVE}
     alone = continue_batch(requests[:1], models=models)[0]
     assert alone.variations[0].stats["runtime"] == "onnx-int8" + WITH_NATIVE

@@ -157,11 +157,12 @@ def test_the_cpu_needs_avx2_and_fma(monkeypatch, tmp_path):
     assert "/proc/cpuinfo" not in native_step.cpu_reason() and "missing" in native_step.cpu_reason()
 
 
-def test_a_batch_of_several_rows_keeps_onnxruntimes_step():
+def test_more_rows_than_the_native_step_holds_keep_onnxruntimes_step():
     model = random_model()
-    assert OnnxDecoder(model, 2).native is None
-    with pytest.raises(ValueError, match="batch of one"):
-        OnnxDecoder(model, 2, native_step=True)
+    decoder = OnnxDecoder(model, native_step.MAX_ROWS + 1)
+    assert decoder.native is None and "at most 16 rows" in decoder.native_unavailable
+    with pytest.raises(native_step.Unavailable, match="at most 16 rows"):
+        OnnxDecoder(model, native_step.MAX_ROWS + 1, native_step=True)
 
 
 # ---- the shipped model, two threads ----
@@ -212,13 +213,13 @@ def test_two_decoders_step_at_once_as_each_steps_alone():
     alone = []
     for decoder in decoders:
         decoder.reset(window, 64)
-        decoder.native.run(77, int(decoder.pos[0]))  # the logits of one step, into decoder.logits
+        decoder.native.run(int(decoder.pos[0]), 77)  # the logits of one step, into decoder.logits
         alone.append(decoder.logits.copy())
     differs = []
 
     def repeat(decoder, expected) -> None:
         for _ in range(200):
-            decoder.native.run(77, int(decoder.pos[0]))
+            decoder.native.run(int(decoder.pos[0]), 77)
             if not np.array_equal(decoder.logits, expected):
                 differs.append(float(np.abs(decoder.logits - expected).max()))
 
@@ -253,3 +254,109 @@ def test_an_idle_worker_sleeps():
         assert time.process_time() - cpu < 0.1 * (time.perf_counter() - wall)
     finally:
         lib.destroy_context(context)
+
+
+# ---- several rows at once ----
+
+
+class RowsApart:
+    """Each row of a batch decoded by a decoder of its own (batch 1)."""
+
+    def __init__(self, model, rows: int) -> None:
+        self.decoders = [OnnxDecoder(model, 1, native_step=True) for _ in range(rows)]
+
+    def reset(self, window, R):
+        return torch.cat([d.reset(window[i : i + 1], R) for i, d in enumerate(self.decoders)])
+
+    def step(self, tokens, window):
+        return torch.cat([d.step(tokens[i : i + 1], window[i : i + 1]) for i, d in enumerate(self.decoders)])
+
+
+SIZES = pytest.mark.parametrize("sizes", [{}, {"d_model": 128, "n_heads": 2, "cross_heads": 2}],
+                                ids=["tiny", "head_dim_64"])  # hd 64: the default model's own code paths
+ROWS = pytest.mark.parametrize("rows, one_primer", [(3, False), (4, True), (6, True)])
+
+
+@needs_native
+@SIZES
+@ROWS
+def test_each_row_of_a_float32_batch_gives_what_it_gives_alone(sizes, rows, one_primer):
+    """Rows of their own (3 prompts) and variations of one primer (its inputs read once for all
+    rows), through resets and the primer sliding out: every row's logits are those of the same
+    row decoded alone."""
+    from perceiver_music.generate import TokenWindow, default_reset_latents
+    from test_decode_onnx import decode_side_by_side
+    from test_generate import MAX_CONTEXT, N
+
+    model = random_model(seed=5, **sizes)
+    g = torch.Generator().manual_seed(1)
+    start = torch.randint(3, 300, (1 if one_primer else rows, 40), generator=g).expand(rows, -1).contiguous()
+    together, apart = OnnxDecoder(model, rows, native_step=True), RowsApart(model, rows)
+    R = default_reset_latents(N)
+    with torch.inference_mode():
+        window = TokenWindow(start, rows, MAX_CONTEXT, torch.device("cpu"))
+        torch.testing.assert_close(together.reset(window.view(), R), apart.reset(window.view(), R),
+                                   atol=1e-4, rtol=1e-4)
+        assert (together.shared.cached > 0) == one_primer
+        last = decode_side_by_side(window, apart, together, 2 * MAX_CONTEXT, g, R)
+    assert together.shared.cached == 0  # the primer slid out
+    assert not torch.allclose(last[0], last[1])  # the rows really differ
+
+
+def one_row_step(model, precision: str, decoder: OnnxDecoder, row: int) -> np.ndarray:
+    """What the batch-1 native step gives one row of `decoder`'s next step: its caches laid out
+    as one row's (the shared inputs' slots, then the row's own: attention does not depend on
+    the slots' order), the same token and position."""
+    alone = native_step.NativeStep(model, precision, 2)
+    L, d = decoder.L, model.config.d_model
+    shared, own = decoder.shared, decoder.rows
+    k_t = np.ascontiguousarray(np.concatenate((shared.k[0], own.k[row]), axis=-1))
+    v = np.ascontiguousarray(np.concatenate((shared.v[0], own.v[row]), axis=-2))
+    mask = np.concatenate((shared.mask, own.mask))
+    logits = np.zeros(model.config.vocab_size, np.float32)
+    per_layer = lambda a: [np.ascontiguousarray(a[i, row]) for i in range(L)]  # noqa: E731
+    alone.point(k_t, v, mask, decoder.latent_mask, per_layer(decoder.latent_k_t), per_layer(decoder.latent_v), logits,
+                np.zeros(d, np.float32), np.zeros(d, np.float32), [np.zeros(d, np.float32) for _ in range(L)],
+                [np.zeros(d, np.float32) for _ in range(L)])
+    alone.run(int(decoder.pos[0]), int(decoder.tokens[row]))
+    return logits
+
+
+@needs_native
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+@SIZES
+@ROWS
+def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, sizes, rows, one_primer):
+    """int8 quantises each row on its own in the native step, so a row's step does not depend on
+    its batch-mates: at every step (the primer shared, then sliding out), each row's logits are
+    what the one-row step gives from the same caches. (Resets are onnxruntime's, whose int8
+    quantises the batch as one: rows alone would not get the same caches.)"""
+    from perceiver_music.generate import TokenWindow, default_reset_latents
+    from test_generate import MAX_CONTEXT, N
+
+    model = random_model(seed=5, **sizes)
+    g = torch.Generator().manual_seed(1)
+    start = torch.randint(3, 300, (1 if one_primer else rows, 40), generator=g).expand(rows, -1).contiguous()
+    decoder = OnnxDecoder(model, rows, precision=precision, native_step=True)
+    R = default_reset_latents(N)
+    checked, shared_seen = 0, set()
+    with torch.inference_mode():
+        window = TokenWindow(start, rows, MAX_CONTEXT, torch.device("cpu"))
+        decoder.reset(window.view(), R)
+        for i in range(MAX_CONTEXT + 30):
+            tokens = torch.randint(3, 300, (rows,), generator=g)
+            window.append(tokens)
+            if decoder.latent_slot >= N:
+                decoder.reset(window.view(), R)
+                continue
+            if i % 7 == 0:  # the one-row step reads the caches as they are before this step
+                decoder.tokens[:] = tokens.numpy()
+                if decoder.cached == decoder.ring:
+                    decoder._drop_oldest(1)
+                expected = [one_row_step(model, precision, decoder, r) for r in range(rows)]
+                shared_seen.add(decoder.shared.cached > 0)
+            logits = decoder.step(tokens, window.view())
+            if i % 7 == 0:
+                torch.testing.assert_close(logits, torch.from_numpy(np.stack(expected)), atol=1e-4, rtol=1e-4)
+                checked += 1
+    assert checked > 10 and shared_seen == ({True, False} if one_primer else {False})

@@ -68,6 +68,24 @@ typedef struct {
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (H, hd) */
 } Step;
 
+/* A step of several rows (variations of one primer, or several prompts): each row its own token,
+   all at one position. The cross-attend reads the inputs every row has once (`shared`: the
+   primer under its variations; shared_slots 0 if none) beside each row's own. */
+typedef struct {
+    int32_t rows;
+    const int64_t *tokens;             /* (rows) */
+    int64_t pos;
+    int32_t shared_slots;
+    const float *shared_k_t, *shared_v, *shared_mask;  /* (Hc, hdc, S1), (Hc, S1, hdc), (S1) */
+    int32_t slots;
+    const float *cross_k_t, *cross_v, *cross_mask;     /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc), (S2) */
+    const float *latent_mask;
+    const float *const *latent_k_t, *const *latent_v;  /* per layer (rows, H, hd, N), (rows, H, N, hd) */
+    float *logits, *new_cross_k, *new_cross_v;         /* (rows, vocab), (rows, Hc, hdc) x 2 */
+    float *const *new_latent_k, *const *new_latent_v;  /* per layer (rows, H, hd) */
+} RowsStep;
+
+#define MAX_ROWS 16
 #define MAX_WIDTH 8192
 #define MAX_SLOTS 65536
 #define MAX_HEAD_DIM 128
@@ -93,6 +111,13 @@ struct Context {
     int generation, two_threads;
     float xscale;
     int32_t xzero;
+    /* step_rows' buffers, made on its first call and grown as needed: rows x MAX_WIDTH for each
+       of x, a, b, wide, y, q and the bytes; scores, rows x score_stride per thread */
+    int32_t work_rows, score_stride;
+    float *work, *row_scores[2];
+    uint8_t *row_xq;
+    float row_xscale[MAX_ROWS];
+    int32_t row_xzero[MAX_ROWS];
     _Alignas(64) pthread_mutex_t lock;
     pthread_cond_t wake;
     pthread_t worker;
@@ -164,6 +189,10 @@ void destroy_context(Context *c) {
     }
     pthread_cond_destroy(&c->wake);
     pthread_mutex_destroy(&c->lock);
+    free(c->work);
+    free(c->row_xq);
+    free(c->row_scores[0]);
+    free(c->row_scores[1]);
     free(c);
 }
 
@@ -233,7 +262,7 @@ static void layer_norm(const float *x, int32_t d, Norm norm, float *y) {
 
 /* The row to bytes, as onnxruntime's dynamic quantisation does: one scale and zero point over
    [min(x, 0), max(x, 0)], xq = round(x / scale) + zero in 0..255. */
-static void quantize(Context *c, const float *x, int32_t K) {
+static void quantize_into(const float *x, int32_t K, uint8_t *xq, float *scale, int32_t *zero) {
     __m256 top = _mm256_setzero_ps(), bottom = _mm256_setzero_ps();
     for (int32_t k = 0; k < K; k += 8) {
         __m256 v = _mm256_loadu_ps(x + k);
@@ -247,10 +276,10 @@ static void quantize(Context *c, const float *x, int32_t K) {
     lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, 0x4e));
     lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, 0xb1));
     float range = _mm_cvtss_f32(hi) - _mm_cvtss_f32(lo);
-    c->xscale = range > 0.0f ? range / 255.0f : 1.0f;
-    c->xzero = (int32_t)nearbyintf(-_mm_cvtss_f32(lo) / c->xscale);
-    const __m256 inverse = _mm256_set1_ps(1.0f / c->xscale);
-    const __m256i offset = _mm256_set1_epi32(c->xzero);
+    *scale = range > 0.0f ? range / 255.0f : 1.0f;
+    *zero = (int32_t)nearbyintf(-_mm_cvtss_f32(lo) / *scale);
+    const __m256 inverse = _mm256_set1_ps(1.0f / *scale);
+    const __m256i offset = _mm256_set1_epi32(*zero);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undo the packs' lane interleave */
     for (int32_t k = 0; k < K; k += 32) {
         __m256i v0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inverse)), offset);
@@ -258,8 +287,12 @@ static void quantize(Context *c, const float *x, int32_t K) {
         __m256i v2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 16), inverse)), offset);
         __m256i v3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 24), inverse)), offset);
         __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(v0, v1), _mm256_packus_epi32(v2, v3));
-        _mm256_store_si256((__m256i *)(c->xq + k), _mm256_permutevar8x32_epi32(bytes, order));
+        _mm256_store_si256((__m256i *)(xq + k), _mm256_permutevar8x32_epi32(bytes, order));
     }
+}
+
+static void quantize(Context *c, const float *x, int32_t K) {
+    quantize_into(x, K, c->xq, &c->xscale, &c->xzero);
 }
 
 /* ---- weight products: y = W x, split by outputs ---- */
@@ -492,6 +525,365 @@ int step(Context *c, const Model *m, const Step *in) {
     }
     layer_norm(h, d, m->final_norm, c->a);
     product(c, &m->head, c->a, in->logits);
+    return 0;
+}
+
+/* ---- several rows at once: each weight read once for all rows ---- */
+
+/* Buffers for `rows` rows whose attention scores span `slots` slots; 0, or -1 out of memory. */
+static int ensure_rows(Context *c, int32_t rows, int32_t slots) {
+    if (rows > c->work_rows) {
+        free(c->work);
+        free(c->row_xq);
+        c->work = aligned_alloc(32, (size_t)rows * 6 * MAX_WIDTH * sizeof(float));
+        c->row_xq = aligned_alloc(32, (size_t)rows * MAX_WIDTH);
+        c->work_rows = c->work && c->row_xq ? rows : 0;
+        if (!c->work_rows)
+            return -1;
+        c->score_stride = 0;  /* their size depends on the rows too */
+    }
+    int32_t stride = (slots + 15) & ~7;
+    if (stride > c->score_stride) {
+        for (int t = 0; t < 2; t++) {
+            free(c->row_scores[t]);
+            c->row_scores[t] = aligned_alloc(32, (size_t)c->work_rows * stride * sizeof(float));
+        }
+        c->score_stride = c->row_scores[0] && c->row_scores[1] ? stride : 0;
+        if (!c->score_stride)
+            return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const Weight *w;
+    const float *x;  /* rows x MAX_WIDTH */
+    float *y;        /* rows x y_stride */
+    int32_t rows, y_stride;
+} RowsProduct;
+
+/* ROWS rows (a constant, so that the sums stay in registers) times outputs first..last, two
+   outputs at a time: each 32 codes loaded once for all rows. */
+static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, const RowsProduct *p, int32_t r0,
+                                                            const int ROWS, int32_t first, int32_t last) {
+    const Weight *w = p->w;
+    const int32_t K = w->K;
+    const __m256i ones = _mm256_set1_epi16(1);
+    int32_t n = first;
+    for (; n < last; n += 2) {
+        const int two = n + 1 < last;
+        const int8_t *c0 = w->codes + (int64_t)n * K, *c1 = two ? c0 + K : c0;
+        __m256i acc[4][2];
+        for (int r = 0; r < ROWS; r++)
+            acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        for (int32_t k = 0; k < K; k += 32) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(c0 + k));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(c1 + k));
+            for (int r = 0; r < ROWS; r++) {
+                const __m256i x = _mm256_load_si256((const __m256i *)(ctx->row_xq + (int64_t)(r0 + r) * MAX_WIDTH + k));
+                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
+                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            const float xs = ctx->row_xscale[r0 + r];
+            const int32_t xz = ctx->row_xzero[r0 + r];
+            float *y = p->y + (int64_t)(r0 + r) * p->y_stride;
+            y[n] = xs * w->scale[n] * (float)(hsum_epi32(acc[r][0]) - xz * w->colsum[n]);
+            if (two)
+                y[n + 1] = xs * w->scale[n + 1] * (float)(hsum_epi32(acc[r][1]) - xz * w->colsum[n + 1]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void float_rows(const RowsProduct *p, int32_t r0, const int ROWS,
+                                                             int32_t first, int32_t last) {
+    const Weight *w = p->w;
+    const int32_t K = w->K;
+    int32_t n = first;
+    for (; n < last; n += 2) {
+        const int two = n + 1 < last;
+        const float *c0 = w->w + (int64_t)n * K, *c1 = two ? c0 + K : c0;
+        __m256 acc[4][2];
+        for (int r = 0; r < ROWS; r++)
+            acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int32_t k = 0; k < K; k += 8) {
+            const __m256 w0 = _mm256_loadu_ps(c0 + k), w1 = _mm256_loadu_ps(c1 + k);
+            for (int r = 0; r < ROWS; r++) {
+                const __m256 x = _mm256_loadu_ps(p->x + (int64_t)(r0 + r) * MAX_WIDTH + k);
+                acc[r][0] = _mm256_fmadd_ps(x, w0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(x, w1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            float *y = p->y + (int64_t)(r0 + r) * p->y_stride;
+            y[n] = hsum_ps(acc[r][0]);
+            if (two)
+                y[n + 1] = hsum_ps(acc[r][1]);
+        }
+    }
+}
+
+static void rows_product_part(Context *c, const void *arg, int part) {
+    const RowsProduct *p = arg;
+    int32_t split = (p->w->N / 2) & ~3;
+    int32_t first = part ? split : 0, last = part ? p->w->N : split;
+    for (int32_t r0 = 0; r0 < p->rows; r0 += 4) {
+        int32_t left = p->rows - r0;
+        if (p->w->codes) {
+            if (left >= 4) int8_rows(c, p, r0, 4, first, last);
+            else if (left == 3) int8_rows(c, p, r0, 3, first, last);
+            else if (left == 2) int8_rows(c, p, r0, 2, first, last);
+            else int8_rows(c, p, r0, 1, first, last);
+        } else {
+            if (left >= 4) float_rows(p, r0, 4, first, last);
+            else if (left == 3) float_rows(p, r0, 3, first, last);
+            else if (left == 2) float_rows(p, r0, 2, first, last);
+            else float_rows(p, r0, 1, first, last);
+        }
+    }
+}
+
+/* y (rows x y_stride) = W x (rows x MAX_WIDTH); int8 quantises each row with its own scale, so
+   that a row's result does not depend on the others. */
+static void product_rows(Context *c, const Weight *w, const float *x, int32_t rows, float *y, int32_t y_stride) {
+    if (w->codes)
+        for (int32_t r = 0; r < rows; r++)
+            quantize_into(x + (int64_t)r * MAX_WIDTH, w->K, c->row_xq + (int64_t)r * MAX_WIDTH, c->row_xscale + r,
+                          c->row_xzero + r);
+    RowsProduct p = {w, x, y, rows, y_stride};
+    run_task(c, rows_product_part, &p);
+}
+
+typedef struct {
+    int32_t rows, heads, head_dim;
+    const float *q;                       /* (rows, MAX_WIDTH): H x hd each */
+    const float *k_new, *v_new;           /* (rows, H, hd) */
+    int32_t shared_slots;                 /* read once for all rows */
+    const float *shared_k_t, *shared_v, *shared_mask;  /* (H, hd, S1), (H, S1, hd), (S1) */
+    int32_t slots;                        /* each row's own */
+    const float *k_t, *v, *mask;          /* (rows, H, hd, S2), (rows, H, S2, hd), (S2) */
+    float *y;                             /* (rows, MAX_WIDTH) */
+} RowsAttention;
+
+#define SCORE_BLOCK 512  /* shared slots per pass over the heads' dims: the rows' scores stay in L1 */
+
+/* s_r[j] += sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of one shared
+   head: each key loaded once for all rows. */
+static inline __attribute__((always_inline)) void shared_scores(float *const *s, const float *const *q,
+                                                                const float *kt, int32_t S, int32_t hd,
+                                                                const int ROWS) {
+    for (int32_t jb = 0; jb < S; jb += SCORE_BLOCK) {
+        const int32_t je = jb + SCORE_BLOCK < S ? jb + SCORE_BLOCK : S;
+        for (int32_t i = 0; i < hd; i++) {
+            const float *row = kt + (int64_t)i * S;
+            __m256 qi[4];
+            for (int r = 0; r < ROWS; r++)
+                qi[r] = _mm256_set1_ps(q[r][i]);
+            int32_t j = jb;
+            for (; j + 8 <= je; j += 8) {
+                const __m256 k = _mm256_loadu_ps(row + j);
+                for (int r = 0; r < ROWS; r++)
+                    _mm256_storeu_ps(s[r] + j, _mm256_fmadd_ps(qi[r], k, _mm256_loadu_ps(s[r] + j)));
+            }
+            for (; j < je; j++)
+                for (int r = 0; r < ROWS; r++)
+                    s[r][j] += q[r][i] * row[j];
+        }
+    }
+}
+
+/* y_r += sum_j w_r[j] v[j, :] for ROWS rows over S slots of one shared head, 8 of the head's
+   dims at a time: each value loaded once for all rows. */
+static inline __attribute__((always_inline)) void shared_values(float *const *y, const float *const *w,
+                                                                const float *v, int32_t S, int32_t hd,
+                                                                const int ROWS) {
+    for (int32_t t = 0; t < hd; t += 8) {
+        __m256 acc[4];
+        for (int r = 0; r < ROWS; r++)
+            acc[r] = _mm256_setzero_ps();
+        for (int32_t j = 0; j < S; j++) {
+            const __m256 vj = _mm256_loadu_ps(v + (int64_t)j * hd + t);
+            for (int r = 0; r < ROWS; r++)
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(w[r][j]), vj, acc[r]);
+        }
+        for (int r = 0; r < ROWS; r++)
+            _mm256_storeu_ps(y[r] + t, _mm256_add_ps(_mm256_loadu_ps(y[r] + t), acc[r]));
+    }
+}
+
+static void attention_rows_part(Context *c, const void *arg, int part) {
+    const RowsAttention *a = arg;
+    const int32_t hd = a->head_dim, S1 = a->shared_slots, S2 = a->slots, half = a->heads / 2;
+    for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
+        float *s[MAX_ROWS], *y[MAX_ROWS];
+        const float *q[MAX_ROWS];
+        float own[MAX_ROWS], top[MAX_ROWS];
+        for (int32_t r = 0; r < a->rows; r++) {
+            s[r] = c->row_scores[part] + (int64_t)r * c->score_stride;
+            q[r] = a->q + (int64_t)r * MAX_WIDTH + h * hd;
+            y[r] = a->y + (int64_t)r * MAX_WIDTH + h * hd;
+            if (S1)
+                memcpy(s[r], a->shared_mask, S1 * sizeof(float));
+            if (S2)
+                memcpy(s[r] + S1, a->mask, S2 * sizeof(float));
+            memset(y[r], 0, hd * sizeof(float));
+        }
+        if (S1) {
+            const float *kt = a->shared_k_t + (int64_t)h * hd * S1;
+            for (int32_t r0 = 0; r0 < a->rows; r0 += 4) {
+                int32_t left = a->rows - r0;
+                if (left >= 4) shared_scores(s + r0, q + r0, kt, S1, hd, 4);
+                else if (left == 3) shared_scores(s + r0, q + r0, kt, S1, hd, 3);
+                else if (left == 2) shared_scores(s + r0, q + r0, kt, S1, hd, 2);
+                else shared_scores(s + r0, q + r0, kt, S1, hd, 1);
+            }
+        }
+        for (int32_t r = 0; r < a->rows; r++) {  /* each row's own inputs, its new one, the softmax */
+            const float *kt = a->k_t + ((int64_t)r * a->heads + h) * hd * S2;
+            float *sr = s[r] + S1;
+            for (int32_t i = 0; i < hd; i++) {
+                const __m256 qi = _mm256_set1_ps(q[r][i]);
+                const float *row = kt + (int64_t)i * S2;
+                int32_t j = 0;
+                for (; j + 8 <= S2; j += 8)
+                    _mm256_storeu_ps(sr + j, _mm256_fmadd_ps(qi, _mm256_loadu_ps(row + j), _mm256_loadu_ps(sr + j)));
+                for (; j < S2; j++)
+                    sr[j] += q[r][i] * row[j];
+            }
+            const float *k_new = a->k_new + ((int64_t)r * a->heads + h) * hd;
+            own[r] = 0.0f;
+            for (int32_t i = 0; i < hd; i++)
+                own[r] += q[r][i] * k_new[i];
+            const int32_t S = S1 + S2;
+            float m = own[r];
+            for (int32_t j = 0; j < S; j++)
+                m = s[r][j] > m ? s[r][j] : m;
+            top[r] = m;
+            const __m256 vtop = _mm256_set1_ps(m);
+            int32_t j = 0;
+            for (; j + 8 <= S; j += 8)
+                _mm256_storeu_ps(s[r] + j, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s[r] + j), vtop)));
+            for (; j < S; j++)
+                s[r][j] = expf(s[r][j] - m);
+        }
+        if (S1) {
+            const float *v = a->shared_v + (int64_t)h * S1 * hd;
+            for (int32_t r0 = 0; r0 < a->rows; r0 += 4) {
+                int32_t left = a->rows - r0;
+                if (left >= 4) shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 4);
+                else if (left == 3) shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 3);
+                else if (left == 2) shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 2);
+                else shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 1);
+            }
+        }
+        for (int32_t r = 0; r < a->rows; r++) {
+            const float *v = a->v + ((int64_t)r * a->heads + h) * S2 * hd;
+            float own_values[MAX_HEAD_DIM];
+            if (hd == 64)
+                weighted_values(s[r] + S1, v, S2, 8, 1.0f, own_values);
+            else
+                weighted_values(s[r] + S1, v, S2, hd / 8, 1.0f, own_values);
+            for (int32_t i = 0; i < hd; i++)
+                y[r][i] += own_values[i];
+            __m256 vsum = _mm256_setzero_ps();
+            const int32_t S = S1 + S2;
+            int32_t j = 0;
+            for (; j + 8 <= S; j += 8)
+                vsum = _mm256_add_ps(vsum, _mm256_loadu_ps(s[r] + j));
+            float sum = hsum_ps(vsum);
+            for (; j < S; j++)
+                sum += s[r][j];
+            const float w_own = expf(own[r] - top[r]);
+            const float inv = 1.0f / (sum + w_own);
+            const float *v_new = a->v_new + ((int64_t)r * a->heads + h) * hd;
+            for (int32_t i = 0; i < hd; i++)
+                y[r][i] = (y[r][i] + w_own * v_new[i]) * inv;
+        }
+    }
+}
+
+static void mlp_rows(Context *c, const Weight *fc, const Weight *proj, Norm norm, float *h, float *a, float *wide,
+                     float *y, int32_t rows, int32_t d) {
+    for (int32_t r = 0; r < rows; r++)
+        layer_norm(h + (int64_t)r * MAX_WIDTH, d, norm, a + (int64_t)r * MAX_WIDTH);
+    product_rows(c, fc, a, rows, wide, MAX_WIDTH);
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t i = 0; i < fc->N; i++) {
+            float v = wide[(int64_t)r * MAX_WIDTH + i];
+            v = v > 0.0f ? v : 0.0f;
+            wide[(int64_t)r * MAX_WIDTH + i] = v * v;
+        }
+    product_rows(c, proj, wide, rows, y, MAX_WIDTH);
+    for (int32_t r = 0; r < rows; r++)
+        for (int32_t i = 0; i < d; i++)
+            h[(int64_t)r * MAX_WIDTH + i] += y[(int64_t)r * MAX_WIDTH + i];
+}
+
+/* One step of several rows. Returns -1 if the model's sizes, the rows or the rings are beyond
+   this code's buffers, or a token or the position is outside the model's tables; -2 if out of
+   memory. Rows are independent: each row's result is what step() gives it alone (to rounding). */
+int step_rows(Context *c, const Model *m, const RowsStep *in) {
+    const int32_t d = m->d, H = m->heads, hd = m->head_dim, Hc = m->cross_heads, hdc = m->cross_head_dim;
+    const int32_t R = in->rows, S1 = in->shared_slots, S2 = in->slots;
+    if (!supported(m) || R < 1 || R > MAX_ROWS || S1 < 0 || S2 < 0 || S1 + S2 > MAX_SLOTS)
+        return -1;
+    if (in->pos < 0 || in->pos >= m->positions)
+        return -1;
+    for (int32_t r = 0; r < R; r++)
+        if (in->tokens[r] < 0 || in->tokens[r] >= m->vocab)
+            return -1;
+    if (ensure_rows(c, R, S1 + S2 > m->latent_slots ? S1 + S2 : m->latent_slots))
+        return -2;
+    const int64_t W = MAX_WIDTH;
+    float *h = c->work, *a = h + R * W, *b = a + R * W, *wide = b + R * W, *y = wide + R * W, *q = y + R * W;
+    for (int32_t r = 0; r < R; r++)
+        memcpy(h + r * W, m->embedding + in->tokens[r] * d, d * sizeof(float));
+    const float *cc = m->cross_cos + in->pos * hdc, *cs = m->cross_sin + in->pos * hdc;
+    for (int32_t r = 0; r < R; r++) {
+        layer_norm(h + r * W, d, m->q_norm, a + r * W);
+        layer_norm(h + r * W, d, m->kv_norm, b + r * W);
+    }
+    product_rows(c, &m->cross_q, a, R, wide, W);
+    for (int32_t r = 0; r < R; r++)
+        rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, q + r * W);
+    product_rows(c, &m->cross_kv, b, R, wide, W);
+    for (int32_t r = 0; r < R; r++) {
+        rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, in->new_cross_k + r * d);
+        memcpy(in->new_cross_v + r * d, wide + r * W + 2 * d, d * sizeof(float));
+    }
+    RowsAttention cross = {R, Hc, hdc, q, in->new_cross_k, in->new_cross_v, S1, in->shared_k_t, in->shared_v,
+                           in->shared_mask, S2, in->cross_k_t, in->cross_v, in->cross_mask, y};
+    run_task(c, attention_rows_part, &cross);
+    product_rows(c, &m->cross_out, y, R, a, W);
+    for (int32_t r = 0; r < R; r++)
+        for (int32_t i = 0; i < d; i++)
+            h[r * W + i] += a[r * W + i];
+    mlp_rows(c, &m->cross_fc, &m->cross_proj, m->mlp_norm, h, a, wide, y, R, d);
+    const float *sc = m->self_cos + in->pos * hd, *ss = m->self_sin + in->pos * hd;
+    for (int32_t l = 0; l < m->layers; l++) {
+        const Block *blk = m->blocks + l;
+        for (int32_t r = 0; r < R; r++)
+            layer_norm(h + r * W, d, blk->norm1, a + r * W);
+        product_rows(c, &blk->qkv, a, R, wide, W);
+        for (int32_t r = 0; r < R; r++) {
+            const float *x = wide + r * W;
+            rope(x, x + 2 * d, sc, ss, H, hd, q + r * W);
+            rope(x + d, x + 3 * d, sc, ss, H, hd, in->new_latent_k[l] + r * d);
+            memcpy(in->new_latent_v[l] + r * d, x + 4 * d, d * sizeof(float));
+        }
+        RowsAttention self = {R, H, hd, q, in->new_latent_k[l], in->new_latent_v[l], 0, 0, 0, 0,
+                              m->latent_slots, in->latent_k_t[l], in->latent_v[l], in->latent_mask, y};
+        run_task(c, attention_rows_part, &self);
+        product_rows(c, &blk->out, y, R, a, W);
+        for (int32_t r = 0; r < R; r++)
+            for (int32_t i = 0; i < d; i++)
+                h[r * W + i] += a[r * W + i];
+        mlp_rows(c, &blk->fc, &blk->proj, blk->norm2, h, a, wide, y, R, d);
+    }
+    for (int32_t r = 0; r < R; r++)
+        layer_norm(h + r * W, d, m->final_norm, a + r * W);
+    product_rows(c, &m->head, a, R, in->logits, m->vocab);
     return 0;
 }
 
