@@ -1007,8 +1007,9 @@ class OnnxDecoder:
         s = self.latent_slot
         if self.cached == self.ring:  # the window is full: its oldest input drops out
             self._drop_oldest(1)
-        if self.native is not None:
-            self.native.run(int(self.pos[0]), int(self.tokens[0]))
+        if self.native is not None:  # reading the slots ever written only
+            self.native.run(int(self.pos[0]), int(self.tokens[0]), cross_used=self.rows.used, latent_used=s,
+                            shared_used=self.shared.used)
         else:
             graph = "shared_step" if self.shared.cached else "step"
             getattr(self.compiled, graph).run_with_iobinding(self.bindings[graph][0])

@@ -78,7 +78,7 @@ class Model(ctypes.Structure):
 
 class Step(ctypes.Structure):
     _fields_ = [("token", ctypes.c_int64), ("pos", ctypes.c_int64), ("slots", ctypes.c_int32),
-                ("cross_k_t", ctypes.c_void_p), ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p),
+                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p), ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p),
                 ("latent_mask", ctypes.c_void_p), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)),
                 ("latent_v", ctypes.POINTER(ctypes.c_void_p)), ("logits", ctypes.c_void_p),
                 ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
@@ -87,8 +87,9 @@ class Step(ctypes.Structure):
 
 class RowsStep(ctypes.Structure):
     _fields_ = [("rows", ctypes.c_int32), ("tokens", ctypes.c_void_p), ("pos", ctypes.c_int64),
-                ("shared_slots", ctypes.c_int32), ("shared_k_t", ctypes.c_void_p), ("shared_v", ctypes.c_void_p),
-                ("shared_mask", ctypes.c_void_p), ("slots", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
+                ("shared_slots", ctypes.c_int32), ("shared_used", ctypes.c_int32), ("shared_k_t", ctypes.c_void_p),
+                ("shared_v", ctypes.c_void_p), ("shared_mask", ctypes.c_void_p), ("slots", ctypes.c_int32),
+                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
                 ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p), ("latent_mask", ctypes.c_void_p),
                 ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
                 ("logits", ctypes.c_void_p), ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
@@ -346,12 +347,13 @@ class NativeStep:
         outputs: logits (V), the new cross K/V (Hc, hdc) and per layer the new latent K/V (H, hd)."""
         _c_arrays(cross_k_t, cross_v, cross_mask, latent_mask, logits, new_cross_k, new_cross_v,
                   *latent_k_t, *latent_v, *new_latent_k, *new_latent_v)
-        self.step = Step(0, 0, cross_mask.shape[-1], cross_k_t.ctypes.data, cross_v.ctypes.data,
+        self.step = Step(0, 0, cross_mask.shape[-1], 0, 0, cross_k_t.ctypes.data, cross_v.ctypes.data,
                          cross_mask.ctypes.data, latent_mask.ctypes.data, self._layers(latent_k_t),
                          self._layers(latent_v), logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
                          self._layers(new_latent_k), self._layers(new_latent_v))
         self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
                         new_cross_v, new_latent_k, new_latent_v)
+        self.latent_slots = latent_mask.shape[-1]
 
     def point_rows(self, tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
                    latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v) -> None:
@@ -364,21 +366,27 @@ class NativeStep:
             raise ValueError(f"the native step runs 1 to {MAX_ROWS} rows, not {rows}")
         _c_arrays(tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask, logits,
                   new_cross_k, new_cross_v, *latent_k_t, *latent_v, *new_latent_k, *new_latent_v)
-        self.step = RowsStep(rows, tokens.ctypes.data, 0, shared_mask.shape[-1], shared_k_t.ctypes.data,
-                             shared_v.ctypes.data, shared_mask.ctypes.data, cross_mask.shape[-1],
+        self.step = RowsStep(rows, tokens.ctypes.data, 0, shared_mask.shape[-1], 0, shared_k_t.ctypes.data,
+                             shared_v.ctypes.data, shared_mask.ctypes.data, cross_mask.shape[-1], 0, 0,
                              cross_k_t.ctypes.data, cross_v.ctypes.data, cross_mask.ctypes.data,
                              latent_mask.ctypes.data, self._layers(latent_k_t), self._layers(latent_v),
                              logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
                              self._layers(new_latent_k), self._layers(new_latent_v))
         self.pointed = (tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
                         latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v)
+        self.latent_slots = latent_mask.shape[-1]
 
-    def run(self, pos: int, token: int = 0) -> None:
+    def run(self, pos: int, token: int = 0, *, cross_used: int | None = None, latent_used: int | None = None,
+            shared_used: int | None = None) -> None:
         """One step at position `pos`: of `token` after point(), of the tokens array's after
-        point_rows()."""
+        point_rows(). `*_used`: how many of a ring's first slots may hold inputs (default all):
+        the rest, never written and masked, are not read."""
         step = self.step
         step.pos = pos
+        step.cross_used = step.slots if cross_used is None else cross_used
+        step.latent_used = self.latent_slots if latent_used is None else latent_used
         if isinstance(step, RowsStep):
+            step.shared_used = step.shared_slots if shared_used is None else shared_used
             done = self.lib.step_rows(self.context, ctypes.byref(self.weights.struct), ctypes.byref(step))
         else:
             step.token = token

@@ -59,7 +59,9 @@ typedef struct {
 
 typedef struct {
     int64_t token, pos;
-    int32_t slots;                     /* the cross ring's */
+    /* Rings hold `slots` slots of which the first `used` may hold inputs (the rest never written,
+       masked): attention reads those only. */
+    int32_t slots, cross_used, latent_used;
     const float *cross_k_t, *cross_v, *cross_mask;  /* (Hc, hdc, slots), (Hc, slots, hdc), (slots) */
     const float *latent_mask;          /* (latent_slots) */
     const float *const *latent_k_t;    /* per layer (H, hd, latent_slots) */
@@ -75,9 +77,9 @@ typedef struct {
     int32_t rows;
     const int64_t *tokens;             /* (rows) */
     int64_t pos;
-    int32_t shared_slots;
+    int32_t shared_slots, shared_used;  /* as Step's slots and cross_used */
     const float *shared_k_t, *shared_v, *shared_mask;  /* (Hc, hdc, S1), (Hc, S1, hdc), (S1) */
-    int32_t slots;
+    int32_t slots, cross_used, latent_used;
     const float *cross_k_t, *cross_v, *cross_mask;     /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc), (S2) */
     const float *latent_mask;
     const float *const *latent_k_t, *const *latent_v;  /* per layer (rows, H, hd, N), (rows, H, N, hd) */
@@ -382,7 +384,7 @@ static void product(Context *c, const Weight *w, const float *x, float *y) {
 /* ---- attention of one query per head over cached keys/values and its own new key/value ---- */
 
 typedef struct {
-    int32_t heads, head_dim, slots;
+    int32_t heads, head_dim, slots, used;  /* slots read: the first `used` */
     const float *q, *k_new, *v_new;     /* (H, hd) */
     const float *k_t, *v, *mask;        /* (H, hd, slots), (H, slots, hd), (slots) */
     float *y;                           /* (H, hd) */
@@ -404,25 +406,38 @@ static inline __attribute__((always_inline)) void weighted_values(const float *w
         _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(acc[i], _mm256_set1_ps(inv)));
 }
 
+/* s[j] += sum_i q[i] k_t[i, j] over slots 0..S-1 of rows `stride` apart, four of the head's dims
+   per pass: one load and store of the scores per four products (hd is a multiple of 8). */
+static void add_scores(float *s, const float *q, const float *kt, int32_t S, int32_t stride, int32_t hd) {
+    for (int32_t i = 0; i < hd; i += 4) {
+        const __m256 q0 = _mm256_set1_ps(q[i]), q1 = _mm256_set1_ps(q[i + 1]);
+        const __m256 q2 = _mm256_set1_ps(q[i + 2]), q3 = _mm256_set1_ps(q[i + 3]);
+        const float *k0 = kt + (int64_t)i * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+        int32_t j = 0;
+        for (; j + 8 <= S; j += 8) {
+            __m256 a = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k0 + j), _mm256_loadu_ps(s + j));
+            a = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k1 + j), a);
+            a = _mm256_fmadd_ps(q2, _mm256_loadu_ps(k2 + j), a);
+            _mm256_storeu_ps(s + j, _mm256_fmadd_ps(q3, _mm256_loadu_ps(k3 + j), a));
+        }
+        for (; j < S; j++)
+            s[j] += q[i] * k0[j] + q[i + 1] * k1[j] + q[i + 2] * k2[j] + q[i + 3] * k3[j];
+    }
+}
+
 static void attention_part(Context *c, const void *arg, int part) {
     const Attention *a = arg;
-    const int32_t hd = a->head_dim, S = a->slots, half = a->heads / 2;
+    const int32_t hd = a->head_dim, S = a->used, half = a->heads / 2;
     float *s = c->scores[part];
     for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
-        const float *q = a->q + h * hd, *kt = a->k_t + (int64_t)h * hd * S, *v = a->v + (int64_t)h * S * hd;
+        const float *q = a->q + h * hd, *kt = a->k_t + (int64_t)h * hd * a->slots;
+        const float *v = a->v + (int64_t)h * a->slots * hd;
         int32_t j = 0;
         for (; j + 8 <= S; j += 8)
             _mm256_store_ps(s + j, _mm256_loadu_ps(a->mask + j));
         for (; j < S; j++)
             s[j] = a->mask[j];
-        for (int32_t i = 0; i < hd; i++) {  /* scores += q[i] * k_t[i, :] */
-            const __m256 qi = _mm256_set1_ps(q[i]);
-            const float *row = kt + (int64_t)i * S;
-            for (j = 0; j + 8 <= S; j += 8)
-                _mm256_store_ps(s + j, _mm256_fmadd_ps(qi, _mm256_loadu_ps(row + j), _mm256_load_ps(s + j)));
-            for (; j < S; j++)
-                s[j] += q[i] * row[j];
-        }
+        add_scores(s, q, kt, S, a->slots, hd);
         float own = 0.0f;
         for (int32_t i = 0; i < hd; i++)
             own += q[i] * a->k_new[h * hd + i];
@@ -486,7 +501,8 @@ int supported(const Model *m) {
    supported()), or the token or position is outside the model's tables. */
 int step(Context *c, const Model *m, const Step *in) {
     const int32_t d = m->d, H = m->heads, hd = m->head_dim, Hc = m->cross_heads, hdc = m->cross_head_dim;
-    if (!supported(m) || in->slots > MAX_SLOTS)
+    if (!supported(m) || in->slots > MAX_SLOTS || in->cross_used < 0 || in->cross_used > in->slots ||
+        in->latent_used < 0 || in->latent_used > m->latent_slots)
         return -1;
     if (in->token < 0 || in->token >= m->vocab || in->pos < 0 || in->pos >= m->positions)
         return -1;
@@ -500,7 +516,7 @@ int step(Context *c, const Model *m, const Step *in) {
     product(c, &m->cross_kv, c->b, c->wide);
     rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
     memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
-    Attention cross = {Hc, hdc, in->slots, c->q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
+    Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
                        in->cross_mask, c->y};
     run_task(c, attention_part, &cross);
     product(c, &m->cross_out, c->y, c->a);
@@ -515,7 +531,7 @@ int step(Context *c, const Model *m, const Step *in) {
         rope(c->wide, c->wide + 2 * d, sc, ss, H, hd, c->q);
         rope(c->wide + d, c->wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
         memcpy(in->new_latent_v[l], c->wide + 4 * d, d * sizeof(float));
-        Attention self = {H, hd, m->latent_slots, c->q, in->new_latent_k[l], in->new_latent_v[l],
+        Attention self = {H, hd, m->latent_slots, in->latent_used, c->q, in->new_latent_k[l], in->new_latent_v[l],
                           in->latent_k_t[l], in->latent_v[l], in->latent_mask, c->y};
         run_task(c, attention_part, &self);
         product(c, &b->out, c->y, c->a);
@@ -659,9 +675,9 @@ typedef struct {
     int32_t rows, heads, head_dim;
     const float *q;                       /* (rows, MAX_WIDTH): H x hd each */
     const float *k_new, *v_new;           /* (rows, H, hd) */
-    int32_t shared_slots;                 /* read once for all rows */
+    int32_t shared_slots, shared_used;    /* read once for all rows: the first shared_used slots */
     const float *shared_k_t, *shared_v, *shared_mask;  /* (H, hd, S1), (H, S1, hd), (S1) */
-    int32_t slots;                        /* each row's own */
+    int32_t slots, used;                  /* each row's own */
     const float *k_t, *v, *mask;          /* (rows, H, hd, S2), (rows, H, S2, hd), (S2) */
     float *y;                             /* (rows, MAX_WIDTH) */
 } RowsAttention;
@@ -669,36 +685,58 @@ typedef struct {
 #define SCORE_BLOCK 512  /* shared slots per pass over the heads' dims: the rows' scores stay in L1 */
 
 /* s_r[j] += sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of one shared
-   head: each key loaded once for all rows. */
+   head, two of the head's dims per pass: each key loaded once for all rows. */
 static inline __attribute__((always_inline)) void shared_scores(float *const *s, const float *const *q,
-                                                                const float *kt, int32_t S, int32_t hd,
-                                                                const int ROWS) {
+                                                                const float *kt, int32_t S, int32_t stride,
+                                                                int32_t hd, const int ROWS) {
     for (int32_t jb = 0; jb < S; jb += SCORE_BLOCK) {
         const int32_t je = jb + SCORE_BLOCK < S ? jb + SCORE_BLOCK : S;
-        for (int32_t i = 0; i < hd; i++) {
-            const float *row = kt + (int64_t)i * S;
-            __m256 qi[4];
-            for (int r = 0; r < ROWS; r++)
-                qi[r] = _mm256_set1_ps(q[r][i]);
+        for (int32_t i = 0; i < hd; i += 2) {
+            const float *k0 = kt + (int64_t)i * stride, *k1 = k0 + stride;
+            __m256 q0[4], q1[4];
+            for (int r = 0; r < ROWS; r++) {
+                q0[r] = _mm256_set1_ps(q[r][i]);
+                q1[r] = _mm256_set1_ps(q[r][i + 1]);
+            }
             int32_t j = jb;
             for (; j + 8 <= je; j += 8) {
-                const __m256 k = _mm256_loadu_ps(row + j);
+                const __m256 a = _mm256_loadu_ps(k0 + j), b = _mm256_loadu_ps(k1 + j);
                 for (int r = 0; r < ROWS; r++)
-                    _mm256_storeu_ps(s[r] + j, _mm256_fmadd_ps(qi[r], k, _mm256_loadu_ps(s[r] + j)));
+                    _mm256_storeu_ps(s[r] + j, _mm256_fmadd_ps(q1[r], b, _mm256_fmadd_ps(q0[r], a,
+                                                                                         _mm256_loadu_ps(s[r] + j))));
             }
             for (; j < je; j++)
                 for (int r = 0; r < ROWS; r++)
-                    s[r][j] += q[r][i] * row[j];
+                    s[r][j] += q[r][i] * k0[j] + q[r][i + 1] * k1[j];
         }
     }
 }
 
-/* y_r += sum_j w_r[j] v[j, :] for ROWS rows over S slots of one shared head, 8 of the head's
-   dims at a time: each value loaded once for all rows. */
+/* y_r += sum_j w_r[j] v[j, :] for ROWS rows over S slots of one shared head, 16 of the head's
+   dims at a time (8 at the end if hd is not a multiple of 16): each value loaded once for all
+   rows. */
 static inline __attribute__((always_inline)) void shared_values(float *const *y, const float *const *w,
                                                                 const float *v, int32_t S, int32_t hd,
                                                                 const int ROWS) {
-    for (int32_t t = 0; t < hd; t += 8) {
+    int32_t t = 0;
+    for (; t + 16 <= hd; t += 16) {
+        __m256 acc[4][2];
+        for (int r = 0; r < ROWS; r++)
+            acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int32_t j = 0; j < S; j++) {
+            const __m256 a = _mm256_loadu_ps(v + (int64_t)j * hd + t), b = _mm256_loadu_ps(v + (int64_t)j * hd + t + 8);
+            for (int r = 0; r < ROWS; r++) {
+                const __m256 wj = _mm256_set1_ps(w[r][j]);
+                acc[r][0] = _mm256_fmadd_ps(wj, a, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(wj, b, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            _mm256_storeu_ps(y[r] + t, _mm256_add_ps(_mm256_loadu_ps(y[r] + t), acc[r][0]));
+            _mm256_storeu_ps(y[r] + t + 8, _mm256_add_ps(_mm256_loadu_ps(y[r] + t + 8), acc[r][1]));
+        }
+    }
+    for (; t < hd; t += 8) {
         __m256 acc[4];
         for (int r = 0; r < ROWS; r++)
             acc[r] = _mm256_setzero_ps();
@@ -714,7 +752,9 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
 
 static void attention_rows_part(Context *c, const void *arg, int part) {
     const RowsAttention *a = arg;
-    const int32_t hd = a->head_dim, S1 = a->shared_slots, S2 = a->slots, half = a->heads / 2;
+    /* S1, S2: the shared and own slots read (the first ones used); P1, P2: the rings' strides */
+    const int32_t hd = a->head_dim, S1 = a->shared_used, S2 = a->used, half = a->heads / 2;
+    const int32_t P1 = a->shared_slots, P2 = a->slots;
     for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
         float *s[MAX_ROWS], *y[MAX_ROWS];
         const float *q[MAX_ROWS];
@@ -730,27 +770,17 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
             memset(y[r], 0, hd * sizeof(float));
         }
         if (S1) {
-            const float *kt = a->shared_k_t + (int64_t)h * hd * S1;
+            const float *kt = a->shared_k_t + (int64_t)h * hd * P1;
             for (int32_t r0 = 0; r0 < a->rows; r0 += 4) {
                 int32_t left = a->rows - r0;
-                if (left >= 4) shared_scores(s + r0, q + r0, kt, S1, hd, 4);
-                else if (left == 3) shared_scores(s + r0, q + r0, kt, S1, hd, 3);
-                else if (left == 2) shared_scores(s + r0, q + r0, kt, S1, hd, 2);
-                else shared_scores(s + r0, q + r0, kt, S1, hd, 1);
+                if (left >= 4) shared_scores(s + r0, q + r0, kt, S1, P1, hd, 4);
+                else if (left == 3) shared_scores(s + r0, q + r0, kt, S1, P1, hd, 3);
+                else if (left == 2) shared_scores(s + r0, q + r0, kt, S1, P1, hd, 2);
+                else shared_scores(s + r0, q + r0, kt, S1, P1, hd, 1);
             }
         }
         for (int32_t r = 0; r < a->rows; r++) {  /* each row's own inputs, its new one, the softmax */
-            const float *kt = a->k_t + ((int64_t)r * a->heads + h) * hd * S2;
-            float *sr = s[r] + S1;
-            for (int32_t i = 0; i < hd; i++) {
-                const __m256 qi = _mm256_set1_ps(q[r][i]);
-                const float *row = kt + (int64_t)i * S2;
-                int32_t j = 0;
-                for (; j + 8 <= S2; j += 8)
-                    _mm256_storeu_ps(sr + j, _mm256_fmadd_ps(qi, _mm256_loadu_ps(row + j), _mm256_loadu_ps(sr + j)));
-                for (; j < S2; j++)
-                    sr[j] += q[r][i] * row[j];
-            }
+            add_scores(s[r] + S1, q[r], a->k_t + ((int64_t)r * a->heads + h) * hd * P2, S2, P2, hd);
             const float *k_new = a->k_new + ((int64_t)r * a->heads + h) * hd;
             own[r] = 0.0f;
             for (int32_t i = 0; i < hd; i++)
@@ -768,7 +798,7 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
                 s[r][j] = expf(s[r][j] - m);
         }
         if (S1) {
-            const float *v = a->shared_v + (int64_t)h * S1 * hd;
+            const float *v = a->shared_v + (int64_t)h * P1 * hd;
             for (int32_t r0 = 0; r0 < a->rows; r0 += 4) {
                 int32_t left = a->rows - r0;
                 if (left >= 4) shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 4);
@@ -778,7 +808,7 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
             }
         }
         for (int32_t r = 0; r < a->rows; r++) {
-            const float *v = a->v + ((int64_t)r * a->heads + h) * S2 * hd;
+            const float *v = a->v + ((int64_t)r * a->heads + h) * P2 * hd;
             float own_values[MAX_HEAD_DIM];
             if (hd == 64)
                 weighted_values(s[r] + S1, v, S2, 8, 1.0f, own_values);
@@ -825,8 +855,9 @@ static void mlp_rows(Context *c, const Weight *fc, const Weight *proj, Norm norm
    memory. Rows are independent: each row's result is what step() gives it alone (to rounding). */
 int step_rows(Context *c, const Model *m, const RowsStep *in) {
     const int32_t d = m->d, H = m->heads, hd = m->head_dim, Hc = m->cross_heads, hdc = m->cross_head_dim;
-    const int32_t R = in->rows, S1 = in->shared_slots, S2 = in->slots;
-    if (!supported(m) || R < 1 || R > MAX_ROWS || S1 < 0 || S2 < 0 || S1 + S2 > MAX_SLOTS)
+    const int32_t R = in->rows, S1 = in->shared_used, S2 = in->cross_used;
+    if (!supported(m) || R < 1 || R > MAX_ROWS || S1 < 0 || S2 < 0 || S1 > in->shared_slots || S2 > in->slots ||
+        S1 + S2 > MAX_SLOTS || in->latent_used < 0 || in->latent_used > m->latent_slots)
         return -1;
     if (in->pos < 0 || in->pos >= m->positions)
         return -1;
@@ -852,8 +883,8 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
         rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, in->new_cross_k + r * d);
         memcpy(in->new_cross_v + r * d, wide + r * W + 2 * d, d * sizeof(float));
     }
-    RowsAttention cross = {R, Hc, hdc, q, in->new_cross_k, in->new_cross_v, S1, in->shared_k_t, in->shared_v,
-                           in->shared_mask, S2, in->cross_k_t, in->cross_v, in->cross_mask, y};
+    RowsAttention cross = {R, Hc, hdc, q, in->new_cross_k, in->new_cross_v, in->shared_slots, S1, in->shared_k_t,
+                           in->shared_v, in->shared_mask, in->slots, S2, in->cross_k_t, in->cross_v, in->cross_mask, y};
     run_task(c, attention_rows_part, &cross);
     product_rows(c, &m->cross_out, y, R, a, W);
     for (int32_t r = 0; r < R; r++)
@@ -872,8 +903,8 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
             rope(x + d, x + 3 * d, sc, ss, H, hd, in->new_latent_k[l] + r * d);
             memcpy(in->new_latent_v[l] + r * d, x + 4 * d, d * sizeof(float));
         }
-        RowsAttention self = {R, H, hd, q, in->new_latent_k[l], in->new_latent_v[l], 0, 0, 0, 0,
-                              m->latent_slots, in->latent_k_t[l], in->latent_v[l], in->latent_mask, y};
+        RowsAttention self = {R, H, hd, q, in->new_latent_k[l], in->new_latent_v[l], 0, 0, 0, 0, 0,
+                              m->latent_slots, in->latent_used, in->latent_k_t[l], in->latent_v[l], in->latent_mask, y};
         run_task(c, attention_rows_part, &self);
         product_rows(c, &blk->out, y, R, a, W);
         for (int32_t r = 0; r < R; r++)
