@@ -39,7 +39,7 @@ from .atomic_io import write_bytes
 from .errors import OutputPathError
 
 SOURCE = Path(__file__).parent / "native" / "decode_step.c"
-FLAGS = ("-O3", "-mavx2", "-mfma", "-shared", "-fPIC", "-pthread")
+FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC", "-pthread")
 CODE_LIMIT = 63  # 7-bit codes: vpmaddubsw's sums of two byte products stay within 16 bits
 SWITCH = "PERCEIVER_MUSIC_NATIVE_STEP"  # "0" keeps onnxruntime's step everywhere
 CPUINFO = Path("/proc/cpuinfo")
@@ -78,8 +78,9 @@ class Model(ctypes.Structure):
 
 class Step(ctypes.Structure):
     _fields_ = [("token", ctypes.c_int64), ("pos", ctypes.c_int64), ("slots", ctypes.c_int32),
-                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p), ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p),
-                ("latent_mask", ctypes.c_void_p), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)),
+                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
+                ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p), ("latent_mask", ctypes.c_void_p),
+                ("latent_half", ctypes.c_int32), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)),
                 ("latent_v", ctypes.POINTER(ctypes.c_void_p)), ("logits", ctypes.c_void_p),
                 ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
                 ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
@@ -91,7 +92,7 @@ class RowsStep(ctypes.Structure):
                 ("shared_v", ctypes.c_void_p), ("shared_mask", ctypes.c_void_p), ("slots", ctypes.c_int32),
                 ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
                 ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p), ("latent_mask", ctypes.c_void_p),
-                ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
+                ("latent_half", ctypes.c_int32), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
                 ("logits", ctypes.c_void_p), ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
                 ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
 
@@ -112,8 +113,11 @@ def cpu_reason() -> str | None:
     except OSError:
         return f"the native step reads the CPU's features from {CPUINFO} (Linux), which is not here"
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    missing = [flag for flag in ("avx2", "fma") if flag not in flags]
-    return f"this CPU lacks {' and '.join(missing)}, which the native step needs" if missing else None
+    missing = [flag for flag in ("avx2", "fma", "f16c") if flag not in flags]
+    if not missing:
+        return None
+    named = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+    return f"this CPU lacks {named}, which the native step needs"
 
 
 def compiler() -> str | None:
@@ -313,6 +317,15 @@ def _c_arrays(*arrays) -> None:
             raise ValueError("the native step reads and writes C-contiguous float32 (and int64 token) arrays")
 
 
+def _latent_half(*caches) -> int:
+    """1 if the latent caches are float16, 0 if float32 (all of one kind, C-contiguous)."""
+    kinds = {array.dtype for array in caches}
+    if not (kinds <= {np.dtype(np.float16)} or kinds <= {np.dtype(np.float32)}) or not all(
+            array.flags.c_contiguous for array in caches):
+        raise ValueError("the latent caches are C-contiguous, all float32 or all float16")
+    return int(kinds == {np.dtype(np.float16)})
+
+
 class NativeStep:
     """One decoder's native step: a context (buffers and a worker thread) over a model's weights.
     point() (one row) or point_rows() (several) names the arrays of the steps that follow, which
@@ -343,12 +356,14 @@ class NativeStep:
     def point(self, cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
               new_cross_v, new_latent_k, new_latent_v) -> None:
         """One row's arrays, float32 and C-contiguous: the ring (Hc, hdc, S) and (Hc, S, hdc) with
-        its mask (S), the latent mask (N) and per layer caches (H, hd, N) and (H, N, hd); the
-        outputs: logits (V), the new cross K/V (Hc, hdc) and per layer the new latent K/V (H, hd)."""
-        _c_arrays(cross_k_t, cross_v, cross_mask, latent_mask, logits, new_cross_k, new_cross_v,
-                  *latent_k_t, *latent_v, *new_latent_k, *new_latent_v)
+        its mask (S), the latent mask (N) and per layer caches (H, hd, N) and (H, N, hd) (these
+        float32 or float16); the outputs: logits (V), the new cross K/V (Hc, hdc) and per layer
+        the new latent K/V (H, hd)."""
+        _c_arrays(cross_k_t, cross_v, cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k,
+                  *new_latent_v)
+        half = _latent_half(*latent_k_t, *latent_v)
         self.step = Step(0, 0, cross_mask.shape[-1], 0, 0, cross_k_t.ctypes.data, cross_v.ctypes.data,
-                         cross_mask.ctypes.data, latent_mask.ctypes.data, self._layers(latent_k_t),
+                         cross_mask.ctypes.data, latent_mask.ctypes.data, half, self._layers(latent_k_t),
                          self._layers(latent_v), logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
                          self._layers(new_latent_k), self._layers(new_latent_v))
         self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
@@ -365,11 +380,12 @@ class NativeStep:
         if not 1 <= rows <= MAX_ROWS:
             raise ValueError(f"the native step runs 1 to {MAX_ROWS} rows, not {rows}")
         _c_arrays(tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask, logits,
-                  new_cross_k, new_cross_v, *latent_k_t, *latent_v, *new_latent_k, *new_latent_v)
+                  new_cross_k, new_cross_v, *new_latent_k, *new_latent_v)
+        half = _latent_half(*latent_k_t, *latent_v)
         self.step = RowsStep(rows, tokens.ctypes.data, 0, shared_mask.shape[-1], 0, shared_k_t.ctypes.data,
                              shared_v.ctypes.data, shared_mask.ctypes.data, cross_mask.shape[-1], 0, 0,
                              cross_k_t.ctypes.data, cross_v.ctypes.data, cross_mask.ctypes.data,
-                             latent_mask.ctypes.data, self._layers(latent_k_t), self._layers(latent_v),
+                             latent_mask.ctypes.data, half, self._layers(latent_k_t), self._layers(latent_v),
                              logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
                              self._layers(new_latent_k), self._layers(new_latent_v))
         self.pointed = (tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,

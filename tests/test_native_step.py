@@ -25,7 +25,7 @@ from test_generate import ids_stream, random_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 needs_native = pytest.mark.skipif(native_step.cpu_reason() is not None or native_step.compiler() is None,
-                                  reason="the native step needs x86-64 with AVX2 and FMA, and a C compiler")
+                                  reason="the native step needs x86-64 with AVX2, FMA and F16C, and a C compiler")
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_where_it_cannot_be_had_the_step_is_onnxruntimes_and_says_why(empty_cach
     else:
         if native_step.platform.machine().lower() not in ("x86_64", "amd64"):
             pytest.skip("an x86-64 question")
-        monkeypatch.setattr(native_step, "CPUINFO", cpuinfo(empty_cache, "fpu sse sse2 avx fma"))
+        monkeypatch.setattr(native_step, "CPUINFO", cpuinfo(empty_cache, "fpu sse sse2 avx fma f16c"))
     model = random_model()
     decoder = OnnxDecoder(model, 1)
     assert decoder.native is None and expected in decoder.native_unavailable
@@ -146,11 +146,11 @@ def cpuinfo(folder: Path, flags: str) -> Path:
     return path
 
 
-def test_the_cpu_needs_avx2_and_fma(monkeypatch, tmp_path):
+def test_the_cpu_needs_avx2_fma_and_f16c(monkeypatch, tmp_path):
     if native_step.platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("an x86-64 question")
-    for flags, reason in (("fpu sse avx2 fma avx512f", None), ("fpu sse avx2", "this CPU lacks fma"),
-                          ("fpu sse avx", "this CPU lacks avx2 and fma")):
+    for flags, reason in (("fpu sse avx2 fma f16c avx512f", None), ("fpu sse avx2 f16c", "this CPU lacks fma"),
+                          ("fpu sse avx", "this CPU lacks avx2, fma and f16c")):
         monkeypatch.setattr(native_step, "CPUINFO", cpuinfo(tmp_path, flags))
         assert (native_step.cpu_reason() or "").startswith(reason or "") and bool(native_step.cpu_reason()) == bool(reason)
     monkeypatch.setattr(native_step, "CPUINFO", tmp_path / "missing")

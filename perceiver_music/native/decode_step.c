@@ -64,8 +64,9 @@ typedef struct {
     int32_t slots, cross_used, latent_used;
     const float *cross_k_t, *cross_v, *cross_mask;  /* (Hc, hdc, slots), (Hc, slots, hdc), (slots) */
     const float *latent_mask;          /* (latent_slots) */
-    const float *const *latent_k_t;    /* per layer (H, hd, latent_slots) */
-    const float *const *latent_v;      /* per layer (H, latent_slots, hd) */
+    int32_t latent_half;               /* the latent caches in float16, else float32 */
+    const void *const *latent_k_t;     /* per layer (H, hd, latent_slots) */
+    const void *const *latent_v;       /* per layer (H, latent_slots, hd) */
     float *logits, *new_cross_k, *new_cross_v;
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (H, hd) */
 } Step;
@@ -82,7 +83,8 @@ typedef struct {
     int32_t slots, cross_used, latent_used;
     const float *cross_k_t, *cross_v, *cross_mask;     /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc), (S2) */
     const float *latent_mask;
-    const float *const *latent_k_t, *const *latent_v;  /* per layer (rows, H, hd, N), (rows, H, N, hd) */
+    int32_t latent_half;                               /* as Step's */
+    const void *const *latent_k_t, *const *latent_v;   /* per layer (rows, H, hd, N), (rows, H, N, hd) */
     float *logits, *new_cross_k, *new_cross_v;         /* (rows, vocab), (rows, Hc, hdc) x 2 */
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (rows, H, hd) */
 } RowsStep;
@@ -386,43 +388,75 @@ static void product(Context *c, const Weight *w, const float *x, float *y) {
 typedef struct {
     int32_t heads, head_dim, slots, used;  /* slots read: the first `used` */
     const float *q, *k_new, *v_new;     /* (H, hd) */
-    const float *k_t, *v, *mask;        /* (H, hd, slots), (H, slots, hd), (slots) */
+    int32_t half;                       /* k_t and v in float16, else float32 */
+    const void *k_t, *v;                /* (H, hd, slots), (H, slots, hd) */
+    const float *mask;                  /* (slots) */
     float *y;                           /* (H, hd) */
 } Attention;
 
-/* y = inv * sum_j w[j] v[j, :] over S rows of `vectors` * 8 floats */
-static inline __attribute__((always_inline)) void weighted_values(const float *w, const float *v, int32_t S,
-                                                                  int32_t vectors, float inv, float *y) {
+/* Eight values from element `index` on of a float32 array or, if HALF (a constant), a float16 one
+   (the latent caches in int8 runs: half the bytes to read). */
+static inline __attribute__((always_inline)) __m256 load8(const void *p, int64_t index, const int HALF) {
+    return HALF ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + index)))
+                : _mm256_loadu_ps((const float *)p + index);
+}
+
+static inline __attribute__((always_inline)) float load1(const void *p, int64_t index, const int HALF) {
+    return HALF ? _cvtsh_ss(((const uint16_t *)p)[index]) : ((const float *)p)[index];
+}
+
+/* y = inv * sum_j w[j] v[j, :] over S rows of `vectors` * 8 values */
+static inline __attribute__((always_inline)) void weighted_values(const float *w, const void *v, int32_t S,
+                                                                  int32_t vectors, float inv, float *y,
+                                                                  const int HALF) {
     __m256 acc[MAX_HEAD_DIM / 8];
     for (int i = 0; i < vectors; i++)
         acc[i] = _mm256_setzero_ps();
     for (int32_t j = 0; j < S; j++) {
         const __m256 wj = _mm256_set1_ps(w[j]);
-        const float *row = v + (int64_t)j * vectors * 8;
+        const int64_t row = (int64_t)j * vectors * 8;
         for (int i = 0; i < vectors; i++)
-            acc[i] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(row + 8 * i), acc[i]);
+            acc[i] = _mm256_fmadd_ps(wj, load8(v, row + 8 * i, HALF), acc[i]);
     }
     for (int i = 0; i < vectors; i++)
         _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(acc[i], _mm256_set1_ps(inv)));
 }
 
+/* weighted_values with a constant count where hd is the default model's 64 (the sums stay in
+   registers), for float32 or float16 values */
+static void values_of(const float *w, const void *v, int32_t S, int32_t hd, float inv, float *y, int half) {
+    if (half)
+        hd == 64 ? weighted_values(w, v, S, 8, inv, y, 1) : weighted_values(w, v, S, hd / 8, inv, y, 1);
+    else
+        hd == 64 ? weighted_values(w, v, S, 8, inv, y, 0) : weighted_values(w, v, S, hd / 8, inv, y, 0);
+}
+
 /* s[j] += sum_i q[i] k_t[i, j] over slots 0..S-1 of rows `stride` apart, four of the head's dims
    per pass: one load and store of the scores per four products (hd is a multiple of 8). */
-static void add_scores(float *s, const float *q, const float *kt, int32_t S, int32_t stride, int32_t hd) {
+static inline __attribute__((always_inline)) void add_scores_of(float *s, const float *q, const void *kt, int32_t S,
+                                                                int32_t stride, int32_t hd, const int HALF) {
     for (int32_t i = 0; i < hd; i += 4) {
         const __m256 q0 = _mm256_set1_ps(q[i]), q1 = _mm256_set1_ps(q[i + 1]);
         const __m256 q2 = _mm256_set1_ps(q[i + 2]), q3 = _mm256_set1_ps(q[i + 3]);
-        const float *k0 = kt + (int64_t)i * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+        const int64_t k0 = (int64_t)i * stride, k1 = k0 + stride, k2 = k1 + stride, k3 = k2 + stride;
         int32_t j = 0;
         for (; j + 8 <= S; j += 8) {
-            __m256 a = _mm256_fmadd_ps(q0, _mm256_loadu_ps(k0 + j), _mm256_loadu_ps(s + j));
-            a = _mm256_fmadd_ps(q1, _mm256_loadu_ps(k1 + j), a);
-            a = _mm256_fmadd_ps(q2, _mm256_loadu_ps(k2 + j), a);
-            _mm256_storeu_ps(s + j, _mm256_fmadd_ps(q3, _mm256_loadu_ps(k3 + j), a));
+            __m256 a = _mm256_fmadd_ps(q0, load8(kt, k0 + j, HALF), _mm256_loadu_ps(s + j));
+            a = _mm256_fmadd_ps(q1, load8(kt, k1 + j, HALF), a);
+            a = _mm256_fmadd_ps(q2, load8(kt, k2 + j, HALF), a);
+            _mm256_storeu_ps(s + j, _mm256_fmadd_ps(q3, load8(kt, k3 + j, HALF), a));
         }
         for (; j < S; j++)
-            s[j] += q[i] * k0[j] + q[i + 1] * k1[j] + q[i + 2] * k2[j] + q[i + 3] * k3[j];
+            s[j] += q[i] * load1(kt, k0 + j, HALF) + q[i + 1] * load1(kt, k1 + j, HALF) +
+                    q[i + 2] * load1(kt, k2 + j, HALF) + q[i + 3] * load1(kt, k3 + j, HALF);
     }
+}
+
+static void add_scores(float *s, const float *q, const void *kt, int32_t S, int32_t stride, int32_t hd, int half) {
+    if (half)
+        add_scores_of(s, q, kt, S, stride, hd, 1);
+    else
+        add_scores_of(s, q, kt, S, stride, hd, 0);
 }
 
 static void attention_part(Context *c, const void *arg, int part) {
@@ -430,14 +464,15 @@ static void attention_part(Context *c, const void *arg, int part) {
     const int32_t hd = a->head_dim, S = a->used, half = a->heads / 2;
     float *s = c->scores[part];
     for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
-        const float *q = a->q + h * hd, *kt = a->k_t + (int64_t)h * hd * a->slots;
-        const float *v = a->v + (int64_t)h * a->slots * hd;
+        const int64_t elements = (int64_t)h * hd * a->slots, size = a->half ? 2 : 4;  /* the head's K and V */
+        const float *q = a->q + h * hd;
+        const char *kt = (const char *)a->k_t + elements * size, *v = (const char *)a->v + elements * size;
         int32_t j = 0;
         for (; j + 8 <= S; j += 8)
             _mm256_store_ps(s + j, _mm256_loadu_ps(a->mask + j));
         for (; j < S; j++)
             s[j] = a->mask[j];
-        add_scores(s, q, kt, S, a->slots, hd);
+        add_scores(s, q, kt, S, a->slots, hd, a->half);
         float own = 0.0f;
         for (int32_t i = 0; i < hd; i++)
             own += q[i] * a->k_new[h * hd + i];
@@ -460,10 +495,7 @@ static void attention_part(Context *c, const void *arg, int part) {
         sum += w_own;
         float inv = 1.0f / sum;
         float *y = a->y + h * hd;
-        if (hd == 64)  /* the default model's: a constant count keeps the sums in registers */
-            weighted_values(s, v, S, 8, inv, y);
-        else
-            weighted_values(s, v, S, hd / 8, inv, y);
+        values_of(s, v, S, hd, inv, y, a->half);
         for (int32_t i = 0; i < hd; i++)
             y[i] += w_own * inv * a->v_new[h * hd + i];
     }
@@ -516,8 +548,8 @@ int step(Context *c, const Model *m, const Step *in) {
     product(c, &m->cross_kv, c->b, c->wide);
     rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
     memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
-    Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_k_t, in->cross_v,
-                       in->cross_mask, c->y};
+    Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, 0, in->cross_k_t,
+                       in->cross_v, in->cross_mask, c->y};
     run_task(c, attention_part, &cross);
     product(c, &m->cross_out, c->y, c->a);
     for (int32_t i = 0; i < d; i++)
@@ -532,7 +564,7 @@ int step(Context *c, const Model *m, const Step *in) {
         rope(c->wide + d, c->wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
         memcpy(in->new_latent_v[l], c->wide + 4 * d, d * sizeof(float));
         Attention self = {H, hd, m->latent_slots, in->latent_used, c->q, in->new_latent_k[l], in->new_latent_v[l],
-                          in->latent_k_t[l], in->latent_v[l], in->latent_mask, c->y};
+                          in->latent_half, in->latent_k_t[l], in->latent_v[l], in->latent_mask, c->y};
         run_task(c, attention_part, &self);
         product(c, &b->out, c->y, c->a);
         for (int32_t i = 0; i < d; i++)
@@ -678,7 +710,9 @@ typedef struct {
     int32_t shared_slots, shared_used;    /* read once for all rows: the first shared_used slots */
     const float *shared_k_t, *shared_v, *shared_mask;  /* (H, hd, S1), (H, S1, hd), (S1) */
     int32_t slots, used;                  /* each row's own */
-    const float *k_t, *v, *mask;          /* (rows, H, hd, S2), (rows, H, S2, hd), (S2) */
+    int32_t half;                         /* k_t and v in float16, else float32 */
+    const void *k_t, *v;                  /* (rows, H, hd, S2), (rows, H, S2, hd) */
+    const float *mask;                    /* (S2) */
     float *y;                             /* (rows, MAX_WIDTH) */
 } RowsAttention;
 
@@ -780,7 +814,8 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
             }
         }
         for (int32_t r = 0; r < a->rows; r++) {  /* each row's own inputs, its new one, the softmax */
-            add_scores(s[r] + S1, q[r], a->k_t + ((int64_t)r * a->heads + h) * hd * P2, S2, P2, hd);
+            const int64_t size = a->half ? 2 : 4, at = ((int64_t)r * a->heads + h) * hd * P2 * size;
+            add_scores(s[r] + S1, q[r], (const char *)a->k_t + at, S2, P2, hd, a->half);
             const float *k_new = a->k_new + ((int64_t)r * a->heads + h) * hd;
             own[r] = 0.0f;
             for (int32_t i = 0; i < hd; i++)
@@ -808,12 +843,9 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
             }
         }
         for (int32_t r = 0; r < a->rows; r++) {
-            const float *v = a->v + ((int64_t)r * a->heads + h) * P2 * hd;
+            const int64_t size = a->half ? 2 : 4, at = ((int64_t)r * a->heads + h) * P2 * hd * size;
             float own_values[MAX_HEAD_DIM];
-            if (hd == 64)
-                weighted_values(s[r] + S1, v, S2, 8, 1.0f, own_values);
-            else
-                weighted_values(s[r] + S1, v, S2, hd / 8, 1.0f, own_values);
+            values_of(s[r] + S1, (const char *)a->v + at, S2, hd, 1.0f, own_values, a->half);
             for (int32_t i = 0; i < hd; i++)
                 y[r][i] += own_values[i];
             __m256 vsum = _mm256_setzero_ps();
@@ -884,7 +916,8 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
         memcpy(in->new_cross_v + r * d, wide + r * W + 2 * d, d * sizeof(float));
     }
     RowsAttention cross = {R, Hc, hdc, q, in->new_cross_k, in->new_cross_v, in->shared_slots, S1, in->shared_k_t,
-                           in->shared_v, in->shared_mask, in->slots, S2, in->cross_k_t, in->cross_v, in->cross_mask, y};
+                           in->shared_v, in->shared_mask, in->slots, S2, 0, in->cross_k_t, in->cross_v, in->cross_mask,
+                           y};
     run_task(c, attention_rows_part, &cross);
     product_rows(c, &m->cross_out, y, R, a, W);
     for (int32_t r = 0; r < R; r++)
@@ -904,7 +937,8 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
             memcpy(in->new_latent_v[l] + r * d, x + 4 * d, d * sizeof(float));
         }
         RowsAttention self = {R, H, hd, q, in->new_latent_k[l], in->new_latent_v[l], 0, 0, 0, 0, 0,
-                              m->latent_slots, in->latent_used, in->latent_k_t[l], in->latent_v[l], in->latent_mask, y};
+                              m->latent_slots, in->latent_used, in->latent_half, in->latent_k_t[l], in->latent_v[l],
+                              in->latent_mask, y};
         run_task(c, attention_rows_part, &self);
         product_rows(c, &blk->out, y, R, a, W);
         for (int32_t r = 0; r < R; r++)
