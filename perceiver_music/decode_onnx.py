@@ -665,11 +665,13 @@ class _Ring:
     like the values (what several queries over one shared cache multiply fastest). The
     `cached` newest slots before `slot` are in use; `used` slots have ever been written (the
     whole ring once it wrapped). It grows (a copy) while its slots run out below `limit`
-    slots, then wraps."""
+    slots, then wraps. K/V are stored as `dtype` (float32, or float16 for the native int8
+    step) and handed to the latents graph as float32."""
 
-    def __init__(self, rows: int, heads: int, head_dim: int, capacity: int, limit: int, keys_transposed: bool) -> None:
+    def __init__(self, rows: int, heads: int, head_dim: int, capacity: int, limit: int, keys_transposed: bool,
+                 dtype=np.float32) -> None:
         self.rows, self.heads, self.head_dim, self.limit = rows, heads, head_dim, limit
-        self.keys_transposed = keys_transposed
+        self.keys_transposed, self.dtype = keys_transposed, dtype
         self.clear(capacity)
 
     def clear(self, capacity: int) -> None:
@@ -677,8 +679,8 @@ class _Ring:
         masked slots hold does not matter, as long as it is finite)."""
         if getattr(self, "capacity", None) != capacity:
             shape = (self.rows, self.heads, capacity, self.head_dim)
-            self.v = np.zeros(shape, np.float32)
-            self.k = np.zeros((self.rows, self.heads, self.head_dim, capacity) if self.keys_transposed else shape, np.float32)
+            self.v = np.zeros(shape, self.dtype)
+            self.k = np.zeros((self.rows, self.heads, self.head_dim, capacity) if self.keys_transposed else shape, self.dtype)
             self.mask, self.pos = np.empty(capacity, np.float32), np.empty(capacity, np.int64)
             self.ids = np.zeros((self.rows, capacity), np.int64)
             self.capacity = capacity
@@ -743,10 +745,12 @@ class _Ring:
     def attended(self, rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Keys (transposed), values and slot positions for the latents graph, of the first
         `rows` rows (default all): the slots ever written, copied out if the ring is filled
-        below COPY_RING_BELOW (or its keys are not stored transposed), else the ring in place."""
+        below COPY_RING_BELOW (or its keys are not stored transposed, or not as float32), else
+        the ring in place."""
         S, r = self.used, rows or self.rows
-        if S < COPY_RING_BELOW * self.capacity or not self.keys_transposed:
-            return np.ascontiguousarray(self.keys_t(S)[:r]), self.v[:r, :, :S].copy(), self.pos[:S]
+        if S < COPY_RING_BELOW * self.capacity or not self.keys_transposed or self.dtype != np.float32:
+            return (np.ascontiguousarray(self.keys_t(S)[:r], np.float32), self.v[:r, :, :S].astype(np.float32),
+                    self.pos[:S])
         return self.k[:r], self.v[:r], self.pos
 
 
@@ -774,13 +778,15 @@ class OnnxDecoder:
     `native_step`: the step runs in kernels of our own (native_step.py: about half onnxruntime's
     step time at batch 1) over the same buffers. None: where it can be had, else onnxruntime's
     step (`native_unavailable` says why); True: it or an error (native_step.Unavailable); False:
-    onnxruntime's step.
+    onnxruntime's step. `half_caches`: the K/V caches in float16, which only the native step
+    reads (None: with the native step in int8, where they cost no measured NLL; float32 keeps
+    the exact reference's caches).
     """
 
     def __init__(self, model: PerceiverAR, batch: int, *, precision: str = "float32", reset_runtime: str = "onnx",
                  threads: int | None = None, cache_dir: Path | None = None, torch_model: PerceiverAR | None = None,
                  sessions: SessionCache = SESSIONS, identical_rows_once: bool = True,
-                 native_step: bool | None = None) -> None:
+                 native_step: bool | None = None, half_caches: bool | None = None) -> None:
         cfg = model.config
         if cfg.attention != "softmax":
             raise ValueError("the compiled step supports softmax attention only")
@@ -810,16 +816,22 @@ class OnnxDecoder:
                     raise
                 self.native_unavailable = str(error)
         self.shares = B >= SHARE_FROM_ROWS
+        # int8 on the native step keeps the caches in float16: they are half of what a batch-1
+        # step reads (float32: 12.6 MB of cross-attend K/V at 4,096 inputs, 9.4 MB of latent
+        # K/V) and most of a 4-row step's; float32 keeps the exact reference's.
+        if half_caches is None:
+            half_caches = self.native is not None and precision == "int8"
+        elif half_caches and self.native is None:
+            raise ValueError(f"float16 caches need the native step ({self.native_unavailable or 'switched off'})")
+        cache = np.float16 if half_caches else f32
         # The native step reads the shared keys transposed, as the rows' (one query's layout);
         # onnxruntime's shared_step graph reads them as they come (several queries' layout).
-        self.shared = _Ring(1, hc, hdc, 1, self.ring, keys_transposed=self.native is not None)  # empty unless shares
+        self.shared = _Ring(1, hc, hdc, 1, self.ring, keys_transposed=self.native is not None,
+                            dtype=cache)  # empty unless shares
         self.rows = _Ring(B, hc, hdc, min(ROW_SLOTS, self.ring) if self.shares else self.ring, self.ring,
-                          keys_transposed=True)
-        # int8 on the native step keeps the latent caches in float16: at 4 rows they are most of
-        # what a step reads (float32: 9.4 MB per row); float32 keeps the exact reference's.
-        latent = np.float16 if self.native is not None and precision == "int8" else f32
-        self.latent_k_t = np.zeros((self.L, B, hs, hds, self.N), latent)  # one block: one write per step
-        self.latent_v = np.zeros((self.L, B, hs, self.N, hds), latent)
+                          keys_transposed=True, dtype=cache)
+        self.latent_k_t = np.zeros((self.L, B, hs, hds, self.N), cache)  # one block: one write per step
+        self.latent_v = np.zeros((self.L, B, hs, self.N, hds), cache)
         self.latent_mask = np.full(self.N, -np.inf, f32)
         self.tokens = np.zeros(B, np.int64)
         self.pos = np.zeros(1, np.int64)  # the next input's position

@@ -78,18 +78,19 @@ class Model(ctypes.Structure):
 
 class Step(ctypes.Structure):
     _fields_ = [("token", ctypes.c_int64), ("pos", ctypes.c_int64), ("slots", ctypes.c_int32),
-                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
-                ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p), ("latent_mask", ctypes.c_void_p),
-                ("latent_half", ctypes.c_int32), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)),
-                ("latent_v", ctypes.POINTER(ctypes.c_void_p)), ("logits", ctypes.c_void_p),
+                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_half", ctypes.c_int32),
+                ("cross_k_t", ctypes.c_void_p), ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p),
+                ("latent_mask", ctypes.c_void_p), ("latent_half", ctypes.c_int32),
+                ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
+                ("logits", ctypes.c_void_p),
                 ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
                 ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
 
 
 class RowsStep(ctypes.Structure):
     _fields_ = [("rows", ctypes.c_int32), ("tokens", ctypes.c_void_p), ("pos", ctypes.c_int64),
-                ("shared_slots", ctypes.c_int32), ("shared_used", ctypes.c_int32), ("shared_k_t", ctypes.c_void_p),
-                ("shared_v", ctypes.c_void_p), ("shared_mask", ctypes.c_void_p), ("slots", ctypes.c_int32),
+                ("shared_slots", ctypes.c_int32), ("shared_used", ctypes.c_int32), ("cross_half", ctypes.c_int32),
+                ("shared_k_t", ctypes.c_void_p), ("shared_v", ctypes.c_void_p), ("shared_mask", ctypes.c_void_p), ("slots", ctypes.c_int32),
                 ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
                 ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p), ("latent_mask", ctypes.c_void_p),
                 ("latent_half", ctypes.c_int32), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
@@ -317,12 +318,12 @@ def _c_arrays(*arrays) -> None:
             raise ValueError("the native step reads and writes C-contiguous float32 (and int64 token) arrays")
 
 
-def _latent_half(*caches) -> int:
-    """1 if the latent caches are float16, 0 if float32 (all of one kind, C-contiguous)."""
+def _half(what: str, *caches) -> int:
+    """1 if the caches are float16, 0 if float32 (all of one kind, C-contiguous)."""
     kinds = {array.dtype for array in caches}
     if not (kinds <= {np.dtype(np.float16)} or kinds <= {np.dtype(np.float32)}) or not all(
             array.flags.c_contiguous for array in caches):
-        raise ValueError("the latent caches are C-contiguous, all float32 or all float16")
+        raise ValueError(f"the {what} caches are C-contiguous, all float32 or all float16")
     return int(kinds == {np.dtype(np.float16)})
 
 
@@ -356,13 +357,12 @@ class NativeStep:
     def point(self, cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
               new_cross_v, new_latent_k, new_latent_v) -> None:
         """One row's arrays, float32 and C-contiguous: the ring (Hc, hdc, S) and (Hc, S, hdc) with
-        its mask (S), the latent mask (N) and per layer caches (H, hd, N) and (H, N, hd) (these
-        float32 or float16); the outputs: logits (V), the new cross K/V (Hc, hdc) and per layer
-        the new latent K/V (H, hd)."""
-        _c_arrays(cross_k_t, cross_v, cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k,
-                  *new_latent_v)
-        half = _latent_half(*latent_k_t, *latent_v)
-        self.step = Step(0, 0, cross_mask.shape[-1], 0, 0, cross_k_t.ctypes.data, cross_v.ctypes.data,
+        its mask (S), the latent mask (N) and per layer caches (H, hd, N) and (H, N, hd) (the
+        caches float32 or float16, each kind all of one); the outputs: logits (V), the new cross
+        K/V (Hc, hdc) and per layer the new latent K/V (H, hd)."""
+        _c_arrays(cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k, *new_latent_v)
+        cross_half, half = _half("cross-attend", cross_k_t, cross_v), _half("latent", *latent_k_t, *latent_v)
+        self.step = Step(0, 0, cross_mask.shape[-1], 0, 0, cross_half, cross_k_t.ctypes.data, cross_v.ctypes.data,
                          cross_mask.ctypes.data, latent_mask.ctypes.data, half, self._layers(latent_k_t),
                          self._layers(latent_v), logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
                          self._layers(new_latent_k), self._layers(new_latent_v))
@@ -374,15 +374,17 @@ class NativeStep:
                    latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v) -> None:
         """Several rows' arrays: `tokens` (R,) int64; the shared ring (1, Hc, hdc, S1) and
         (1, Hc, S1, hdc) with its mask; the rows' ring (R, Hc, hdc, S2), (R, Hc, S2, hdc) and mask;
-        the latent mask and per layer caches (R, H, hd, N), (R, H, N, hd); the outputs: logits
-        (R, V), new cross K/V (R, Hc, hdc), per layer new latent K/V (R, H, hd)."""
+        the latent mask and per layer caches (R, H, hd, N), (R, H, N, hd) (the caches as point()'s,
+        both rings of one kind); the outputs: logits (R, V), new cross K/V (R, Hc, hdc), per layer
+        new latent K/V (R, H, hd)."""
         rows = tokens.shape[0]
         if not 1 <= rows <= MAX_ROWS:
             raise ValueError(f"the native step runs 1 to {MAX_ROWS} rows, not {rows}")
-        _c_arrays(tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask, logits,
-                  new_cross_k, new_cross_v, *new_latent_k, *new_latent_v)
-        half = _latent_half(*latent_k_t, *latent_v)
-        self.step = RowsStep(rows, tokens.ctypes.data, 0, shared_mask.shape[-1], 0, shared_k_t.ctypes.data,
+        _c_arrays(tokens, shared_mask, cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k,
+                  *new_latent_v)
+        cross_half = _half("cross-attend", shared_k_t, shared_v, cross_k_t, cross_v)
+        half = _half("latent", *latent_k_t, *latent_v)
+        self.step = RowsStep(rows, tokens.ctypes.data, 0, shared_mask.shape[-1], 0, cross_half, shared_k_t.ctypes.data,
                              shared_v.ctypes.data, shared_mask.ctypes.data, cross_mask.shape[-1], 0, 0,
                              cross_k_t.ctypes.data, cross_v.ctypes.data, cross_mask.ctypes.data,
                              latent_mask.ctypes.data, half, self._layers(latent_k_t), self._layers(latent_v),

@@ -323,23 +323,28 @@ def one_row_step(model, precision: str, decoder: OnnxDecoder, row: int) -> np.nd
 
 
 @needs_native
-@pytest.mark.parametrize("precision", ["float32", "int8"])
+@pytest.mark.parametrize("precision, half_caches", [("float32", False), ("float32", True), ("int8", True)],
+                         ids=["float32", "float32-half-caches", "int8"])
 @SIZES
 @ROWS
-def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, sizes, rows, one_primer):
+def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, half_caches, sizes, rows, one_primer):
     """int8 quantises each row on its own in the native step, so a row's step does not depend on
-    its batch-mates: at every step (the primer shared, then sliding out), each row's logits are
-    what the one-row step gives from the same caches. (Resets are onnxruntime's, whose int8
-    quantises the batch as one: rows alone would not get the same caches.)"""
+    its batch-mates: at every step checked (the primer shared, then sliding out), each row's
+    logits are what the one-row step gives from the same caches (float32 or float16). (Resets
+    are onnxruntime's, whose int8 quantises the batch as one: rows alone would not get the same
+    caches.) In int8 a few steps may differ more: the rows step sums a head's shared and own
+    slots in another order than the one-row step, and a last-bit difference in a layer's input
+    can move one of its int8 codes by one (seen: 1 step in 70, 0.14 in a logit)."""
     from perceiver_music.generate import TokenWindow, default_reset_latents
     from test_generate import MAX_CONTEXT, N
 
     model = random_model(seed=5, **sizes)
     g = torch.Generator().manual_seed(1)
     start = torch.randint(3, 300, (1 if one_primer else rows, 40), generator=g).expand(rows, -1).contiguous()
-    decoder = OnnxDecoder(model, rows, precision=precision, native_step=True)
+    decoder = OnnxDecoder(model, rows, precision=precision, native_step=True, half_caches=half_caches)
+    assert (decoder.rows.k.dtype == np.float16) == half_caches == (decoder.latent_v.dtype == np.float16)
     R = default_reset_latents(N)
-    checked, shared_seen = 0, set()
+    errors, shared_seen = [], set()
     with torch.inference_mode():
         window = TokenWindow(start, rows, MAX_CONTEXT, torch.device("cpu"))
         decoder.reset(window.view(), R)
@@ -349,14 +354,19 @@ def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, 
             if decoder.latent_slot >= N:
                 decoder.reset(window.view(), R)
                 continue
-            if i % 7 == 0:  # the one-row step reads the caches as they are before this step
+            if i % 3 == 0:  # the one-row step reads the caches as they are before this step
                 decoder.tokens[:] = tokens.numpy()
                 if decoder.cached == decoder.ring:
                     decoder._drop_oldest(1)
                 expected = [one_row_step(model, precision, decoder, r) for r in range(rows)]
                 shared_seen.add(decoder.shared.cached > 0)
             logits = decoder.step(tokens, window.view())
-            if i % 7 == 0:
-                torch.testing.assert_close(logits, torch.from_numpy(np.stack(expected)), atol=1e-4, rtol=1e-4)
-                checked += 1
-    assert checked > 10 and shared_seen == ({True, False} if one_primer else {False})
+            if i % 3 == 0:
+                scale = 1.0 + np.abs(np.stack(expected))  # atol 1e-4, rtol 1e-4
+                errors.append(float((np.abs(logits.numpy() - np.stack(expected)) / scale).max()))
+    errors = np.array(errors)
+    if precision == "float32":
+        assert errors.max() < 1e-4
+    else:
+        assert errors.max() < 0.5 and (errors > 1e-4).mean() <= 0.1
+    assert len(errors) > 20 and shared_seen == ({True, False} if one_primer else {False})

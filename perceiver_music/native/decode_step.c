@@ -62,7 +62,9 @@ typedef struct {
     /* Rings hold `slots` slots of which the first `used` may hold inputs (the rest never written,
        masked): attention reads those only. */
     int32_t slots, cross_used, latent_used;
-    const float *cross_k_t, *cross_v, *cross_mask;  /* (Hc, hdc, slots), (Hc, slots, hdc), (slots) */
+    int32_t cross_half;                /* the ring in float16, else float32 */
+    const void *cross_k_t, *cross_v;   /* (Hc, hdc, slots), (Hc, slots, hdc) */
+    const float *cross_mask;           /* (slots) */
     const float *latent_mask;          /* (latent_slots) */
     int32_t latent_half;               /* the latent caches in float16, else float32 */
     const void *const *latent_k_t;     /* per layer (H, hd, latent_slots) */
@@ -79,9 +81,12 @@ typedef struct {
     const int64_t *tokens;             /* (rows) */
     int64_t pos;
     int32_t shared_slots, shared_used;  /* as Step's slots and cross_used */
-    const float *shared_k_t, *shared_v, *shared_mask;  /* (Hc, hdc, S1), (Hc, S1, hdc), (S1) */
+    int32_t cross_half;                /* both rings in float16, else float32 */
+    const void *shared_k_t, *shared_v;  /* (Hc, hdc, S1), (Hc, S1, hdc) */
+    const float *shared_mask;          /* (S1) */
     int32_t slots, cross_used, latent_used;
-    const float *cross_k_t, *cross_v, *cross_mask;     /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc), (S2) */
+    const void *cross_k_t, *cross_v;   /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc) */
+    const float *cross_mask;           /* (S2) */
     const float *latent_mask;
     int32_t latent_half;                               /* as Step's */
     const void *const *latent_k_t, *const *latent_v;   /* per layer (rows, H, hd, N), (rows, H, N, hd) */
@@ -548,7 +553,8 @@ int step(Context *c, const Model *m, const Step *in) {
     product(c, &m->cross_kv, c->b, c->wide);
     rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
     memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
-    Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, 0, in->cross_k_t,
+    Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_half,
+                       in->cross_k_t,
                        in->cross_v, in->cross_mask, c->y};
     run_task(c, attention_part, &cross);
     product(c, &m->cross_out, c->y, c->a);
@@ -708,9 +714,10 @@ typedef struct {
     const float *q;                       /* (rows, MAX_WIDTH): H x hd each */
     const float *k_new, *v_new;           /* (rows, H, hd) */
     int32_t shared_slots, shared_used;    /* read once for all rows: the first shared_used slots */
-    const float *shared_k_t, *shared_v, *shared_mask;  /* (H, hd, S1), (H, S1, hd), (S1) */
+    const void *shared_k_t, *shared_v;    /* (H, hd, S1), (H, S1, hd) */
+    const float *shared_mask;             /* (S1) */
     int32_t slots, used;                  /* each row's own */
-    int32_t half;                         /* k_t and v in float16, else float32 */
+    int32_t half;                         /* both rings' k_t and v in float16, else float32 */
     const void *k_t, *v;                  /* (rows, H, hd, S2), (rows, H, S2, hd) */
     const float *mask;                    /* (S2) */
     float *y;                             /* (rows, MAX_WIDTH) */
@@ -721,12 +728,12 @@ typedef struct {
 /* s_r[j] += sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of one shared
    head, two of the head's dims per pass: each key loaded once for all rows. */
 static inline __attribute__((always_inline)) void shared_scores(float *const *s, const float *const *q,
-                                                                const float *kt, int32_t S, int32_t stride,
-                                                                int32_t hd, const int ROWS) {
+                                                                const void *kt, int32_t S, int32_t stride,
+                                                                int32_t hd, const int ROWS, const int HALF) {
     for (int32_t jb = 0; jb < S; jb += SCORE_BLOCK) {
         const int32_t je = jb + SCORE_BLOCK < S ? jb + SCORE_BLOCK : S;
         for (int32_t i = 0; i < hd; i += 2) {
-            const float *k0 = kt + (int64_t)i * stride, *k1 = k0 + stride;
+            const int64_t k0 = (int64_t)i * stride, k1 = k0 + stride;
             __m256 q0[4], q1[4];
             for (int r = 0; r < ROWS; r++) {
                 q0[r] = _mm256_set1_ps(q[r][i]);
@@ -734,14 +741,14 @@ static inline __attribute__((always_inline)) void shared_scores(float *const *s,
             }
             int32_t j = jb;
             for (; j + 8 <= je; j += 8) {
-                const __m256 a = _mm256_loadu_ps(k0 + j), b = _mm256_loadu_ps(k1 + j);
+                const __m256 a = load8(kt, k0 + j, HALF), b = load8(kt, k1 + j, HALF);
                 for (int r = 0; r < ROWS; r++)
                     _mm256_storeu_ps(s[r] + j, _mm256_fmadd_ps(q1[r], b, _mm256_fmadd_ps(q0[r], a,
                                                                                          _mm256_loadu_ps(s[r] + j))));
             }
             for (; j < je; j++)
                 for (int r = 0; r < ROWS; r++)
-                    s[r][j] += q[r][i] * k0[j] + q[r][i + 1] * k1[j];
+                    s[r][j] += q[r][i] * load1(kt, k0 + j, HALF) + q[r][i + 1] * load1(kt, k1 + j, HALF);
         }
     }
 }
@@ -750,15 +757,15 @@ static inline __attribute__((always_inline)) void shared_scores(float *const *s,
    dims at a time (8 at the end if hd is not a multiple of 16): each value loaded once for all
    rows. */
 static inline __attribute__((always_inline)) void shared_values(float *const *y, const float *const *w,
-                                                                const float *v, int32_t S, int32_t hd,
-                                                                const int ROWS) {
+                                                                const void *v, int32_t S, int32_t hd,
+                                                                const int ROWS, const int HALF) {
     int32_t t = 0;
     for (; t + 16 <= hd; t += 16) {
         __m256 acc[4][2];
         for (int r = 0; r < ROWS; r++)
             acc[r][0] = acc[r][1] = _mm256_setzero_ps();
         for (int32_t j = 0; j < S; j++) {
-            const __m256 a = _mm256_loadu_ps(v + (int64_t)j * hd + t), b = _mm256_loadu_ps(v + (int64_t)j * hd + t + 8);
+            const __m256 a = load8(v, (int64_t)j * hd + t, HALF), b = load8(v, (int64_t)j * hd + t + 8, HALF);
             for (int r = 0; r < ROWS; r++) {
                 const __m256 wj = _mm256_set1_ps(w[r][j]);
                 acc[r][0] = _mm256_fmadd_ps(wj, a, acc[r][0]);
@@ -775,13 +782,36 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
         for (int r = 0; r < ROWS; r++)
             acc[r] = _mm256_setzero_ps();
         for (int32_t j = 0; j < S; j++) {
-            const __m256 vj = _mm256_loadu_ps(v + (int64_t)j * hd + t);
+            const __m256 vj = load8(v, (int64_t)j * hd + t, HALF);
             for (int r = 0; r < ROWS; r++)
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(w[r][j]), vj, acc[r]);
         }
         for (int r = 0; r < ROWS; r++)
             _mm256_storeu_ps(y[r] + t, _mm256_add_ps(_mm256_loadu_ps(y[r] + t), acc[r]));
     }
+}
+
+/* shared_scores and shared_values for up to 4 rows (`left`, from 1 on) in constant form */
+static void shared_scores_of(float *const *s, const float *const *q, const void *kt, int32_t S, int32_t stride,
+                             int32_t hd, int32_t left, int half) {
+#define SCORES(ROWS, HALF) shared_scores(s, q, kt, S, stride, hd, ROWS, HALF)
+    if (half) {
+        if (left >= 4) SCORES(4, 1); else if (left == 3) SCORES(3, 1); else if (left == 2) SCORES(2, 1); else SCORES(1, 1);
+    } else {
+        if (left >= 4) SCORES(4, 0); else if (left == 3) SCORES(3, 0); else if (left == 2) SCORES(2, 0); else SCORES(1, 0);
+    }
+#undef SCORES
+}
+
+static void shared_values_of(float *const *y, const float *const *w, const void *v, int32_t S, int32_t hd,
+                             int32_t left, int half) {
+#define VALUES(ROWS, HALF) shared_values(y, w, v, S, hd, ROWS, HALF)
+    if (half) {
+        if (left >= 4) VALUES(4, 1); else if (left == 3) VALUES(3, 1); else if (left == 2) VALUES(2, 1); else VALUES(1, 1);
+    } else {
+        if (left >= 4) VALUES(4, 0); else if (left == 3) VALUES(3, 0); else if (left == 2) VALUES(2, 0); else VALUES(1, 0);
+    }
+#undef VALUES
 }
 
 static void attention_rows_part(Context *c, const void *arg, int part) {
@@ -803,18 +833,14 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
                 memcpy(s[r] + S1, a->mask, S2 * sizeof(float));
             memset(y[r], 0, hd * sizeof(float));
         }
+        const int64_t size = a->half ? 2 : 4;  /* bytes per value */
         if (S1) {
-            const float *kt = a->shared_k_t + (int64_t)h * hd * P1;
-            for (int32_t r0 = 0; r0 < a->rows; r0 += 4) {
-                int32_t left = a->rows - r0;
-                if (left >= 4) shared_scores(s + r0, q + r0, kt, S1, P1, hd, 4);
-                else if (left == 3) shared_scores(s + r0, q + r0, kt, S1, P1, hd, 3);
-                else if (left == 2) shared_scores(s + r0, q + r0, kt, S1, P1, hd, 2);
-                else shared_scores(s + r0, q + r0, kt, S1, P1, hd, 1);
-            }
+            const char *kt = (const char *)a->shared_k_t + (int64_t)h * hd * P1 * size;
+            for (int32_t r0 = 0; r0 < a->rows; r0 += 4)
+                shared_scores_of(s + r0, q + r0, kt, S1, P1, hd, a->rows - r0, a->half);
         }
         for (int32_t r = 0; r < a->rows; r++) {  /* each row's own inputs, its new one, the softmax */
-            const int64_t size = a->half ? 2 : 4, at = ((int64_t)r * a->heads + h) * hd * P2 * size;
+            const int64_t at = ((int64_t)r * a->heads + h) * hd * P2 * size;
             add_scores(s[r] + S1, q[r], (const char *)a->k_t + at, S2, P2, hd, a->half);
             const float *k_new = a->k_new + ((int64_t)r * a->heads + h) * hd;
             own[r] = 0.0f;
@@ -833,17 +859,12 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
                 s[r][j] = expf(s[r][j] - m);
         }
         if (S1) {
-            const float *v = a->shared_v + (int64_t)h * P1 * hd;
-            for (int32_t r0 = 0; r0 < a->rows; r0 += 4) {
-                int32_t left = a->rows - r0;
-                if (left >= 4) shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 4);
-                else if (left == 3) shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 3);
-                else if (left == 2) shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 2);
-                else shared_values(y + r0, (const float *const *)s + r0, v, S1, hd, 1);
-            }
+            const char *v = (const char *)a->shared_v + (int64_t)h * P1 * hd * size;
+            for (int32_t r0 = 0; r0 < a->rows; r0 += 4)
+                shared_values_of(y + r0, (const float *const *)s + r0, v, S1, hd, a->rows - r0, a->half);
         }
         for (int32_t r = 0; r < a->rows; r++) {
-            const int64_t size = a->half ? 2 : 4, at = ((int64_t)r * a->heads + h) * P2 * hd * size;
+            const int64_t at = ((int64_t)r * a->heads + h) * P2 * hd * size;
             float own_values[MAX_HEAD_DIM];
             values_of(s[r] + S1, (const char *)a->v + at, S2, hd, 1.0f, own_values, a->half);
             for (int32_t i = 0; i < hd; i++)
@@ -916,8 +937,8 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
         memcpy(in->new_cross_v + r * d, wide + r * W + 2 * d, d * sizeof(float));
     }
     RowsAttention cross = {R, Hc, hdc, q, in->new_cross_k, in->new_cross_v, in->shared_slots, S1, in->shared_k_t,
-                           in->shared_v, in->shared_mask, in->slots, S2, 0, in->cross_k_t, in->cross_v, in->cross_mask,
-                           y};
+                           in->shared_v, in->shared_mask, in->slots, S2, in->cross_half, in->cross_k_t, in->cross_v,
+                           in->cross_mask, y};
     run_task(c, attention_rows_part, &cross);
     product_rows(c, &m->cross_out, y, R, a, W);
     for (int32_t r = 0; r < R; r++)
