@@ -10,8 +10,8 @@ round's figures, the medians, and each round's ratio to the eager CPU setting.
 
 Settings: the eager CPU setting (`dtype=torch.float16`: float16/bfloat16 Linear weights,
 what the engine ran on a CPU before the compiled step), onnx int8 (the engine's default: at
-batch 1 the native step, native_step.py, where it can be had), onnx int8 with onnxruntime's
-step at batch 1 too (PERCEIVER_MUSIC_NATIVE_STEP=0), onnx float32 (exact); batch 1 and 4
+1 to 16 rows the native step, native_step.py, where it can be had), onnx int8 with onnxruntime's
+step too (PERCEIVER_MUSIC_NATIVE_STEP=0), onnx float32 (exact); batch 1 and 4
 variations; per round also the compiled int8 step's ms at
 batch 1, for 4 variations of one primer and for 4 rows of their own ids (bench/generate.py's
 reset_and_step_ms: the steps right after the reset over the primer).

@@ -9,7 +9,7 @@ Prints one JSON object:
   training    forward + backward + AdamW step, Perceiver AR vs the dense decoder.
   peak_memory per phase (CUDA: max_memory_allocated; CPU: ru_maxrss so far, it only grows).
   targets     issue 3's targets next to this run's figures, each with met: true/false.
-  compiled    CPU: the compiled decode step (onnxruntime, decode_onnx.py; at batch 1 the native
+  compiled    CPU: the compiled decode step (onnxruntime, decode_onnx.py; its step the native
               step, native_step.py, where it can be had, with onnxruntime's step beside it)
               next to eager in the same run, per context: reset and step ms and tokens/s at
               batch 1 and with 4 variations, per precision; its export and second-start
@@ -108,8 +108,8 @@ def make_bench_decoder(model, dtype, backend: str = "eager", batch: int = 1):
 
 @contextlib.contextmanager
 def native_step_switched(on: bool):
-    """Within: the onnx decoders made at batch 1 step natively (the engine's default, where the
-    native step can be had) or, with on=False, with onnxruntime's step (native_step.SWITCH)."""
+    """Within: the onnx decoders made step natively (the engine's default, where the native
+    step can be had) or, with on=False, with onnxruntime's step (native_step.SWITCH)."""
     from perceiver_music.native_step import SWITCH
 
     old = os.environ.get(SWITCH)
@@ -298,7 +298,7 @@ def cpu_features() -> dict:
 
 
 def compiled_part(model, prompt, context, new_tokens, device, precisions, eager_row, cache_dir, timing) -> dict:
-    """The compiled step (onnxruntime, with the native step at batch 1 where it can be had) of
+    """The compiled step (onnxruntime, with the native step where it can be had) of
     this model at this context, next to the eager figures of the same run (eager_row): batch 1
     and 4 variations, per precision; with the native step, onnxruntime's batch-1 step too."""
     import onnxruntime

@@ -7,7 +7,8 @@ float32 (the reference) and once per variant, and every next id is scored. Varia
   low_precision  the eager step with generate(dtype=torch.float16)'s weights (cpu_precision.py)
   onnx-float32   the compiled step (decode_onnx.py) in float32
   onnx-int8      the compiled step in int8 (the engine's default): where the native step can be
-                 had (native_step.py) its batch-1 steps are the native step's int8 products, its
+                 had (native_step.py) its batch-1 steps are the native step's int8 products over
+                 float16 K/V caches, its
                  resets onnxruntime's int8 dynamic quantisation
   onnxruntime-step-int8
                  onnx-int8 with onnxruntime's step too (PERCEIVER_MUSIC_NATIVE_STEP=0; only when

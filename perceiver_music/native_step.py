@@ -1,17 +1,19 @@
-"""The batch-1 decode step in kernels of our own (native/decode_step.c), built once per machine.
+"""The decode step in kernels of our own (native/decode_step.c), built once per machine.
 
 onnxruntime's step of the default model takes 1.5-1.9 ms at batch 1 on a 2-core CPU, most of it
 spent between its kernels; the same step written as one C function over the same weights and
-caches takes 0.8-0.95 ms in int8, which is what lifts generation past 3x the eager CPU setting
-(BENCHMARKS.md, "The native step"). OnnxDecoder runs it in place of onnxruntime's step at batch
-1; resets, rings and batches of several rows stay onnxruntime's.
+caches takes 0.6-0.95 ms in int8 (BENCHMARKS.md, "The native step in the engine"). OnnxDecoder
+runs it in place of onnxruntime's step at 1 to MAX_ROWS rows (step() for one, step_rows() for
+several: each weight read once for all rows, a primer's shared inputs once for its variations);
+resets stay onnxruntime's. In int8 the decoder keeps the K/V caches in float16 for it (half the
+bytes a step reads; the C converts with F16C).
 
 The C is compiled here, with the machine's C compiler (`$CC`, else gcc, else cc; -O3 -mavx2
--mfma), the first time it is needed, into `cache_folder()/native/`, keyed by the source's
+-mfma -mf16c), the first time it is needed, into `cache_folder()/native/`, keyed by the source's
 sha256, the compiler's version and the flags. The library is written to a temporary name and
 moved into place, with its own sha256 beside it, checked before every load: a damaged library
-is rebuilt, never loaded. Where it cannot be had (not x86-64 Linux with AVX2 and FMA, no
-compiler, a compiler error, a model of sizes the C does not handle, or
+is rebuilt, never loaded. Where it cannot be had (not x86-64 Linux with AVX2, FMA and F16C, no
+compiler, a compiler error, a model of sizes the C does not handle, more than MAX_ROWS rows, or
 PERCEIVER_MUSIC_NATIVE_STEP=0), `Unavailable` says why and the decoder keeps onnxruntime's step.
 
 Precision: "float32" gives onnxruntime float32's logits (within 1e-4 across resets and a sliding
@@ -105,8 +107,8 @@ MAX_ROWS = 16  # decode_step.c's
 
 
 def cpu_reason() -> str | None:
-    """Why this CPU cannot run the C (None if it can): it needs x86-64 with AVX2 and FMA, as
-    /proc/cpuinfo (CPUINFO) lists them."""
+    """Why this CPU cannot run the C (None if it can): it needs x86-64 with AVX2, FMA and F16C,
+    as /proc/cpuinfo (CPUINFO) lists them."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"the native step is x86-64 code; this CPU is {platform.machine() or 'unknown'}"
     try:

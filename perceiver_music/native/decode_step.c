@@ -1,8 +1,9 @@
-/* A decode step at batch 1 in kernels of our own (perceiver_music/native_step.py builds and
-   loads it; decode_onnx.OnnxDecoder runs it in place of onnxruntime's step at batch 1).
+/* The decode step in kernels of our own (perceiver_music/native_step.py builds and loads it;
+   decode_onnx.OnnxDecoder runs it in place of onnxruntime's step): step() for one row,
+   step_rows() for 1 to MAX_ROWS rows, each weight read once for all of them.
 
    On a 2-core CPU onnxruntime's step took 1.5-1.9 ms at batch 1 (default model, 4,096 cached
-   inputs), most of it outside the arithmetic; this one takes 0.8-0.95 ms in int8 (BENCHMARKS.md).
+   inputs), most of it outside the arithmetic; this one takes 0.6-0.95 ms in int8 (BENCHMARKS.md).
    It computes what decode_onnx.StepGraph computes, from the same weights (query weights carrying
    the attention scale, RoPE as a product by rotated rows: x * cos + x_rot * sin) and the same
    caches (the cross-attend ring, keys transposed, with its additive mask; the latent caches
@@ -15,9 +16,10 @@
    saturating), vpmaddwd adds pairs into 32 bits, and
    y[n] = scale_x * scale[n] * (sum_k xq[k] code[n][k] - zero_x * colsum[n]).
    Attention is one pass of scores over the ring, a softmax with an exp of our own, and one pass
-   over the values.
+   over the values; it reads only the slots a cache has ever written. The caches are float32 or
+   float16 (int8 runs: half the bytes; F16C converts them as they are loaded).
 
-   AVX2 and FMA only (every x86-64 laptop since 2013-2015). Two threads: the caller's and a worker
+   AVX2, FMA and F16C only (every x86-64 laptop since 2013-2015). Two threads: the caller's and a worker
    that spins between tasks and sleeps when idle; each task is split in two (outputs of a
    product, heads of an attention). */
 
