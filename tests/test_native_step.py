@@ -370,3 +370,40 @@ def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, 
     else:
         assert errors.max() < 0.5 and (errors > 1e-4).mean() <= 0.1
     assert len(errors) > 20 and shared_seen == ({True, False} if one_primer else {False})
+
+
+@needs_native
+@pytest.mark.parametrize("reset_runtime", ["onnx", "torch"])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_float16_caches_stay_next_to_float32_ones_across_resets_and_slides(reset_runtime, rows):
+    """int8 runs keep the K/V caches in float16: with float32 weights, so that the caches are the
+    one difference, the logits stay within float16's rounding of the float32 decoder's through
+    resets (which read the float16 rings back as float32) and the window sliding; the rows are
+    variations of one primer (its inputs in the shared ring) at 4 rows."""
+    from perceiver_music.generate import TokenWindow, default_reset_latents
+    from test_generate import MAX_CONTEXT, N
+
+    model = random_model(seed=7, d_model=128, n_heads=2, cross_heads=2)
+    exact = OnnxDecoder(model, rows, native_step=True, half_caches=False, reset_runtime=reset_runtime)
+    half = OnnxDecoder(model, rows, native_step=True, half_caches=True, reset_runtime=reset_runtime)
+    assert half.rows.k.dtype == half.shared.v.dtype == half.latent_k_t.dtype == np.float16
+    g = torch.Generator().manual_seed(2)
+    R = default_reset_latents(N)
+    differences = []
+    with torch.inference_mode():
+        window = TokenWindow(torch.randint(3, 300, (1, 30), generator=g).expand(rows, -1), rows, MAX_CONTEXT,
+                             torch.device("cpu"))
+        a, b = exact.reset(window.view(), R), half.reset(window.view(), R)
+        latents = R
+        for _ in range(2 * MAX_CONTEXT):
+            tokens = torch.randint(3, 300, (rows,), generator=g)
+            window.append(tokens)
+            if latents >= N:
+                latents = R
+                a, b = exact.reset(window.view(), R), half.reset(window.view(), R)
+            else:
+                latents += 1
+                a, b = exact.step(tokens, window.view()), half.step(tokens, window.view())
+            differences.append(float((a - b).abs().max() / a.abs().max()))
+    assert half.resets == exact.resets and half.resets["continued" if reset_runtime == "onnx" else "afresh"] > 3
+    assert 0 < max(differences) < 5e-3
