@@ -381,6 +381,7 @@ def test_float16_caches_stay_next_to_float32_ones_across_resets_and_slides(reset
     resets (which read the float16 rings back as float32) and the window sliding; the rows are
     variations of one primer (its inputs in the shared ring) at 4 rows."""
     from perceiver_music.generate import TokenWindow, default_reset_latents
+    from test_decode_onnx import decode_side_by_side
     from test_generate import MAX_CONTEXT, N
 
     model = random_model(seed=7, d_model=128, n_heads=2, cross_heads=2)
@@ -393,17 +394,8 @@ def test_float16_caches_stay_next_to_float32_ones_across_resets_and_slides(reset
     with torch.inference_mode():
         window = TokenWindow(torch.randint(3, 300, (1, 30), generator=g).expand(rows, -1), rows, MAX_CONTEXT,
                              torch.device("cpu"))
-        a, b = exact.reset(window.view(), R), half.reset(window.view(), R)
-        latents = R
-        for _ in range(2 * MAX_CONTEXT):
-            tokens = torch.randint(3, 300, (rows,), generator=g)
-            window.append(tokens)
-            if latents >= N:
-                latents = R
-                a, b = exact.reset(window.view(), R), half.reset(window.view(), R)
-            else:
-                latents += 1
-                a, b = exact.step(tokens, window.view()), half.step(tokens, window.view())
-            differences.append(float((a - b).abs().max() / a.abs().max()))
+        exact.reset(window.view(), R), half.reset(window.view(), R)
+        decode_side_by_side(window, exact, half, 2 * MAX_CONTEXT, g, R,
+                            compare=lambda a, b: differences.append(float((a - b).abs().max() / a.abs().max())))
     assert half.resets == exact.resets and half.resets["continued" if reset_runtime == "onnx" else "afresh"] > 3
     assert 0 < max(differences) < 5e-3
