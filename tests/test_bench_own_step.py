@@ -1,7 +1,7 @@
-"""bench/own_step.py, run as a person runs it: the native step computes onnxruntime's step
-(float32: the same logits and K/V; int8 near them) on the shipped model's real caches, and is
-timed beside it, in the step alone and in generate(). (The native step's own tests:
-test_native_step.py.)"""
+"""bench/own_step.py and bench/native_step_parts.py, run as a person runs them: the native step
+computes onnxruntime's step (float32: the same logits and K/V; int8 near them) on the shipped
+model's real caches, and is timed beside it, in the step alone and in generate(); and its parts
+are timed at 1 row and 4 variations. (The native step's own tests: test_native_step.py.)"""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ def test_own_step_matches_onnxruntime_and_is_timed_in_the_loop():
     loop = report["loop"]
     assert set(loop["tokens_per_s"]) == {"eager_cpu_setting", "onnxruntime_int8", "own_int8"}
     assert all(len(rates) == 1 and rates[0] > 0 for rates in loop["tokens_per_s"].values())
+
+
+def test_native_step_parts_splits_the_step_at_1_row_and_4_variations():
+    proc = subprocess.run([sys.executable, "bench/native_step_parts.py", "--context", "1024", "--burst", "1",
+                           "--repeats", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["cached_inputs"] == 1023 and report["cache_bytes_per_value"] == 2  # int8: float16 caches
+    cases = {f"cross_{c}_latents_{n}" for c in ("none", "all") for n in (0, 256, 512)}
+    assert set(report["ms_1_row"]) == set(report["ms_4_variations"]) == set(report["4_variations_over_1_row"]) == cases
+    assert min(report["ms_1_row"].values()) > 0 and min(report["ms_4_variations"].values()) > 0
+    assert report["mb_read_per_step"]["cross_attend_kv_shared"] == round(2 * 1023 * 384 * 2 / 1e6, 2)
