@@ -7,7 +7,9 @@ bench/generate.py's bench_model; 4 variations of one primer share its inputs), t
 runs with the cross-attend reading none or all of its inputs, and the latent layers reading 0,
 256 or 512 cached latents. With neither, what is left is the weight products (and the small
 per-row work). The differences give what the cross-attend and the latent caches cost at 1 and
-at 4 rows; the ratio at every point is the 4-variation step over the 1-row one.
+at 4 rows; the ratio at every point is the 4-variation step over the 1-row one. Every case is
+timed twice: with the caches in float16 (what int8 runs keep) and in float32 (before
+2026-12-05), so that what float16 caches save is measured in the same run.
 
 Prints one JSON object: median ms per case (--repeats runs of --burst steps each), the ratios,
 and the bytes each part reads per step.
@@ -67,18 +69,20 @@ def main() -> None:
     R = default_reset_latents(cfg.num_latents)
     primer = torch.randint(3, 300, (1, args.context - 1))
     decoders = {}
-    for rows in (1, 4):
-        decoder = OnnxDecoder(model, rows, precision="int8", threads=args.threads, native_step=True)
-        with torch.inference_mode():
-            decoder.reset(primer.expand(rows, -1), R)
-        decoders[rows] = decoder
-    ms: dict = {rows: {} for rows in decoders}
-    for cross in (False, True):  # interleaved: 1 row and 4 rows of a case measured back to back
+    for half in (True, False):
+        for rows in (1, 4):
+            decoder = OnnxDecoder(model, rows, precision="int8", threads=args.threads, native_step=True,
+                                  half_caches=half)
+            with torch.inference_mode():
+                decoder.reset(primer.expand(rows, -1), R)
+            decoders[rows, half] = decoder
+    ms: dict = {key: {} for key in decoders}
+    for cross in (False, True):  # interleaved: every decoder's case measured back to back
         for latents in LATENTS_READ:
             case = f"cross_{'all' if cross else 'none'}_latents_{latents}"
-            for rows, decoder in decoders.items():
-                ms[rows][case] = step_ms(decoder, cross, latents, args.burst, args.repeats)
-    one, four = decoders[1], decoders[4]
+            for key, decoder in decoders.items():
+                ms[key][case] = step_ms(decoder, cross, latents, args.burst, args.repeats)
+    one, four = decoders[1, True], decoders[4, True]
     d, L = cfg.d_model, cfg.n_layers
     half = one.rows.k.itemsize  # bytes per cached value
     out = {
@@ -88,9 +92,18 @@ def main() -> None:
         "context": args.context,
         "cached_inputs": one.cached,
         "cache_bytes_per_value": half,
-        "ms_1_row": ms[1],
-        "ms_4_variations": ms[4],
-        "4_variations_over_1_row": {case: round(ms[4][case] / ms[1][case], 2) for case in ms[1]},
+        "ms_1_row": ms[1, True],
+        "ms_4_variations": ms[4, True],
+        "4_variations_over_1_row": {case: round(ms[4, True][case] / ms[1, True][case], 2) for case in ms[1, True]},
+        "float32_caches": {
+            "ms_1_row": ms[1, False],
+            "ms_4_variations": ms[4, False],
+            "4_variations_over_1_row": {case: round(ms[4, False][case] / ms[1, False][case], 2)
+                                        for case in ms[1, False]},
+        },
+        "float16_over_float32_caches": {
+            name: {case: round(ms[rows, True][case] / ms[rows, False][case], 2) for case in ms[rows, True]}
+            for name, rows in (("1_row", 1), ("4_variations", 4))},
         "mb_read_per_step": {
             "weights_int8": round(sum(w.N * w.K for w in weight_list(one)) / 1e6, 2),
             "cross_attend_kv_shared": round(2 * one.cached * d * half / 1e6, 2),

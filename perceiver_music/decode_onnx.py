@@ -965,6 +965,8 @@ class OnnxDecoder:
         ids = np.ascontiguousarray(window.to("cpu", torch.long).numpy())
         T = ids.shape[1]
         n = min(num_latents, T)
+        if self.native is not None:  # the cores are onnxruntime's (or torch's) now
+            self.native.rest()
         if self.reset_runtime == "torch":  # the model's own forward writes the rows' ring
             self._start_afresh(ids, 0)
             self.resets["afresh"] += 1

@@ -532,7 +532,7 @@ def prepare_runtime(model, cpu_runtime: str, notify: ProgressFn, prompts: int = 
 
 
 def _prepare_native_step(model, precision: str) -> None:
-    """The native batch-1 step's library (compiled once per machine) and weights, made now rather
+    """The native step's library (compiled once per machine) and weights, made now rather
     than in the first decoder; where it cannot be had, the decoders use onnxruntime's step."""
     from .native_step import WEIGHTS, Unavailable, load_library
 

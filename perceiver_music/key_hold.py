@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .tokenizer import NOTE_OFF_BASE, NOTE_ON_BASE, VOCAB_SIZE
+from .tokenizer import NOTE_OFF_BASE, NOTE_ON_BASE
 
 DEFAULT_HALF_LIFE = 256  # notes: about the last 30 s of piano
 UNIFORM_FLOOR = 0.1  # share of the profile spread over all 12 pitch classes

@@ -188,6 +188,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.create_context.argtypes = [ctypes.c_int32]
     lib.destroy_context.argtypes = [ctypes.c_void_p]
     lib.context_threads.argtypes = [ctypes.c_void_p]
+    lib.rest.argtypes = [ctypes.c_void_p]
     lib.supported.argtypes = [ctypes.POINTER(Model)]
     lib.step.argtypes = [ctypes.c_void_p, ctypes.POINTER(Model), ctypes.POINTER(Step)]
     lib.step_rows.argtypes = [ctypes.c_void_p, ctypes.POINTER(Model), ctypes.POINTER(RowsStep)]
@@ -352,6 +353,11 @@ class NativeStep:
     @property
     def threads(self) -> int:
         return self.lib.context_threads(self.context)
+
+    def rest(self) -> None:
+        """The worker thread sleeps now rather than spinning for its next step (1-3 ms): before
+        other work takes both cores (a reset), which it would slow down. The next run() wakes it."""
+        self.lib.rest(self.context)
 
     def _layers(self, arrays) -> ctypes.Array:
         return (ctypes.c_void_p * self.layers)(*[a.ctypes.data for a in arrays])

@@ -115,7 +115,7 @@ struct Context {
     /* Each thread spins on a cache line of its own, apart from what the caller writes per task:
        a write to a line that the other thread spins on costs both of them. */
     _Alignas(64) atomic_int posted;  /* the worker spins on this line */
-    atomic_int stopping, sleeping;
+    atomic_int stopping, sleeping, resting;  /* resting: sleep now, no spin (rest()) */
     _Alignas(64) atomic_int finished;  /* the caller spins on this one */
     _Alignas(64) TaskFn task_fn;
     const void *task_arg;
@@ -144,7 +144,7 @@ static void *work(void *arg) {
         while ((now = atomic_load_explicit(&c->posted, memory_order_acquire)) == seen) {
             if (atomic_load(&c->stopping))
                 return 0;
-            if (++spins < SPIN_LIMIT) {
+            if (++spins < SPIN_LIMIT && !atomic_load_explicit(&c->resting, memory_order_relaxed)) {
                 _mm_pause();
                 continue;
             }
@@ -188,6 +188,12 @@ int context_threads(const Context *c) {
     return c->two_threads ? 2 : 1;
 }
 
+/* The worker sleeps now instead of spinning until its next task: the caller is about to hand
+   both cores to other work (an onnxruntime reset), which a spinning worker would slow down. */
+void rest(Context *c) {
+    atomic_store(&c->resting, 1);
+}
+
 void destroy_context(Context *c) {
     if (!c)
         return;
@@ -215,6 +221,7 @@ static void run_task(Context *c, TaskFn fn, const void *arg) {
     }
     c->task_fn = fn;
     c->task_arg = arg;
+    atomic_store(&c->resting, 0);
     atomic_store(&c->posted, ++c->generation);
     wake_worker(c);
     fn(c, arg, 0);
