@@ -723,16 +723,25 @@ class _Ring:
     def append(self, ids: np.ndarray, k: np.ndarray, v: np.ndarray, position: int) -> bool:
         """One input per row (K/V (rows, H, hd)) into the next slot; True if the buffers were
         replaced (grown), so that whoever bound them binds them again."""
+        c, grown = self.claim()
+        self.k[self._keys(c)], self.v[:, :, c] = k, v
+        self.record(c, ids, position)
+        return grown
+
+    def claim(self) -> tuple[int, bool]:
+        """The next slot, for an input whose K/V someone else writes (the native step), and
+        whether the buffers were replaced (grown) to make room for it."""
         grown = self.slot == self.capacity and self.capacity < self.limit
         if grown:
             self._grow(min(2 * self.capacity, self.limit))
-        c = self.slot % self.capacity
-        self.k[self._keys(c)], self.v[:, :, c] = k, v
+        return self.slot % self.capacity, grown
+
+    def record(self, c: int, ids: np.ndarray, position: int) -> None:
+        """Slot c (claimed, its K/V written) now holds the inputs `ids` (rows) at `position`."""
         self.mask[c], self.pos[c], self.ids[:, c] = 0.0, position, ids
         self.slot = c + 1
         self.cached = min(self.cached + 1, self.capacity)
         self.used = max(self.used, c + 1)
-        return grown
 
     def fill(self, ids: np.ndarray, first_position: int, k_t: np.ndarray | None = None, v: np.ndarray | None = None) -> None:
         """Start afresh: the inputs `ids` (rows, T) in slots 0..T-1, at positions from
@@ -1033,15 +1042,21 @@ class OnnxDecoder:
         s = self.latent_slot
         if self.cached == self.ring:  # the window is full: its oldest input drops out
             self._drop_oldest(1)
-        if self.native is not None:  # reading the slots ever written only
-            self.native.run(int(self.pos[0]), int(self.tokens[0]), cross_used=self.rows.used, latent_used=s,
-                            shared_used=self.shared.used)
+        if self.native is not None:
+            # It reads the slots ever written only, and stores its new K/V into their slots itself.
+            used, (slot, grown) = self.rows.used, self.rows.claim()
+            if grown:
+                self._bind_ring("cross", self.rows)
+            self.native.run(int(self.pos[0]), int(self.tokens[0]), cross_used=used, latent_used=s,
+                            shared_used=self.shared.used, cross_write=slot, latent_write=s)
+            self.rows.record(slot, self.tokens, int(self.pos[0]))
+            self.pos[0] += 1
         else:
             graph = "shared_step" if self.shared.cached else "step"
             getattr(self.compiled, graph).run_with_iobinding(self.bindings[graph][0])
-        self._cache_input(self.tokens, self.new_cross_k, self.new_cross_v)
-        self.latent_k_t[..., s] = self.new_latent_k
-        self.latent_v[:, :, :, s] = self.new_latent_v
+            self._cache_input(self.tokens, self.new_cross_k, self.new_cross_v)
+            self.latent_k_t[..., s] = self.new_latent_k
+            self.latent_v[:, :, :, s] = self.new_latent_v
         self.latent_mask[s] = 0.0
         self.latent_slot = s + 1
         return torch.from_numpy(self.logits.copy())

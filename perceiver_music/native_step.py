@@ -78,26 +78,25 @@ class Model(ctypes.Structure):
                 ("cross_proj", Weight), ("head", Weight), ("blocks", ctypes.POINTER(Block))]
 
 
+def _fields(spec: str) -> list:
+    """ctypes fields from "name:kind ..." (i32, i64, ptr: a pointer, ptrs: a pointer to pointers)."""
+    kinds = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "ptr": ctypes.c_void_p, "ptrs": ctypes.POINTER(ctypes.c_void_p)}
+    return [(name, kinds[kind]) for name, kind in (field.split(":") for field in spec.split())]
+
+
 class Step(ctypes.Structure):
-    _fields_ = [("token", ctypes.c_int64), ("pos", ctypes.c_int64), ("slots", ctypes.c_int32),
-                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_half", ctypes.c_int32),
-                ("cross_k_t", ctypes.c_void_p), ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p),
-                ("latent_mask", ctypes.c_void_p), ("latent_half", ctypes.c_int32),
-                ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
-                ("logits", ctypes.c_void_p),
-                ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
-                ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
+    _fields_ = _fields("token:i64 pos:i64 slots:i32 cross_used:i32 latent_used:i32 cross_write:i32 latent_write:i32 "
+                       "cross_half:i32 cross_k_t:ptr cross_v:ptr cross_mask:ptr latent_mask:ptr latent_half:i32 "
+                       "latent_k_t:ptrs latent_v:ptrs logits:ptr new_cross_k:ptr new_cross_v:ptr new_latent_k:ptrs "
+                       "new_latent_v:ptrs")
 
 
 class RowsStep(ctypes.Structure):
-    _fields_ = [("rows", ctypes.c_int32), ("tokens", ctypes.c_void_p), ("pos", ctypes.c_int64),
-                ("shared_slots", ctypes.c_int32), ("shared_used", ctypes.c_int32), ("cross_half", ctypes.c_int32),
-                ("shared_k_t", ctypes.c_void_p), ("shared_v", ctypes.c_void_p), ("shared_mask", ctypes.c_void_p), ("slots", ctypes.c_int32),
-                ("cross_used", ctypes.c_int32), ("latent_used", ctypes.c_int32), ("cross_k_t", ctypes.c_void_p),
-                ("cross_v", ctypes.c_void_p), ("cross_mask", ctypes.c_void_p), ("latent_mask", ctypes.c_void_p),
-                ("latent_half", ctypes.c_int32), ("latent_k_t", ctypes.POINTER(ctypes.c_void_p)), ("latent_v", ctypes.POINTER(ctypes.c_void_p)),
-                ("logits", ctypes.c_void_p), ("new_cross_k", ctypes.c_void_p), ("new_cross_v", ctypes.c_void_p),
-                ("new_latent_k", ctypes.POINTER(ctypes.c_void_p)), ("new_latent_v", ctypes.POINTER(ctypes.c_void_p))]
+    _fields_ = _fields("rows:i32 tokens:ptr pos:i64 shared_slots:i32 shared_used:i32 cross_half:i32 shared_k_t:ptr "
+                       "shared_v:ptr shared_mask:ptr slots:i32 cross_used:i32 latent_used:i32 cross_write:i32 "
+                       "latent_write:i32 cross_k_t:ptr cross_v:ptr cross_mask:ptr latent_mask:ptr latent_half:i32 "
+                       "latent_k_t:ptrs latent_v:ptrs logits:ptr new_cross_k:ptr new_cross_v:ptr new_latent_k:ptrs "
+                       "new_latent_v:ptrs")
 
 
 MAX_ROWS = 16  # decode_step.c's
@@ -370,10 +369,12 @@ class NativeStep:
         K/V (Hc, hdc) and per layer the new latent K/V (H, hd)."""
         _c_arrays(cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k, *new_latent_v)
         cross_half, half = _half("cross-attend", cross_k_t, cross_v), _half("latent", *latent_k_t, *latent_v)
-        self.step = Step(0, 0, cross_mask.shape[-1], 0, 0, cross_half, cross_k_t.ctypes.data, cross_v.ctypes.data,
-                         cross_mask.ctypes.data, latent_mask.ctypes.data, half, self._layers(latent_k_t),
-                         self._layers(latent_v), logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
-                         self._layers(new_latent_k), self._layers(new_latent_v))
+        self.step = Step(slots=cross_mask.shape[-1], cross_write=-1, latent_write=-1, cross_half=cross_half, cross_k_t=cross_k_t.ctypes.data,
+                         cross_v=cross_v.ctypes.data, cross_mask=cross_mask.ctypes.data,
+                         latent_mask=latent_mask.ctypes.data, latent_half=half, latent_k_t=self._layers(latent_k_t),
+                         latent_v=self._layers(latent_v), logits=logits.ctypes.data,
+                         new_cross_k=new_cross_k.ctypes.data, new_cross_v=new_cross_v.ctypes.data,
+                         new_latent_k=self._layers(new_latent_k), new_latent_v=self._layers(new_latent_v))
         self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
                         new_cross_v, new_latent_k, new_latent_v)
         self.latent_slots = latent_mask.shape[-1]
@@ -392,25 +393,32 @@ class NativeStep:
                   *new_latent_v)
         cross_half = _half("cross-attend", shared_k_t, shared_v, cross_k_t, cross_v)
         half = _half("latent", *latent_k_t, *latent_v)
-        self.step = RowsStep(rows, tokens.ctypes.data, 0, shared_mask.shape[-1], 0, cross_half, shared_k_t.ctypes.data,
-                             shared_v.ctypes.data, shared_mask.ctypes.data, cross_mask.shape[-1], 0, 0,
-                             cross_k_t.ctypes.data, cross_v.ctypes.data, cross_mask.ctypes.data,
-                             latent_mask.ctypes.data, half, self._layers(latent_k_t), self._layers(latent_v),
-                             logits.ctypes.data, new_cross_k.ctypes.data, new_cross_v.ctypes.data,
-                             self._layers(new_latent_k), self._layers(new_latent_v))
+        self.step = RowsStep(rows=rows, tokens=tokens.ctypes.data, shared_slots=shared_mask.shape[-1],
+                             cross_half=cross_half, shared_k_t=shared_k_t.ctypes.data, shared_v=shared_v.ctypes.data,
+                             shared_mask=shared_mask.ctypes.data, slots=cross_mask.shape[-1], cross_write=-1,
+                             latent_write=-1,
+                             cross_k_t=cross_k_t.ctypes.data, cross_v=cross_v.ctypes.data,
+                             cross_mask=cross_mask.ctypes.data, latent_mask=latent_mask.ctypes.data, latent_half=half,
+                             latent_k_t=self._layers(latent_k_t), latent_v=self._layers(latent_v),
+                             logits=logits.ctypes.data, new_cross_k=new_cross_k.ctypes.data,
+                             new_cross_v=new_cross_v.ctypes.data, new_latent_k=self._layers(new_latent_k),
+                             new_latent_v=self._layers(new_latent_v))
         self.pointed = (tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
                         latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v)
         self.latent_slots = latent_mask.shape[-1]
 
     def run(self, pos: int, token: int = 0, *, cross_used: int | None = None, latent_used: int | None = None,
-            shared_used: int | None = None) -> None:
+            shared_used: int | None = None, cross_write: int = -1, latent_write: int = -1) -> None:
         """One step at position `pos`: of `token` after point(), of the tokens array's after
         point_rows(). `*_used`: how many of a ring's first slots may hold inputs (default all):
-        the rest, never written and masked, are not read."""
+        the rest, never written and masked, are not read. `cross_write`, `latent_write`: the slot
+        of the (rows') ring and of every latent cache that the new K/V are stored into once the
+        step is done (-1: none; they are in the new_* outputs either way)."""
         step = self.step
         step.pos = pos
         step.cross_used = step.slots if cross_used is None else cross_used
         step.latent_used = self.latent_slots if latent_used is None else latent_used
+        step.cross_write, step.latent_write = cross_write, latent_write
         if isinstance(step, RowsStep):
             step.shared_used = step.shared_slots if shared_used is None else shared_used
             done = self.lib.step_rows(self.context, ctypes.byref(self.weights.struct), ctypes.byref(step))

@@ -64,13 +64,16 @@ typedef struct {
     /* Rings hold `slots` slots of which the first `used` may hold inputs (the rest never written,
        masked): attention reads those only. */
     int32_t slots, cross_used, latent_used;
+    /* Where the step stores its new K/V once it is done (-1: nowhere): a slot of the ring and a
+       slot of every layer's latent cache, so that the caller need not copy them in. */
+    int32_t cross_write, latent_write;
     int32_t cross_half;                /* the ring in float16, else float32 */
-    const void *cross_k_t, *cross_v;   /* (Hc, hdc, slots), (Hc, slots, hdc) */
+    void *cross_k_t, *cross_v;         /* (Hc, hdc, slots), (Hc, slots, hdc) */
     const float *cross_mask;           /* (slots) */
     const float *latent_mask;          /* (latent_slots) */
     int32_t latent_half;               /* the latent caches in float16, else float32 */
-    const void *const *latent_k_t;     /* per layer (H, hd, latent_slots) */
-    const void *const *latent_v;       /* per layer (H, latent_slots, hd) */
+    void *const *latent_k_t;           /* per layer (H, hd, latent_slots) */
+    void *const *latent_v;             /* per layer (H, latent_slots, hd) */
     float *logits, *new_cross_k, *new_cross_v;
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (H, hd) */
 } Step;
@@ -87,11 +90,12 @@ typedef struct {
     const void *shared_k_t, *shared_v;  /* (Hc, hdc, S1), (Hc, S1, hdc) */
     const float *shared_mask;          /* (S1) */
     int32_t slots, cross_used, latent_used;
-    const void *cross_k_t, *cross_v;   /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc) */
+    int32_t cross_write, latent_write;  /* as Step's: each row's own ring and latent caches */
+    void *cross_k_t, *cross_v;         /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc) */
     const float *cross_mask;           /* (S2) */
     const float *latent_mask;
     int32_t latent_half;                               /* as Step's */
-    const void *const *latent_k_t, *const *latent_v;   /* per layer (rows, H, hd, N), (rows, H, N, hd) */
+    void *const *latent_k_t, *const *latent_v;         /* per layer (rows, H, hd, N), (rows, H, N, hd) */
     float *logits, *new_cross_k, *new_cross_v;         /* (rows, vocab), (rows, Hc, hdc) x 2 */
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (rows, H, hd) */
 } RowsStep;
@@ -419,6 +423,39 @@ static inline __attribute__((always_inline)) float load1(const void *p, int64_t 
     return HALF ? _cvtsh_ss(((const uint16_t *)p)[index]) : ((const float *)p)[index];
 }
 
+/* Stores `rows` rows of new K/V (rows, H, hd) into slot `slot` of caches of `slots` slots laid
+   out (rows, H, hd, slots) for keys and (rows, H, slots, hd) for values, as float16 (rounded to
+   nearest, as numpy casts) or float32. */
+static void store_slot(const float *k, const float *v, int32_t rows, int32_t H, int32_t hd, void *k_t, void *vs,
+                       int32_t slots, int32_t slot, int half) {
+    for (int64_t rh = 0; rh < (int64_t)rows * H; rh++)
+        for (int32_t i = 0; i < hd; i++) {
+            const int64_t key = (rh * hd + i) * slots + slot, value = (rh * slots + slot) * hd + i;
+            const float kx = k[rh * hd + i], vx = v[rh * hd + i];
+            if (half) {
+                ((uint16_t *)k_t)[key] = _cvtss_sh(kx, _MM_FROUND_TO_NEAREST_INT);
+                ((uint16_t *)vs)[value] = _cvtss_sh(vx, _MM_FROUND_TO_NEAREST_INT);
+            } else {
+                ((float *)k_t)[key] = kx;
+                ((float *)vs)[value] = vx;
+            }
+        }
+}
+
+/* The step's new K/V into the caches' write slots (last, once nothing reads them any more). */
+static void store_new(const Model *m, int32_t rows, int32_t slots, int32_t cross_write, int32_t cross_half,
+                      void *cross_k_t, void *cross_v, const float *new_cross_k, const float *new_cross_v,
+                      int32_t latent_write, int32_t latent_half, void *const *latent_k_t, void *const *latent_v,
+                      float *const *new_latent_k, float *const *new_latent_v) {
+    if (cross_write >= 0)
+        store_slot(new_cross_k, new_cross_v, rows, m->cross_heads, m->cross_head_dim, cross_k_t, cross_v, slots,
+                   cross_write, cross_half);
+    if (latent_write >= 0)
+        for (int32_t l = 0; l < m->layers; l++)
+            store_slot(new_latent_k[l], new_latent_v[l], rows, m->heads, m->head_dim, latent_k_t[l], latent_v[l],
+                       m->latent_slots, latent_write, latent_half);
+}
+
 /* y = inv * sum_j w[j] v[j, :] over S rows of `vectors` * 8 values */
 static inline __attribute__((always_inline)) void weighted_values(const float *w, const void *v, int32_t S,
                                                                   int32_t vectors, float inv, float *y,
@@ -548,7 +585,8 @@ int supported(const Model *m) {
 int step(Context *c, const Model *m, const Step *in) {
     const int32_t d = m->d, H = m->heads, hd = m->head_dim, Hc = m->cross_heads, hdc = m->cross_head_dim;
     if (!supported(m) || in->slots > MAX_SLOTS || in->cross_used < 0 || in->cross_used > in->slots ||
-        in->latent_used < 0 || in->latent_used > m->latent_slots)
+        in->latent_used < 0 || in->latent_used > m->latent_slots || in->cross_write >= in->slots ||
+        in->latent_write >= m->latent_slots)
         return -1;
     if (in->token < 0 || in->token >= m->vocab || in->pos < 0 || in->pos >= m->positions)
         return -1;
@@ -588,6 +626,9 @@ int step(Context *c, const Model *m, const Step *in) {
     }
     layer_norm(h, d, m->final_norm, c->a);
     product(c, &m->head, c->a, in->logits);
+    store_new(m, 1, in->slots, in->cross_write, in->cross_half, in->cross_k_t, in->cross_v, in->new_cross_k,
+              in->new_cross_v, in->latent_write, in->latent_half, in->latent_k_t, in->latent_v, in->new_latent_k,
+              in->new_latent_v);
     return 0;
 }
 
@@ -919,7 +960,8 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
     const int32_t d = m->d, H = m->heads, hd = m->head_dim, Hc = m->cross_heads, hdc = m->cross_head_dim;
     const int32_t R = in->rows, S1 = in->shared_used, S2 = in->cross_used;
     if (!supported(m) || R < 1 || R > MAX_ROWS || S1 < 0 || S2 < 0 || S1 > in->shared_slots || S2 > in->slots ||
-        S1 + S2 > MAX_SLOTS || in->latent_used < 0 || in->latent_used > m->latent_slots)
+        S1 + S2 > MAX_SLOTS || in->latent_used < 0 || in->latent_used > m->latent_slots ||
+        in->cross_write >= in->slots || in->latent_write >= m->latent_slots)
         return -1;
     if (in->pos < 0 || in->pos >= m->positions)
         return -1;
@@ -979,6 +1021,9 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
     for (int32_t r = 0; r < R; r++)
         layer_norm(h + r * W, d, m->final_norm, a + r * W);
     product_rows(c, &m->head, a, R, in->logits, m->vocab);
+    store_new(m, R, in->slots, in->cross_write, in->cross_half, in->cross_k_t, in->cross_v, in->new_cross_k,
+              in->new_cross_v, in->latent_write, in->latent_half, in->latent_k_t, in->latent_v, in->new_latent_k,
+              in->new_latent_v);
     return 0;
 }
 
