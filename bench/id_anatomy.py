@@ -8,7 +8,8 @@ at --context (bench/generate.py's bench_model), int8 (the engine's default), --t
   memory            GB/s of a 2-thread sum over buffers of the step's size (what streaming
                     the step's bytes once would cost) and over 200 MB (main memory)
   step_bytes_mb     what one batch-1 step reads: int8 weights, the cross-attend K/V of a full
-                    window and the latent K/V (float32)
+                    window and the latent K/V (float32, as the step graph reads them; the native
+                    step that the loop runs keeps them in float16 in int8: half)
   step_graph        the step graph alone (IO binding, random caches): with a full cross-attend
                     window, and with one cached input (so the difference is the cross-attend)
   weight_products   the step graph's weight products alone (its MatMuls by constants, in one

@@ -34,9 +34,9 @@ against the eager step) or "int8" (onnxruntime's dynamic quantisation of the wei
 in 7 bits so that no CPU's kernels saturate).
 
 Where it can be had, the step and shared_step graphs give way to the native step (C kernels of
-our own over the same buffers, native_step.py; about half onnxruntime's step time); in int8 the
-decoder then keeps its K/V caches in float16, which only the native step reads. Resets stay on
-the graphs above.
+our own over the same buffers, native_step.py; about half onnxruntime's step time), which also
+stores the new K/V into their slots itself; in int8 the decoder then keeps its K/V caches in
+float16, which only the native step reads. Resets stay on the graphs above.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 onnxruntime's step of the default model takes 1.5-1.9 ms at batch 1 on a 2-core CPU, most of it
 spent between its kernels; the same step written as one C function over the same weights and
-caches takes 0.6-0.95 ms in int8 (BENCHMARKS.md, "The native step in the engine"). OnnxDecoder
+caches takes 0.5-1.0 ms in int8 (BENCHMARKS.md, "The native step in the engine"). OnnxDecoder
 runs it in place of onnxruntime's step at 1 to MAX_ROWS rows (step() for one, step_rows() for
 several: each weight read once for all rows, a primer's shared inputs once for its variations);
 resets stay onnxruntime's. In int8 the decoder keeps the K/V caches in float16 for it (half the

@@ -3,7 +3,7 @@
    step_rows() for 1 to MAX_ROWS rows, each weight read once for all of them.
 
    On a 2-core CPU onnxruntime's step took 1.5-1.9 ms at batch 1 (default model, 4,096 cached
-   inputs), most of it outside the arithmetic; this one takes 0.6-0.95 ms in int8 (BENCHMARKS.md).
+   inputs), most of it outside the arithmetic; this one takes 0.5-1.0 ms in int8 (BENCHMARKS.md).
    It computes what decode_onnx.StepGraph computes, from the same weights (query weights carrying
    the attention scale, RoPE as a product by rotated rows: x * cos + x_rot * sin) and the same
    caches (the cross-attend ring, keys transposed, with its additive mask; the latent caches
@@ -17,7 +17,8 @@
    y[n] = scale_x * scale[n] * (sum_k xq[k] code[n][k] - zero_x * colsum[n]).
    Attention is one pass of scores over the ring, a softmax with an exp of our own, and one pass
    over the values; it reads only the slots a cache has ever written. The caches are float32 or
-   float16 (int8 runs: half the bytes; F16C converts them as they are loaded).
+   float16 (int8 runs: half the bytes; F16C converts them as they are loaded). Once done, the step
+   stores its new K/V into the slots the caller names (cross_write, latent_write).
 
    AVX2, FMA and F16C only (every x86-64 laptop since 2013-2015). Two threads: the caller's and a worker
    that spins between tasks and sleeps when idle; each task is split in two (outputs of a
