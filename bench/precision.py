@@ -14,9 +14,12 @@ float32 (the reference) and once per variant, and every next id is scored. Varia
                  onnx-int8 with onnxruntime's step too (PERCEIVER_MUSIC_NATIVE_STEP=0; only when
                  asked for with --variants)
 
-Each variant's "step_kernels" says which step ran (native or onnxruntime). The native step's
-worker thread spins for a few ms after each of its steps, beside the other decoders' steps, so
-step times of a run with both are not comparable.
+Each variant's "step_kernels" says which step ran (native or onnxruntime). The decoders take
+turns, id by id, so each step finds its weights and caches out of the CPU's caches and the other
+runtimes' threads (torch's, onnxruntime's, the native step's worker) still spinning: the reset
+and step times here are not the benches' steady ones, nor comparable between variants (a run
+with the native step sent to sleep after each of its steps still timed it slower than
+onnxruntime's step, 4.9 against 3.8 ms, where bench/generate.py times it at half).
 
 Prints one JSON object: NLL (nats per id) of each, and per variant its NLL minus float32's, how
 far apart their next-id distributions are (total variation distance, mean and max), how often
