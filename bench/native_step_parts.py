@@ -43,7 +43,8 @@ LATENTS_READ = (0, 256, 512)
 
 def step_ms(decoder: OnnxDecoder, cross: bool, latents: int, burst: int, repeats: int) -> float:
     """The native step's median ms over `repeats` bursts, reading all cached inputs or none and
-    the first `latents` latent slots (what it writes is overwritten by the next run alike)."""
+    the first `latents` latent slots (it writes its outputs only, no cache slot: every run reads
+    the same caches)."""
     pos = int(decoder.pos[0])
     rows, shared = (decoder.rows.used, decoder.shared.used) if cross else (0, 0)
     times = []

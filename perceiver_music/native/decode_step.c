@@ -602,8 +602,7 @@ int step(Context *c, const Model *m, const Step *in) {
     rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
     memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
     Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_half,
-                       in->cross_k_t,
-                       in->cross_v, in->cross_mask, c->y};
+                       in->cross_k_t, in->cross_v, in->cross_mask, c->y};
     run_task(c, attention_part, &cross);
     product(c, &m->cross_out, c->y, c->a);
     for (int32_t i = 0; i < d; i++)
