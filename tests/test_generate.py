@@ -429,32 +429,34 @@ def test_top_k_top_p_min_p_never_sample_outside_their_sets():
     assert sample_next(logits, temperature=0).item() == order[0]
 
 
-def test_sampling_on_a_cpu_runs_on_one_torch_thread(monkeypatch):
-    # A parallel op in the sampler (a softmax over several rows) leaves torch's workers spinning
-    # on the core that the compiled step needs next: the sampler runs on one torch thread, gives
-    # the thread count back (also when it fails), and draws the same ids as on several.
+def test_sampling_on_a_cpu_stays_off_torchs_thread_pool(monkeypatch):
+    # A parallel torch op in the sampler (a softmax over several rows) leaves torch's workers
+    # spinning on the core that the compiled step needs next: on a CPU the sampler draws in numpy
+    # (no torch op on the logits at all), keeps the thread count, and draws the same ids as the
+    # torch sampler (what bench/sampler_threads.py runs on torch's threads) from the same seed.
     import perceiver_music.generate as G
 
-    threads_seen = []
+    calls = []
     real_softmax = torch.Tensor.softmax
 
     def softmax(self, *args, **kwargs):
-        threads_seen.append(torch.get_num_threads())
+        calls.append(torch.get_num_threads())
         return real_softmax(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "softmax", softmax)
     torch.set_num_threads(2)  # the module's fixture gives the original count back afterwards
-    logits, drawn = _logits(4), {}
-    for one_thread in (True, False):
-        monkeypatch.setattr(G, "SAMPLE_ON_ONE_CPU_THREAD", one_thread)
-        drawn[one_thread] = sample_next(logits, top_p=0.95, generator=torch.Generator().manual_seed(3))
-        assert torch.get_num_threads() == 2
-    assert threads_seen == [1, 2]
-    assert torch.equal(drawn[True], drawn[False])
+    logits = _logits(64)
+    for options in ({}, {"top_p": 0.95}, {"top_k": 7}, {"min_p": 0.05}, {"temperature": 0.7, "top_p": 0.9}):
+        drawn = {}
+        for host in (True, False):
+            monkeypatch.setattr(G, "SAMPLE_ON_ONE_CPU_THREAD", host)
+            drawn[host] = sample_next(logits, generator=torch.Generator().manual_seed(3), **options)
+            assert torch.get_num_threads() == 2
+        assert torch.equal(drawn[True], drawn[False]), options
+    assert calls == [2] * 5  # the torch sampler's softmaxes only
     monkeypatch.setattr(G, "SAMPLE_ON_ONE_CPU_THREAD", True)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="shape"):
         sample_next(logits, bias=torch.zeros(3))  # a bias of the wrong size
-    assert torch.get_num_threads() == 2
 
 
 def test_top_k_one_is_greedy():
