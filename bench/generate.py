@@ -276,6 +276,7 @@ def cpu_features() -> dict:
                 break
     except OSError:
         pass
+    from perceiver_music import native_step
     from perceiver_music.cpu_precision import native_bfloat16
 
     return {
@@ -294,6 +295,8 @@ def cpu_features() -> dict:
         # to leave AVX-512 out; bench/avx2_laptop.py runs a command on a patched copy that does.
         "onnxruntime_isa": os.environ.get("PERCEIVER_MUSIC_ONNXRUNTIME_ISA", "this CPU's"),
         "torch_native_bfloat16": native_bfloat16(),
+        # the native step's byte products: the compiler flags of its VNNI form, empty for AVX2's
+        "native_step_vnni_flags": " ".join(native_step.vnni_flags()),
     }
 
 

@@ -9,8 +9,8 @@ resets stay onnxruntime's. In int8 the decoder keeps the K/V caches in float16 f
 bytes a step reads; the C converts with F16C).
 
 The C is compiled here, with the machine's C compiler (`$CC`, else gcc, else cc; -O3 -mavx2
--mfma -mf16c), the first time it is needed, into `cache_folder()/native/`, keyed by the source's
-sha256, the compiler's version and the flags. The library is written to a temporary name and
+-mfma -mf16c, and VNNI's flags where the CPU has it: vnni_flags), the first time it is needed,
+into `cache_folder()/native/`, keyed by the source's sha256, the compiler's version and the flags. The library is written to a temporary name and
 moved into place, with its own sha256 beside it, checked before every load: a damaged library
 is rebuilt, never loaded. Where it cannot be had (not x86-64 Linux with AVX2, FMA and F16C, no
 compiler, a compiler error, a model of sizes the C does not handle, more than MAX_ROWS rows, or
@@ -42,6 +42,12 @@ from .errors import OutputPathError
 
 SOURCE = Path(__file__).parent / "native" / "decode_step.c"
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC", "-pthread")
+# Byte products in one instruction (vpdpbusd) where the CPU has it, in its EVEX (AVX-512 VNNI:
+# Ice Lake, Zen 4 on) or VEX form (AVX-VNNI: Alder Lake on): the same integer sums as AVX2's
+# three instructions, so the same logits; at 4 rows the weight products took 0.52 against
+# 0.67-0.81 ms (BENCHMARKS.md). The C uses only 256-bit vectors either way.
+VNNI_FLAGS = {"avx512_vnni": ("-mavx512vnni", "-mavx512vl"), "avx_vnni": ("-mavxvnni",)}
+VNNI_SWITCH = "PERCEIVER_MUSIC_NATIVE_VNNI"  # "0": the AVX2 products (what an AVX2-only CPU runs)
 CODE_LIMIT = 63  # 7-bit codes: vpmaddubsw's sums of two byte products stay within 16 bits
 SWITCH = "PERCEIVER_MUSIC_NATIVE_STEP"  # "0" keeps onnxruntime's step everywhere
 CPUINFO = Path("/proc/cpuinfo")
@@ -105,16 +111,23 @@ MAX_ROWS = 16  # decode_step.c's
 # ---- building and loading the library ----
 
 
+def cpu_flags() -> list[str] | None:
+    """The CPU's feature flags as /proc/cpuinfo (CPUINFO) lists them (None where it cannot be read)."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+
+
 def cpu_reason() -> str | None:
     """Why this CPU cannot run the C (None if it can): it needs x86-64 with AVX2, FMA and F16C,
     as /proc/cpuinfo (CPUINFO) lists them."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"the native step is x86-64 code; this CPU is {platform.machine() or 'unknown'}"
-    try:
-        text = CPUINFO.read_text()
-    except OSError:
+    flags = cpu_flags()
+    if flags is None:
         return f"the native step reads the CPU's features from {CPUINFO} (Linux), which is not here"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     missing = [flag for flag in ("avx2", "fma", "f16c") if flag not in flags]
     if not missing:
         return None
@@ -127,14 +140,24 @@ def compiler() -> str | None:
     return shutil.which(chosen) if chosen else None
 
 
-def library_key(cc: str) -> str:
+def vnni_flags() -> tuple[str, ...]:
+    """The compiler flags of this CPU's VNNI byte products, if it has them (VNNI_FLAGS), else none."""
+    if os.environ.get(VNNI_SWITCH, "1") == "0":
+        return ()
+    flags = set(cpu_flags() or ())
+    if {"avx512_vnni", "avx512vl"} <= flags:
+        return VNNI_FLAGS["avx512_vnni"]
+    return VNNI_FLAGS["avx_vnni"] if "avx_vnni" in flags else ()
+
+
+def library_key(cc: str, flags: tuple[str, ...] = FLAGS) -> str:
     """What the built library depends on: the source, the compiler's version and the flags."""
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as error:
         raise Unavailable(f"the C compiler {cc} does not run: {error}") from None
     digest = hashlib.sha256(SOURCE.read_bytes())
-    digest.update("\n".join([version.strip(), *FLAGS]).encode())
+    digest.update("\n".join([version.strip(), *flags]).encode())
     return digest.hexdigest()[:20]
 
 
@@ -154,14 +177,14 @@ def _writable_folder(folder: Path) -> Path:
         return fallback
 
 
-def _compile(cc: str, target: Path) -> None:
+def _compile(cc: str, target: Path, flags: tuple[str, ...] = FLAGS) -> None:
     """Compile to a temporary file beside `target`, then move it, and then its checksum, into
     place: a crash in between leaves a library without a checksum, which is rebuilt."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     os.close(fd)
     checksum = target.with_name(target.name + ".sha256")
     try:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
             raise Unavailable(f"the C compiler could not build the native step: {last}")
@@ -196,7 +219,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-_LIBRARIES: dict[tuple[Path, str], ctypes.CDLL] = {}  # by cache folder and compiler
+_LIBRARIES: dict[tuple[Path, str, tuple[str, ...]], ctypes.CDLL] = {}  # by cache folder, compiler and flags
 _LOCK = threading.Lock()
 
 
@@ -214,25 +237,36 @@ def load_library(cache_dir: Path | None = None) -> ctypes.CDLL:
     if cc is None:
         raise Unavailable("no C compiler (gcc or cc) to build the native step with")
     root = Path(cache_dir or cache_folder())
+    vnni = vnni_flags()
     with _LOCK:
-        if (root, cc) not in _LIBRARIES:
-            _LIBRARIES[root, cc] = _bind(_built(cc, root / "native" / f"decode_step-{library_key(cc)}.so"))
-        return _LIBRARIES[root, cc]
+        key = (root, cc, vnni)
+        if key not in _LIBRARIES:
+            try:
+                lib = _built(cc, root / "native", FLAGS + vnni)
+            except Unavailable:
+                if not vnni:
+                    raise
+                lib = _built(cc, root / "native", FLAGS)  # a compiler without VNNI: AVX2's products
+                vnni = ()
+            lib.vnni = bool(vnni)
+            _LIBRARIES[key] = _bind(lib)
+        return _LIBRARIES[key]
 
 
-def _built(cc: str, target: Path) -> ctypes.CDLL:
-    """The library at `target` (or in the temporary folder, where `target`'s cannot be written),
-    compiled first if it is missing or fails its checksum."""
+def _built(cc: str, folder: Path, flags: tuple[str, ...]) -> ctypes.CDLL:
+    """The library built with `flags` in `folder` (or in the temporary folder, where `folder`
+    cannot be written), compiled first if it is missing or fails its checksum."""
+    target = folder / f"decode_step-{library_key(cc, flags)}.so"
     try:
         if not _intact(target):
             target = _writable_folder(target.parent) / target.name
         if not _intact(target):
-            _compile(cc, target)
+            _compile(cc, target, flags)
         try:
             return ctypes.CDLL(str(target))
         except OSError:  # passed its checksum yet will not load (a foreign file): once more
             target.unlink(missing_ok=True)
-            _compile(cc, target)
+            _compile(cc, target, flags)
             return ctypes.CDLL(str(target))
     except (OSError, OutputPathError) as error:
         raise Unavailable(f"the native step cannot be built in {target.parent}: {error}") from None
@@ -352,6 +386,11 @@ class NativeStep:
     @property
     def threads(self) -> int:
         return self.lib.context_threads(self.context)
+
+    @property
+    def vnni(self) -> bool:
+        """Whether its byte products are VNNI's (vnni_flags), else AVX2's."""
+        return self.lib.vnni
 
     def rest(self) -> None:
         """The worker thread sleeps now rather than spinning for its next step (1-3 ms): before

@@ -38,7 +38,11 @@ def empty_cache(monkeypatch, tmp_path):
 
 def library_path(cache: Path) -> Path:
     cc = native_step.compiler()
-    return cache / "native" / f"decode_step-{native_step.library_key(cc)}.so"
+    return cache / "native" / f"decode_step-{native_step.library_key(cc, this_cpus_flags())}.so"
+
+
+def this_cpus_flags() -> tuple[str, ...]:
+    return native_step.FLAGS + native_step.vnni_flags()
 
 
 def steps_like_onnxruntime(cache: Path) -> None:
@@ -79,7 +83,7 @@ def test_built_once_then_a_second_start_only_loads_it(empty_cache, monkeypatch):
 def test_a_damaged_library_is_rebuilt_not_loaded(empty_cache, damage):
     target = library_path(empty_cache)
     target.parent.mkdir(parents=True)
-    native_step._compile(native_step.compiler(), target)  # built, never loaded by this process
+    native_step._compile(native_step.compiler(), target, this_cpus_flags())  # built, never loaded by this process
     good = target.read_bytes()
     checksum = target.with_name(target.name + ".sha256")
     if damage == "truncated":
@@ -155,6 +159,17 @@ def test_the_cpu_needs_avx2_fma_and_f16c(monkeypatch, tmp_path):
         assert (native_step.cpu_reason() or "").startswith(reason or "") and bool(native_step.cpu_reason()) == bool(reason)
     monkeypatch.setattr(native_step, "CPUINFO", tmp_path / "missing")
     assert "/proc/cpuinfo" not in native_step.cpu_reason() and "missing" in native_step.cpu_reason()
+
+
+def test_vnni_is_built_where_the_cpu_has_it(monkeypatch, tmp_path):
+    for flags, expected in (("avx2 fma f16c", ()), ("avx2 fma f16c avx_vnni", ("-mavxvnni",)),
+                            ("avx2 fma f16c avx512f avx512vl avx512_vnni avx_vnni", ("-mavx512vnni", "-mavx512vl")),
+                            ("avx2 fma f16c avx512f avx512_vnni", ())):  # EVEX on 256 bits needs AVX-512 VL
+        monkeypatch.setattr(native_step, "CPUINFO", cpuinfo(tmp_path, flags))
+        assert native_step.vnni_flags() == expected
+        monkeypatch.setenv(native_step.VNNI_SWITCH, "0")
+        assert native_step.vnni_flags() == ()
+        monkeypatch.delenv(native_step.VNNI_SWITCH)
 
 
 def test_more_rows_than_the_native_step_holds_keep_onnxruntimes_step():
@@ -370,6 +385,38 @@ def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, 
     else:
         assert errors.max() < 0.5 and (errors > 1e-4).mean() <= 0.1
     assert len(errors) > 20 and shared_seen == ({True, False} if one_primer else {False})
+
+
+@needs_native
+@pytest.mark.skipif(not native_step.vnni_flags(), reason="this CPU has no VNNI")
+@SIZES
+@pytest.mark.parametrize("rows", [1, 4])
+def test_vnni_byte_products_give_avx2s_logits_exactly(monkeypatch, sizes, rows):
+    """The one-instruction byte products sum the same integers as AVX2's three: an int8 step
+    built each way gives the same logits, bit for bit, through resets and the window sliding."""
+    from perceiver_music.generate import TokenWindow, default_reset_latents
+    from test_generate import MAX_CONTEXT, N
+
+    model = random_model(seed=6, **sizes)
+    vnni = OnnxDecoder(model, rows, precision="int8", native_step=True)
+    monkeypatch.setenv(native_step.VNNI_SWITCH, "0")
+    avx2 = OnnxDecoder(model, rows, precision="int8", native_step=True)
+    assert vnni.native.vnni and not avx2.native.vnni
+    g = torch.Generator().manual_seed(2)
+    window = TokenWindow(torch.randint(3, 300, (1, 40), generator=g).expand(rows, -1), rows, MAX_CONTEXT,
+                         torch.device("cpu"))
+    R = default_reset_latents(N)
+    with torch.inference_mode():
+        assert torch.equal(vnni.reset(window.view(), R), avx2.reset(window.view(), R))
+        for _ in range(MAX_CONTEXT + 30):
+            tokens = torch.randint(3, 300, (rows,), generator=g)
+            window.append(tokens)
+            if vnni.latent_slot >= N:
+                mine, theirs = vnni.reset(window.view(), R), avx2.reset(window.view(), R)
+            else:
+                mine, theirs = vnni.step(tokens, window.view()), avx2.step(tokens, window.view())
+            assert torch.equal(mine, theirs)
+    assert vnni.resets["continued"] > 0
 
 
 @needs_native

@@ -20,7 +20,8 @@
    float16 (int8 runs: half the bytes; F16C converts them as they are loaded). Once done, the step
    stores its new K/V into the slots the caller names (cross_write, latent_write).
 
-   AVX2, FMA and F16C only (every x86-64 laptop since 2013-2015). Two threads: the caller's and a worker
+   AVX2, FMA and F16C (every x86-64 laptop since 2013-2015), and VNNI's byte products where the
+   CPU has them (dot_bytes). Two threads: the caller's and a worker
    that spins between tasks and sleeps when idle; each task is split in two (outputs of a
    product, heads of an attention). */
 
@@ -179,7 +180,7 @@ static void wake_worker(Context *c) {
 
 /* A context with two threads (the caller's and a worker) or one. NULL if out of memory. */
 Context *create_context(int32_t threads) {
-    Context *c = aligned_alloc(32, sizeof(Context));
+    Context *c = aligned_alloc(_Alignof(Context), sizeof(Context));
     if (!c)
         return 0;
     memset(c, 0, sizeof(Context));
@@ -326,10 +327,21 @@ typedef struct {
     float *y;
 } Product;
 
-/* acc + the byte products of x (unsigned) and 32 codes (signed), summed in pairs into 8 ints */
+/* acc + the byte products of x (unsigned) and w (signed), summed in fours into 8 ints. With VNNI
+   (built so where the CPU has it: native_step.py) one instruction; else vpmaddubsw's pairs in 16
+   bits, which 7-bit codes keep from saturating, and vpmaddwd's sums of pairs: the same sums. */
+static inline __m256i dot_bytes(__m256i acc, __m256i x, __m256i w) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, x, w);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, x, w);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), _mm256_set1_epi16(1)));
+#endif
+}
+
 static inline __m256i add_products(__m256i acc, __m256i x, const int8_t *codes) {
-    __m256i pairs = _mm256_maddubs_epi16(x, _mm256_loadu_si256((const __m256i *)codes));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    return dot_bytes(acc, x, _mm256_loadu_si256((const __m256i *)codes));
 }
 
 static void int8_outputs(const Context *ctx, const Weight *w, float *y, int32_t first, int32_t last) {
@@ -672,7 +684,6 @@ static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, 
                                                             const int ROWS, int32_t first, int32_t last) {
     const Weight *w = p->w;
     const int32_t K = w->K;
-    const __m256i ones = _mm256_set1_epi16(1);
     int32_t n = first;
     for (; n < last; n += 2) {
         const int two = n + 1 < last;
@@ -685,8 +696,8 @@ static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, 
             const __m256i w1 = _mm256_loadu_si256((const __m256i *)(c1 + k));
             for (int r = 0; r < ROWS; r++) {
                 const __m256i x = _mm256_load_si256((const __m256i *)(ctx->row_xq + (int64_t)(r0 + r) * MAX_WIDTH + k));
-                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
-                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+                acc[r][0] = dot_bytes(acc[r][0], x, w0);
+                acc[r][1] = dot_bytes(acc[r][1], x, w1);
             }
         }
         for (int r = 0; r < ROWS; r++) {
