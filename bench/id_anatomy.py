@@ -19,7 +19,9 @@ at --context (bench/generate.py's bench_model), int8 (the engine's default), --t
                     4 variations: ms per step of the loop spent in decoder.step, decoder.reset
                     (every reset, the prefill included), sample_next, and the rest
   sampler           sample_next on one row of logits, warm (run twice in a row) and right after
-                    a sum over a buffer of the step's size (cold caches, as in the loop)
+                    a sum over a buffer of the step's size (cold caches, as in the loop); and,
+                    warm, the CPU's numpy draw against torch's (one torch thread) at generate()'s
+                    defaults and at top-p 0.95
 
     python bench/id_anatomy.py --threads 2
 """
@@ -195,6 +197,9 @@ def loop_split(model, new_tokens: int, variations: int, rounds: int) -> dict:
 
 
 def sampler_us(streamed_mb: float, repeats: int) -> dict:
+    """sample_next on one row (the CPU's numpy draw), warm and right after streaming the step's
+    bytes; and, warm, both draws at generate()'s defaults and at the engine's top-p 0.95: numpy's
+    and torch's (`_draw` on one torch thread, the CPU's draw before 2026-12-05)."""
     logits = torch.randn(1, VOCAB_SIZE)
     generator = torch.Generator().manual_seed(0)
     streamed = torch.ones(int(streamed_mb * 2**20) // 4)
@@ -207,8 +212,27 @@ def sampler_us(streamed_mb: float, repeats: int) -> dict:
         G.sample_next(logits, generator=generator)
         cold.append(middle - start)
         warm.append(time.perf_counter() - middle)
-    return {"warm_us": round(1e6 * statistics.median(warm), 1), "after_streaming_the_step_bytes_us":
-            round(1e6 * statistics.median(cold), 1)}
+    out = {"warm_us": round(1e6 * statistics.median(warm), 1), "after_streaming_the_step_bytes_us":
+           round(1e6 * statistics.median(cold), 1)}
+    threads = torch.get_num_threads()
+    for label, top_p in (("defaults", 1.0), ("top_p_0.95", 0.95)):
+        def numpy_draw():
+            G.sample_next(logits, top_p=top_p, generator=generator)
+
+        def torch_draw():
+            torch.set_num_threads(1)
+            G._draw(logits, 1.0, 0, top_p, 0.0, generator, None, None)
+            torch.set_num_threads(threads)
+
+        times = {"numpy": [], "torch_one_thread": []}
+        for _ in range(repeats):  # interleaved
+            for name, draw in (("numpy", numpy_draw), ("torch_one_thread", torch_draw)):
+                draw()
+                start = time.perf_counter()
+                draw()
+                times[name].append(time.perf_counter() - start)
+        out[f"warm_us_{label}"] = {name: round(1e6 * statistics.median(t), 1) for name, t in times.items()}
+    return out
 
 
 def main() -> None:

@@ -9,7 +9,9 @@ runs with the cross-attend reading none or all of its inputs, and the latent lay
 per-row work). The differences give what the cross-attend and the latent caches cost at 1 and
 at 4 rows; the ratio at every point is the 4-variation step over the 1-row one. Every case is
 timed twice: with the caches in float16 (what int8 runs keep) and in float32 (before
-2026-12-05), so that what float16 caches save is measured in the same run.
+2026-12-05), so that what float16 caches save is measured in the same run; on a CPU with VNNI
+a third time, with AVX2's byte products (PERCEIVER_MUSIC_NATIVE_VNNI=0, what an AVX2-only CPU
+runs) over float16 caches, against the VNNI products the step uses there.
 
 Prints one JSON object: median ms per case (--repeats runs of --burst steps each), the ratios,
 and the bytes each part reads per step.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
 
+from perceiver_music import native_step  # noqa: E402
 from perceiver_music.decode_onnx import OnnxDecoder  # noqa: E402
 from perceiver_music.generate import default_reset_latents  # noqa: E402
 from perceiver_music.model import default_config  # noqa: E402
@@ -70,21 +74,26 @@ def main() -> None:
     model = bench_model(cfg, torch.device("cpu")).eval()
     R = default_reset_latents(cfg.num_latents)
     primer = torch.randint(3, 300, (1, args.context - 1))
+    variants = [("float16", True, True), ("float32", False, True)]  # (name, float16 caches, VNNI allowed)
+    if native_step.vnni_flags():
+        variants.append(("avx2_products", True, False))
     decoders = {}
-    for half in (True, False):
+    for name, half, vnni in variants:
+        os.environ[native_step.VNNI_SWITCH] = "1" if vnni else "0"
         for rows in (1, 4):
             decoder = OnnxDecoder(model, rows, precision="int8", threads=args.threads, native_step=True,
                                   half_caches=half)
             with torch.inference_mode():
                 decoder.reset(primer.expand(rows, -1), R)
-            decoders[rows, half] = decoder
+            decoders[rows, name] = decoder
+    os.environ.pop(native_step.VNNI_SWITCH)
     ms: dict = {key: {} for key in decoders}
     for cross in (False, True):  # interleaved: every decoder's case measured back to back
         for latents in LATENTS_READ:
             case = f"cross_{'all' if cross else 'none'}_latents_{latents}"
             for key, decoder in decoders.items():
                 ms[key][case] = step_ms(decoder, cross, latents, args.burst, args.repeats)
-    one, four = decoders[1, True], decoders[4, True]
+    one, four = decoders[1, "float16"], decoders[4, "float16"]
     d, L = cfg.d_model, cfg.n_layers
     half = one.rows.k.itemsize  # bytes per cached value
     out = {
@@ -94,18 +103,10 @@ def main() -> None:
         "context": args.context,
         "cached_inputs": one.cached,
         "cache_bytes_per_value": half,
-        "ms_1_row": ms[1, True],
-        "ms_4_variations": ms[4, True],
-        "4_variations_over_1_row": {case: round(ms[4, True][case] / ms[1, True][case], 2) for case in ms[1, True]},
-        "float32_caches": {
-            "ms_1_row": ms[1, False],
-            "ms_4_variations": ms[4, False],
-            "4_variations_over_1_row": {case: round(ms[4, False][case] / ms[1, False][case], 2)
-                                        for case in ms[1, False]},
-        },
-        "float16_over_float32_caches": {
-            name: {case: round(ms[rows, True][case] / ms[rows, False][case], 2) for case in ms[rows, True]}
-            for name, rows in (("1_row", 1), ("4_variations", 4))},
+        "byte_products": "vnni" if one.native.vnni else "avx2",
+        **parts(ms, "float16"),
+        "float32_caches": parts(ms, "float32"),
+        "float16_over_float32_caches": over(ms, "float16", "float32"),
         "mb_read_per_step": {
             "weights_int8": round(sum(w.N * w.K for w in weight_list(one)) / 1e6, 2),
             "cross_attend_kv_shared": round(2 * one.cached * d * half / 1e6, 2),
@@ -113,7 +114,23 @@ def main() -> None:
         },
         "threads": four.native.threads,
     }
+    if (1, "avx2_products") in decoders:
+        out["avx2_byte_products"] = parts(ms, "avx2_products")
+        out["vnni_over_avx2_byte_products"] = over(ms, "float16", "avx2_products")
     print(json.dumps(out, indent=1))
+
+
+def parts(ms: dict, name: str) -> dict:
+    """One variant's ms at 1 row and 4 variations, and their ratio, case by case."""
+    one, four = ms[1, name], ms[4, name]
+    return {"ms_1_row": one, "ms_4_variations": four,
+            "4_variations_over_1_row": {case: round(four[case] / one[case], 2) for case in one}}
+
+
+def over(ms: dict, name: str, baseline: str) -> dict:
+    """Variant `name`'s ms over `baseline`'s, case by case, at 1 row and at 4 variations."""
+    return {label: {case: round(ms[rows, name][case] / ms[rows, baseline][case], 2) for case in ms[rows, name]}
+            for label, rows in (("1_row", 1), ("4_variations", 4))}
 
 
 def weight_list(decoder: OnnxDecoder) -> list:

@@ -92,7 +92,8 @@ def sample_next(
     as likely as the most likely one). `uniform` (B,) in [0, 1) draws each row by inverse CDF
     instead of from `generator`: rows seeded apart (generate_batch) stay independent.
     `bias` (vocab,) or (B, vocab) is added to the logits first: -inf bans an id (EOS before the
-    asked length, a long silence before the first note). On a CPU it runs on one torch thread.
+    asked length, a long silence before the first note). On a CPU it draws in numpy
+    (_draw_on_host), elsewhere in torch (_draw): the same ids from the same generator.
     """
     if logits.device.type == "cpu" and SAMPLE_ON_ONE_CPU_THREAD:
         return _draw_on_host(logits, temperature, top_k, top_p, min_p, generator, uniform, bias)
@@ -103,8 +104,8 @@ def sample_next(
 def _draw_on_host(logits: Tensor, temperature: float, top_k: int, top_p: float, min_p: float,
                   generator: torch.Generator | None, uniform: Tensor | None, bias: Tensor | None) -> Tensor:
     """_draw in numpy, for CPU logits: the same filters and the same inverse-CDF draw from the
-    same uniform. Its twenty-odd torch ops on (rows, vocab) took about 60 us an id, numpy's
-    about 15 (bench/sampler_threads.py), and it never wakes torch's thread pool."""
+    same uniform. torch's twenty-odd small ops on one row cost more than numpy's
+    (bench/id_anatomy.py's sampler part times both), and numpy never wakes torch's thread pool."""
     x = logits.detach().numpy().astype(np.float64)  # a copy
     if bias is not None:
         b = bias.detach().cpu().numpy()
@@ -161,8 +162,8 @@ def _draw(logits: Tensor, temperature: float, top_k: int, top_p: float, min_p: f
     if min_p > 0.0:
         probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
     if uniform is None:
-        # One uniform a row and its inverse CDF: torch.multinomial draws a random number per id
-        # (the exponential trick), about 35 us of a CPU id's 1.4 ms at batch 1.
+        # One uniform a row and its inverse CDF, as the host's draw: torch.multinomial would draw
+        # a random number per id (the exponential trick), slower and another id for the seed.
         uniform = torch.rand(probs.size(0), generator=generator, device=probs.device)
     # In float64 the draw's share of the mass stays below the whole (u < 1), so the first id
     # whose cumulative mass passes it always has probability above zero.
@@ -610,8 +611,8 @@ class SampledIds:
                 self.music_steps[i] = music[i, keep - 1]
 
     def _keep_one(self, ids: list[int]) -> None:
-        """read()'s rules for one new id a row, in plain Python: numpy's calls on (rows, 1)
-        arrays took about 45 us an id, a tenth of a CPU id's loop outside the model."""
+        """read()'s rules for one new id a row, in plain Python: on (rows, 1) arrays numpy's
+        calls cost more than the rules (bench/id_anatomy.py's "rest" of the loop)."""
         for i, t in enumerate(ids):
             if self.done[i]:
                 continue

@@ -40,3 +40,5 @@ def test_id_anatomy_splits_an_id_and_gives_the_bounds():
         # the timed parts never overlap (a part counted twice would leave less than nothing)
         assert split["rest"] > -0.001
     assert report["sampler"]["warm_us"] > 0 and report["sampler"]["after_streaming_the_step_bytes_us"] > 0
+    for label in ("defaults", "top_p_0.95"):
+        assert min(report["sampler"][f"warm_us_{label}"].values()) > 0

@@ -46,3 +46,8 @@ def test_native_step_parts_splits_the_step_at_1_row_and_4_variations():
     assert set(report["ms_1_row"]) == set(report["ms_4_variations"]) == set(report["4_variations_over_1_row"]) == cases
     assert min(report["ms_1_row"].values()) > 0 and min(report["ms_4_variations"].values()) > 0
     assert set(report["float32_caches"]["ms_1_row"]) == set(report["float16_over_float32_caches"]["4_variations"]) == cases
+    from perceiver_music import native_step
+
+    vnni = bool(native_step.vnni_flags())  # where the CPU has VNNI its products are timed against AVX2's
+    assert report["byte_products"] == ("vnni" if vnni else "avx2")
+    assert ("vnni_over_avx2_byte_products" in report) == ("avx2_byte_products" in report) == vnni
