@@ -3,8 +3,9 @@
 The generation loop alternates the compiled step (onnxruntime's threads) with the sampler
 (torch ops on (rows, vocab) logits). A torch op that runs in parallel, such as a softmax over two
 or more rows, leaves torch's OpenMP workers spinning for several ms after it, on the core that
-the next step needs. generate.SAMPLE_ON_ONE_CPU_THREAD (the default) runs the sampler on one
-torch thread; this measures it against the sampler on torch's threads, in one run:
+the next step needs. generate.SAMPLE_ON_ONE_CPU_THREAD (the default) keeps the sampler off
+torch's threads (on one torch thread until 2026-12-05, in numpy since); this measures it against
+the sampler's torch ops on torch's threads, in one run:
 
   spin      CPU time the process spends in the 50 ms after one sample_next (rows, vocab)
             that sleeps; what is above a few tenths of a ms is workers spinning

@@ -54,10 +54,11 @@ def default_reset_latents(num_latents: int) -> int:
 # ---- sampling -----------------------------------------------------------------------------------
 
 
-# Sampling's tensors are tiny, (rows, vocab): on a CPU one torch thread does them. A parallel op
-# there (a softmax over two or more rows) leaves torch's OpenMP workers spinning for about 8 ms
-# after it, on the core that the compiled step's own threads need next (BENCHMARKS.md,
-# "Sampling on one torch thread"). Off only for bench/sampler_threads.py.
+# Sampling's arrays are tiny, (rows, vocab): on a CPU numpy draws (_draw_on_host), off torch's
+# thread pool. A parallel torch op there (a softmax over two or more rows) leaves torch's OpenMP
+# workers spinning for about 8 ms after it, on the core that the compiled step's own threads need
+# next (BENCHMARKS.md, "Sampling on one torch thread"). Off (torch's ops on torch's threads) only
+# for bench/sampler_threads.py.
 SAMPLE_ON_ONE_CPU_THREAD = True
 
 
