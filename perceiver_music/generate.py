@@ -118,16 +118,15 @@ def _draw_on_host(logits: Tensor, temperature: float, top_k: int, top_p: float, 
         return torch.from_numpy(x.argmax(axis=1))
     x /= temperature
     rows, V = x.shape
+    by_row = np.arange(rows)[:, None]
     if 0 < top_k < V:
         keep = np.argpartition(-x, top_k - 1, axis=1)[:, :top_k]  # exactly k ids, as topk
         kept = np.full_like(x, -np.inf)
-        by_row = np.arange(rows)[:, None]
         kept[by_row, keep] = x[by_row, keep]
         x = kept
     probs = np.exp(x - x.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     if top_p < 1.0:
-        by_row = np.arange(rows)[:, None]
         order = np.argsort(-probs, axis=1, kind="stable")
         sorted_probs = probs[by_row, order]
         drop_sorted = sorted_probs.cumsum(axis=1) - sorted_probs >= top_p  # the first id always stays

@@ -10,11 +10,12 @@ bytes a step reads; the C converts with F16C).
 
 The C is compiled here, with the machine's C compiler (`$CC`, else gcc, else cc; -O3 -mavx2
 -mfma -mf16c, and VNNI's flags where the CPU has it: vnni_flags), the first time it is needed,
-into `cache_folder()/native/`, keyed by the source's sha256, the compiler's version and the flags. The library is written to a temporary name and
-moved into place, with its own sha256 beside it, checked before every load: a damaged library
-is rebuilt, never loaded. Where it cannot be had (not x86-64 Linux with AVX2, FMA and F16C, no
-compiler, a compiler error, a model of sizes the C does not handle, more than MAX_ROWS rows, or
-PERCEIVER_MUSIC_NATIVE_STEP=0), `Unavailable` says why and the decoder keeps onnxruntime's step.
+into `cache_folder()/native/`, keyed by the source's sha256, the compiler's version and the
+flags. The library is written to a temporary name and moved into place, with its own sha256
+beside it, checked before every load: a damaged library is rebuilt, never loaded. Where it
+cannot be had (not x86-64 Linux with AVX2, FMA and F16C, no compiler, a compiler error, a model
+of sizes the C does not handle, more than MAX_ROWS rows, or PERCEIVER_MUSIC_NATIVE_STEP=0),
+`Unavailable` says why and the decoder keeps onnxruntime's step.
 
 Precision: "float32" gives onnxruntime float32's logits (within 1e-4 across resets and a sliding
 window); "int8" quantises each product's row to bytes and its weights to 7-bit codes per output
