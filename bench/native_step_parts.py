@@ -8,10 +8,11 @@ runs with the cross-attend reading none or all of its inputs, and the latent lay
 256 or 512 cached latents. With neither, what is left is the weight products (and the small
 per-row work). The differences give what the cross-attend and the latent caches cost at 1 and
 at 4 rows; the ratio at every point is the 4-variation step over the 1-row one. Every case is
-timed twice: with the caches in float16 (what int8 runs keep) and in float32 (before
-2026-12-05), so that what float16 caches save is measured in the same run; on a CPU with VNNI
-a third time, with AVX2's byte products (PERCEIVER_MUSIC_NATIVE_VNNI=0, what an AVX2-only CPU
-runs) over float16 caches, against the VNNI products the step uses there.
+timed with the caches in each of float32, float16 and int8 codes (cache_codes.py), so that what
+the smaller caches save is measured in the same run (the top level: the caches int8 runs keep,
+decode_onnx.NATIVE_INT8_CACHES); on a CPU with VNNI once more, with AVX2's byte products
+(PERCEIVER_MUSIC_NATIVE_VNNI=0, what an AVX2-only CPU runs) over those caches, against the VNNI
+products the step uses there.
 
 Prints one JSON object: median ms per case (--repeats runs of --burst steps each), the ratios,
 and the bytes each part reads per step.
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from generate import bench_model, machine  # noqa: E402
 
 from perceiver_music import native_step  # noqa: E402
-from perceiver_music.decode_onnx import OnnxDecoder  # noqa: E402
+from perceiver_music.decode_onnx import CACHE_TYPES, NATIVE_INT8_CACHES, OnnxDecoder  # noqa: E402
 from perceiver_music.generate import default_reset_latents  # noqa: E402
 from perceiver_music.model import default_config  # noqa: E402
 
@@ -74,15 +75,15 @@ def main() -> None:
     model = bench_model(cfg, torch.device("cpu")).eval()
     R = default_reset_latents(cfg.num_latents)
     primer = torch.randint(3, 300, (1, args.context - 1))
-    variants = [("float16", True, True), ("float32", False, True)]  # (name, float16 caches, VNNI allowed)
+    variants = [(cache, cache, True) for cache in CACHE_TYPES]  # (name, cache type, VNNI allowed)
     if native_step.vnni_flags():
-        variants.append(("avx2_products", True, False))
+        variants.append(("avx2_products", NATIVE_INT8_CACHES, False))
     decoders = {}
-    for name, half, vnni in variants:
+    for name, cache_type, vnni in variants:
         os.environ[native_step.VNNI_SWITCH] = "1" if vnni else "0"
         for rows in (1, 4):
             decoder = OnnxDecoder(model, rows, precision="int8", threads=args.threads, native_step=True,
-                                  half_caches=half)
+                                  cache_type=cache_type)
             with torch.inference_mode():
                 decoder.reset(primer.expand(rows, -1), R)
             decoders[rows, name] = decoder
@@ -93,30 +94,33 @@ def main() -> None:
             case = f"cross_{'all' if cross else 'none'}_latents_{latents}"
             for key, decoder in decoders.items():
                 ms[key][case] = step_ms(decoder, cross, latents, args.burst, args.repeats)
-    one, four = decoders[1, "float16"], decoders[4, "float16"]
+    one, four = decoders[1, NATIVE_INT8_CACHES], decoders[4, NATIVE_INT8_CACHES]
     d, L = cfg.d_model, cfg.n_layers
-    half = one.rows.k.itemsize  # bytes per cached value
+    size = one.rows.k.itemsize  # bytes per cached value (int8: and a 4-byte scale per head_dim values)
     out = {
         "command": "python bench/native_step_parts.py " + " ".join(sys.argv[1:]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "context": args.context,
         "cached_inputs": one.cached,
-        "cache_bytes_per_value": half,
+        "cache_type": NATIVE_INT8_CACHES,
+        "cache_bytes_per_value": size,
         "byte_products": "vnni" if one.native.vnni else "avx2",
-        **parts(ms, "float16"),
-        "float32_caches": parts(ms, "float32"),
-        "float16_over_float32_caches": over(ms, "float16", "float32"),
+        **parts(ms, NATIVE_INT8_CACHES),
+        "caches": {cache: parts(ms, cache) for cache in CACHE_TYPES},
+        "over_float32_caches": {cache: over(ms, cache, "float32") for cache in CACHE_TYPES if cache != "float32"},
         "mb_read_per_step": {
             "weights_int8": round(sum(w.N * w.K for w in weight_list(one)) / 1e6, 2),
-            "cross_attend_kv_shared": round(2 * one.cached * d * half / 1e6, 2),
-            "latent_kv_512_per_row": round(2 * L * 512 * d * half / 1e6, 2),
+            **{f"cross_attend_kv_shared_{cache}": round(2 * one.cached * d * cache_bytes(cache, one) / 1e6, 2)
+               for cache in CACHE_TYPES},
+            **{f"latent_kv_512_per_row_{cache}": round(2 * L * 512 * d * cache_bytes(cache, one) / 1e6, 2)
+               for cache in CACHE_TYPES},
         },
         "threads": four.native.threads,
     }
     if (1, "avx2_products") in decoders:
         out["avx2_byte_products"] = parts(ms, "avx2_products")
-        out["vnni_over_avx2_byte_products"] = over(ms, "float16", "avx2_products")
+        out["vnni_over_avx2_byte_products"] = over(ms, NATIVE_INT8_CACHES, "avx2_products")
     print(json.dumps(out, indent=1))
 
 
@@ -131,6 +135,12 @@ def over(ms: dict, name: str, baseline: str) -> dict:
     """Variant `name`'s ms over `baseline`'s, case by case, at 1 row and at 4 variations."""
     return {label: {case: round(ms[rows, name][case] / ms[rows, baseline][case], 2) for case in ms[rows, name]}
             for label, rows in (("1_row", 1), ("4_variations", 4))}
+
+
+def cache_bytes(cache_type: str, decoder: OnnxDecoder) -> float:
+    """Bytes per cached value, int8's scale (4 bytes per head's values) included."""
+    size = np.dtype(CACHE_TYPES[cache_type]).itemsize
+    return size + 4 / decoder.rows.head_dim if cache_type == "int8" else size
 
 
 def weight_list(decoder: OnnxDecoder) -> list:

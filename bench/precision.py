@@ -8,8 +8,11 @@ float32 (the reference) and once per variant, and every next id is scored. Varia
   onnx-float32   the compiled step (decode_onnx.py) in float32
   onnx-int8      the compiled step in int8 (the engine's default): where the native step can be
                  had (native_step.py) its batch-1 steps are the native step's int8 products over
-                 float16 K/V caches, its
-                 resets onnxruntime's int8 dynamic quantisation
+                 the K/V caches that int8 runs keep (decode_onnx.NATIVE_INT8_CACHES), its resets
+                 onnxruntime's int8 dynamic quantisation
+  onnx-int8-float16-caches, onnx-int8-int8-caches
+                 onnx-int8 with the native step's caches in float16, or in int8 codes
+                 (cache_codes.py), whichever the default is (only when asked for with --variants)
   onnxruntime-step-int8
                  onnx-int8 with onnxruntime's step too (PERCEIVER_MUSIC_NATIVE_STEP=0; only when
                  asked for with --variants)
@@ -94,8 +97,9 @@ def main() -> None:
     ap.add_argument("--works", type=int, default=8, help="at most this many works")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", default=None,
-                    help="comma-separated: low_precision, onnx-float32, onnx-int8, onnxruntime-step-int8 (default: the first "
-                         "three, those that are installed)")
+                    help="comma-separated: low_precision, onnx-float32, onnx-int8, onnxruntime-step-int8, "
+                         "onnx-int8-float16-caches, onnx-int8-int8-caches (default: the first three, those that "
+                         "are installed)")
     ap.add_argument("--save-reference", default=None, metavar="NPY",
                     help="also write float32's log-probabilities of every scored position here")
     ap.add_argument("--reference", default=None, metavar="NPY",
@@ -104,7 +108,8 @@ def main() -> None:
     args = ap.parse_args()
     from perceiver_music.decode_onnx import available
 
-    known = ["low_precision", "onnx-float32", "onnx-int8", "onnxruntime-step-int8"]
+    known = ["low_precision", "onnx-float32", "onnx-int8", "onnxruntime-step-int8", "onnx-int8-float16-caches",
+             "onnx-int8-int8-caches"]
     variants = args.variants.split(",") if args.variants else [v for v in known[:3] if available() or "onnx" not in v]
     if set(variants) - set(known):
         ap.error(f"--variants takes {', '.join(known)}")
@@ -140,6 +145,8 @@ def main() -> None:
 
         if name == "onnxruntime-step-int8":
             return OnnxDecoder(model, 1, precision="int8", native_step=False)
+        if name.endswith("-caches"):  # onnx-int8-<type>-caches
+            return OnnxDecoder(model, 1, precision="int8", native_step=True, cache_type=name.split("-")[2])
         return OnnxDecoder(model, 1, precision=name.removeprefix("onnx-"))
 
     decoded = names if reference is None else variants

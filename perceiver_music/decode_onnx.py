@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cache_codes
 from .checkpoint import sha256_of
 from .model import PerceiverAR
 
@@ -661,27 +662,8 @@ ROW_SLOTS = 256  # the rows' ring's first size; it doubles as the rows' own inpu
 # beside the rows', took 71 against 60 ms; at 4 the step took 3.60 against 4.22 ms (reset 131
 # against 115), 668 against 579 tokens/s.
 SHARE_FROM_ROWS = 4
-
-
-def _convert_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst[...] = src, float16 <-> float32 included, by torch on one thread. numpy converts to
-    float16 10-15x slower (a reset's 384 latents' K/V: 5 ms against 0.3), torch's `.to()` into
-    a new tensor was 10x slower than a copy into numpy's (a ring of 4,096 inputs: 2.8 against
-    0.3 ms), and a parallel copy would leave torch's threads spinning on the cores that
-    onnxruntime and the native step need next."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.from_numpy(dst).copy_(torch.from_numpy(src))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _float32_copy(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous float32 copy."""
-    out = np.empty(a.shape, np.float32)
-    _convert_into(out, a)
-    return out
+CACHE_TYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
+NATIVE_INT8_CACHES = "float16"  # the native int8 step's caches (cache_type None)
 
 
 class _Ring:
@@ -691,8 +673,9 @@ class _Ring:
     like the values (what several queries over one shared cache multiply fastest). The
     `cached` newest slots before `slot` are in use; `used` slots have ever been written (the
     whole ring once it wrapped). It grows (a copy) while its slots run out below `limit`
-    slots, then wraps. K/V are stored as `dtype` (float32, or float16 for the native int8
-    step) and handed to the latents graph as float32."""
+    slots, then wraps. K/V are stored as `dtype` (float32, or float16 or int8 codes for the
+    native step: cache_codes.py, int8's scales in k_scale and v_scale (rows, H, slots)) and
+    handed to the latents graph as float32."""
 
     def __init__(self, rows: int, heads: int, head_dim: int, capacity: int, limit: int, keys_transposed: bool,
                  dtype=np.float32) -> None:
@@ -707,6 +690,9 @@ class _Ring:
             shape = (self.rows, self.heads, capacity, self.head_dim)
             self.v = np.zeros(shape, self.dtype)
             self.k = np.zeros((self.rows, self.heads, self.head_dim, capacity) if self.keys_transposed else shape, self.dtype)
+            self.k_scale = self.v_scale = None
+            if self.dtype == np.int8:
+                self.k_scale, self.v_scale = (np.zeros((self.rows, self.heads, capacity), np.float32) for _ in "kv")
             self.mask, self.pos = np.empty(capacity, np.float32), np.empty(capacity, np.int64)
             self.ids = np.zeros((self.rows, capacity), np.int64)
             self.capacity = capacity
@@ -718,12 +704,29 @@ class _Ring:
         """The index of `slots` in self.k."""
         return (..., slots) if self.keys_transposed else (slice(None), slice(None), slots)
 
+    @property
+    def scales(self) -> tuple:
+        """(k_scale, v_scale) of int8 codes, else ()."""
+        return () if self.k_scale is None else (self.k_scale, self.v_scale)
+
     def _grow(self, capacity: int) -> None:
-        old = self.k, self.v, self.mask, self.pos, self.ids
+        old = self.k, self.v, self.mask, self.pos, self.ids, *self.scales
         slot, cached, used, n = self.slot, self.cached, self.used, self.capacity
         self.clear(capacity)  # new buffers: the old ones are copied in
-        self.k[self._keys(slice(n))], self.v[:, :, :n], self.mask[:n], self.pos[:n], self.ids[:, :n] = old
+        self.k[self._keys(slice(n))], self.v[:, :, :n], self.mask[:n], self.pos[:n], self.ids[:, :n] = old[:5]
+        if self.k_scale is not None:
+            self.k_scale[..., :n], self.v_scale[..., :n] = old[5:]
         self.slot, self.cached, self.used = slot, cached, used
+
+    def _store(self, slots, k: np.ndarray, v: np.ndarray) -> None:
+        """K/V into `slots` (an index or a slice): k as self.k's layout at those slots, v as
+        self.v's (rows, H, [slots,] hd), as the ring's dtype."""
+        k_axis = -2 if self.keys_transposed and isinstance(slots, slice) else -1  # where the dims lie
+        k_scale = v_scale = None
+        if self.k_scale is not None:
+            k_scale, v_scale = self.k_scale[:, :, slots], self.v_scale[:, :, slots]
+        cache_codes.store(self.k[self._keys(slots)], k, k_scale, axis=k_axis)
+        cache_codes.store(self.v[:, :, slots], v, v_scale, axis=-1)
 
     def drop_oldest(self, count: int) -> None:
         count = min(count, self.cached)
@@ -740,7 +743,7 @@ class _Ring:
         """One input per row (K/V (rows, H, hd)) into the next slot; True if the buffers were
         replaced (grown), so that whoever bound them binds them again."""
         c, grown = self.claim()
-        self.k[self._keys(c)], self.v[:, :, c] = k, v
+        self._store(c, k, v)
         self.record(c, ids, position)
         return grown
 
@@ -765,17 +768,30 @@ class _Ring:
         none (the caller writes them)."""
         T = ids.shape[1]
         if k_t is not None:
-            _convert_into(self.k[self._keys(slice(T))], k_t if self.keys_transposed else k_t.transpose(0, 1, 3, 2))
-            _convert_into(self.v[:, :, :T], v)
+            self._store(slice(T), k_t if self.keys_transposed else k_t.transpose(0, 1, 3, 2), v)
         self.pos[:T] = np.arange(first_position, first_position + T)
         self.ids[:, :T] = ids
         self.mask[:T] = 0.0
         self.slot = self.cached = self.used = T
 
-    def keys_t(self, count: int) -> np.ndarray:
-        """Slots 0..count-1's keys as (rows, H, hd, count): a view if they are stored so."""
-        k = self.k[self._keys(slice(count))]
+    def keys_t(self, count: int, rows: int | None = None) -> np.ndarray:
+        """The first `rows` rows' (default all) keys of slots 0..count-1 as float32
+        (rows, H, hd, count): a view if they are stored so, else a copy."""
+        r = rows or self.rows
+        k = self.k[:r][self._keys(slice(count))]
+        if k.dtype != np.float32:
+            scales = None if self.k_scale is None else self.k_scale[:r, :, :count]
+            k = cache_codes.as_float32(k, scales, -2 if self.keys_transposed else -1)
         return k if self.keys_transposed else k.transpose(0, 1, 3, 2)
+
+    def values(self, count: int, rows: int | None = None) -> np.ndarray:
+        """The first `rows` rows' (default all) values of slots 0..count-1 as float32
+        (rows, H, count, hd): a view if they are stored so, else a copy."""
+        r = rows or self.rows
+        v = self.v[:r, :, :count]
+        if v.dtype == np.float32:
+            return v
+        return cache_codes.as_float32(v, None if self.v_scale is None else self.v_scale[:r, :, :count])
 
     def attended(self, rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Keys (transposed), values and slot positions for the latents graph, of the first
@@ -784,7 +800,8 @@ class _Ring:
         the ring in place."""
         S, r = self.used, rows or self.rows
         if S < COPY_RING_BELOW * self.capacity or not self.keys_transposed or self.dtype != np.float32:
-            return _float32_copy(self.keys_t(S)[:r]), _float32_copy(self.v[:r, :, :S]), self.pos[:S]
+            return (np.ascontiguousarray(self.keys_t(S, r)), np.ascontiguousarray(self.values(S, r)),
+                    self.pos[:S])
         return self.k[:r], self.v[:r], self.pos
 
 
@@ -812,15 +829,16 @@ class OnnxDecoder:
     `native_step`: the step runs in kernels of our own (native_step.py: about half onnxruntime's
     step time at batch 1) over the same buffers. None: where it can be had, else onnxruntime's
     step (`native_unavailable` says why); True: it or an error (native_step.Unavailable); False:
-    onnxruntime's step. `half_caches`: the K/V caches in float16, which only the native step
-    reads (None: with the native step in int8, where they cost no measured NLL; float32 keeps
-    the exact reference's caches).
+    onnxruntime's step. `cache_type`: what the K/V caches hold, "float32", or "float16" or
+    "int8" (cache_codes.py), which only the native step reads (None: NATIVE_INT8_CACHES with
+    the native step in int8, where it costs no measured NLL; float32 keeps the exact
+    reference's caches).
     """
 
     def __init__(self, model: PerceiverAR, batch: int, *, precision: str = "float32", reset_runtime: str = "onnx",
                  threads: int | None = None, cache_dir: Path | None = None, torch_model: PerceiverAR | None = None,
                  sessions: SessionCache = SESSIONS, identical_rows_once: bool = True,
-                 native_step: bool | None = None, half_caches: bool | None = None) -> None:
+                 native_step: bool | None = None, cache_type: str | None = None) -> None:
         cfg = model.config
         if cfg.attention != "softmax":
             raise ValueError("the compiled step supports softmax attention only")
@@ -850,14 +868,16 @@ class OnnxDecoder:
                     raise
                 self.native_unavailable = str(error)
         self.shares = B >= SHARE_FROM_ROWS
-        # int8 on the native step keeps the caches in float16: they are half of what a batch-1
-        # step reads (float32: 12.6 MB of cross-attend K/V at 4,096 inputs, 9.4 MB of latent
-        # K/V) and most of a 4-row step's; float32 keeps the exact reference's.
-        if half_caches is None:
-            half_caches = self.native is not None and precision == "int8"
-        elif half_caches and self.native is None:
-            raise ValueError(f"float16 caches need the native step ({self.native_unavailable or 'switched off'})")
-        cache = np.float16 if half_caches else f32
+        # int8 on the native step keeps the caches smaller: they are half of what a batch-1 step
+        # reads in float32 (12.6 MB of cross-attend K/V at 4,096 inputs, 9.4 MB of latent K/V)
+        # and most of a 4-row step's; float32 keeps the exact reference's.
+        if cache_type is None:
+            cache_type = NATIVE_INT8_CACHES if self.native is not None and precision == "int8" else "float32"
+        if cache_type not in CACHE_TYPES:
+            raise ValueError(f"cache_type must be one of {', '.join(CACHE_TYPES)}, not {cache_type!r}")
+        if cache_type != "float32" and self.native is None:
+            raise ValueError(f"{cache_type} caches need the native step ({self.native_unavailable or 'switched off'})")
+        self.cache_type, cache = cache_type, CACHE_TYPES[cache_type]
         # The native step reads the shared keys transposed, as the rows' (one query's layout);
         # onnxruntime's shared_step graph reads them as they come (several queries' layout).
         self.shared = _Ring(1, hc, hdc, 1, self.ring, keys_transposed=self.native is not None,
@@ -866,6 +886,9 @@ class OnnxDecoder:
                           keys_transposed=True, dtype=cache)
         self.latent_k_t = np.zeros((self.L, B, hs, hds, self.N), cache)  # one block: one write per step
         self.latent_v = np.zeros((self.L, B, hs, self.N, hds), cache)
+        self.latent_k_scale = self.latent_v_scale = None  # int8's: (L, B, H, N) each
+        if cache == np.int8:
+            self.latent_k_scale, self.latent_v_scale = (np.zeros((self.L, B, hs, self.N), f32) for _ in "kv")
         self.latent_mask = np.full(self.N, -np.inf, f32)
         self.tokens = np.zeros(B, np.int64)
         self.pos = np.zeros(1, np.int64)  # the next input's position
@@ -917,16 +940,21 @@ class OnnxDecoder:
     def _point_native(self) -> None:
         """The native step's arrays: the rings' (again whenever one is replaced) and the rest."""
         layers = lambda a: [a[i] for i in range(self.L)]  # noqa: E731 - each layer's block, contiguous
+        int8 = self.latent_k_scale is not None
         if self.batch == 1:
             one = lambda a: [a[i, 0] for i in range(self.L)]  # noqa: E731
+            scales = {"cross_scales": tuple(s[0] for s in self.rows.scales),
+                      "latent_scales": (one(self.latent_k_scale), one(self.latent_v_scale)) if int8 else ((), ())}
             self.native.point(self.rows.k[0], self.rows.v[0], self.rows.mask, self.latent_mask,
                               one(self.latent_k_t), one(self.latent_v), self.logits[0], self.new_cross_k[0],
-                              self.new_cross_v[0], one(self.new_latent_k), one(self.new_latent_v))
+                              self.new_cross_v[0], one(self.new_latent_k), one(self.new_latent_v), **scales)
         else:
+            scales = {"shared_scales": self.shared.scales, "cross_scales": self.rows.scales,
+                      "latent_scales": (layers(self.latent_k_scale), layers(self.latent_v_scale)) if int8 else ((), ())}
             self.native.point_rows(self.tokens, self.shared.k, self.shared.v, self.shared.mask, self.rows.k,
                                    self.rows.v, self.rows.mask, self.latent_mask, layers(self.latent_k_t),
                                    layers(self.latent_v), self.logits, self.new_cross_k, self.new_cross_v,
-                                   layers(self.new_latent_k), layers(self.new_latent_v))
+                                   layers(self.new_latent_k), layers(self.new_latent_v), **scales)
 
     # -- the rings of input K/V --
 
@@ -1035,8 +1063,8 @@ class OnnxDecoder:
         S1, S2, H, hd = self.shared.used, self.rows.used, self.shared.heads, self.shared.head_dim
         k_t = np.empty((rows, H, hd, S1 + S2), np.float32)
         v = np.empty((rows, H, S1 + S2, hd), np.float32)
-        k_t[..., :S1], v[:, :, :S1] = self.shared.keys_t(S1), self.shared.v[:, :, :S1]
-        k_t[..., S1:], v[:, :, S1:] = self.rows.keys_t(S2)[:rows], self.rows.v[:rows, :, :S2]
+        k_t[..., :S1], v[:, :, :S1] = self.shared.keys_t(S1), self.shared.values(S1)
+        k_t[..., S1:], v[:, :, S1:] = self.rows.keys_t(S2, rows), self.rows.values(S2, rows)
         return k_t, v, np.concatenate((self.shared.pos[:S1], self.rows.pos[:S2]))
 
     def _latents(self, latent_ids: np.ndarray, q_pos: np.ndarray) -> Tensor:
@@ -1047,9 +1075,18 @@ class OnnxDecoder:
                                                "cross_k_t": k_t, "cross_v": v, "slot_pos": slot_pos})
         n = latent_ids.shape[1]
         for i in range(self.L):
-            _convert_into(self.latent_k_t[i, ..., :n], out[1 + 2 * i])
-            _convert_into(self.latent_v[i, :, :, :n], out[2 + 2 * i])
+            self._store_latents(i, out[1 + 2 * i], out[2 + 2 * i])
         return torch.from_numpy(np.array(np.broadcast_to(out[0], (self.batch, out[0].shape[1])), np.float32))
+
+    def _store_latents(self, layer: int, k_t: np.ndarray, v: np.ndarray) -> None:
+        """A reset's latent K/V of one layer, (1 or B, H, hd, n) and (1 or B, H, n, hd), into its
+        caches' first n slots (one row broadcast to all)."""
+        n = v.shape[2]
+        int8 = self.latent_k_scale is not None
+        cache_codes.store(self.latent_k_t[layer, ..., :n], k_t, self.latent_k_scale[layer, ..., :n] if int8 else None,
+                          axis=-2)
+        cache_codes.store(self.latent_v[layer, :, :, :n], v, self.latent_v_scale[layer, ..., :n] if int8 else None,
+                          axis=-1)
 
     def step(self, tokens: Tensor, window: Tensor) -> Tensor:
         if self.latent_slot >= self.N:
@@ -1086,10 +1123,7 @@ class _BufferCache:
 
     def store_cross(self, k: Tensor, v: Tensor) -> None:
         T = k.size(2)  # afresh, all in the rows' ring
-        self.d.rows.k[..., :T] = k.float().transpose(-1, -2).numpy()
-        self.d.rows.v[:, :, :T] = v.float().numpy()
+        self.d.rows._store(slice(T), k.float().transpose(-1, -2).numpy(), v.float().numpy())
 
     def store_latent(self, layer: int, k: Tensor, v: Tensor) -> None:
-        n = k.size(2)
-        self.d.latent_k_t[layer, ..., :n] = k.float().transpose(-1, -2).numpy()
-        self.d.latent_v[layer, :, :, :n] = v.float().numpy()
+        self.d._store_latents(layer, k.float().transpose(-1, -2).numpy(), v.float().numpy())

@@ -5,8 +5,9 @@ spent between its kernels; the same step written as one C function over the same
 caches takes 0.5-1.0 ms in int8 (BENCHMARKS.md, "The native step in the engine"). OnnxDecoder
 runs it in place of onnxruntime's step at 1 to MAX_ROWS rows (step() for one, step_rows() for
 several: each weight read once for all rows, a primer's shared inputs once for its variations);
-resets stay onnxruntime's. In int8 the decoder keeps the K/V caches in float16 for it (half the
-bytes a step reads; the C converts with F16C).
+resets stay onnxruntime's. The K/V caches it reads may be float32, float16 (converted with F16C)
+or int8 codes with a float32 scale per head and slot (cache_codes.py: a quarter of float32's bytes
+a step reads, the scales applied once per score and per softmax weight).
 
 The C is compiled here, with the machine's C compiler (`$CC`, else gcc, else cc; -O3 -mavx2
 -mfma -mf16c, and VNNI's flags where the CPU has it: vnni_flags), the first time it is needed,
@@ -93,20 +94,23 @@ def _fields(spec: str) -> list:
 
 class Step(ctypes.Structure):
     _fields_ = _fields("token:i64 pos:i64 slots:i32 cross_used:i32 latent_used:i32 cross_write:i32 latent_write:i32 "
-                       "cross_half:i32 cross_k_t:ptr cross_v:ptr cross_mask:ptr latent_mask:ptr latent_half:i32 "
-                       "latent_k_t:ptrs latent_v:ptrs logits:ptr new_cross_k:ptr new_cross_v:ptr new_latent_k:ptrs "
+                       "cross_kind:i32 cross_k_t:ptr cross_v:ptr cross_k_scale:ptr cross_v_scale:ptr cross_mask:ptr "
+                       "latent_mask:ptr latent_kind:i32 latent_k_t:ptrs latent_v:ptrs latent_k_scale:ptrs "
+                       "latent_v_scale:ptrs logits:ptr new_cross_k:ptr new_cross_v:ptr new_latent_k:ptrs "
                        "new_latent_v:ptrs")
 
 
 class RowsStep(ctypes.Structure):
-    _fields_ = _fields("rows:i32 tokens:ptr pos:i64 shared_slots:i32 shared_used:i32 cross_half:i32 shared_k_t:ptr "
-                       "shared_v:ptr shared_mask:ptr slots:i32 cross_used:i32 latent_used:i32 cross_write:i32 "
-                       "latent_write:i32 cross_k_t:ptr cross_v:ptr cross_mask:ptr latent_mask:ptr latent_half:i32 "
-                       "latent_k_t:ptrs latent_v:ptrs logits:ptr new_cross_k:ptr new_cross_v:ptr new_latent_k:ptrs "
+    _fields_ = _fields("rows:i32 tokens:ptr pos:i64 shared_slots:i32 shared_used:i32 cross_kind:i32 shared_k_t:ptr "
+                       "shared_v:ptr shared_k_scale:ptr shared_v_scale:ptr shared_mask:ptr slots:i32 cross_used:i32 "
+                       "latent_used:i32 cross_write:i32 latent_write:i32 cross_k_t:ptr cross_v:ptr cross_k_scale:ptr "
+                       "cross_v_scale:ptr cross_mask:ptr latent_mask:ptr latent_kind:i32 latent_k_t:ptrs latent_v:ptrs "
+                       "latent_k_scale:ptrs latent_v_scale:ptrs logits:ptr new_cross_k:ptr new_cross_v:ptr new_latent_k:ptrs "
                        "new_latent_v:ptrs")
 
 
 MAX_ROWS = 16  # decode_step.c's
+CACHE_KINDS = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.int8): 2}  # decode_step.c's CACHE_*
 
 
 # ---- building and loading the library ----
@@ -355,13 +359,25 @@ def _c_arrays(*arrays) -> None:
             raise ValueError("the native step reads and writes C-contiguous float32 (and int64 token) arrays")
 
 
-def _half(what: str, *caches) -> int:
-    """1 if the caches are float16, 0 if float32 (all of one kind, C-contiguous)."""
+def _kind(what: str, caches, scales) -> int:
+    """decode_step.c's CACHE_* of the caches (C-contiguous, all float32, all float16 or all int8);
+    int8 codes come with their scales (`scales`: one float32 array per cache, its shape the
+    cache's less the head dim), the floats without (`scales` empty)."""
     kinds = {array.dtype for array in caches}
-    if not (kinds <= {np.dtype(np.float16)} or kinds <= {np.dtype(np.float32)}) or not all(
-            array.flags.c_contiguous for array in caches):
-        raise ValueError(f"the {what} caches are C-contiguous, all float32 or all float16")
-    return int(kinds == {np.dtype(np.float16)})
+    if len(kinds) != 1 or not kinds <= CACHE_KINDS.keys() or not all(a.flags.c_contiguous for a in caches):
+        raise ValueError(f"the {what} caches are C-contiguous, all float32, all float16 or all int8")
+    kind = CACHE_KINDS[kinds.pop()]
+    if kind == 2:
+        _c_arrays(*scales)
+        if len(scales) != len(caches) or any(s.ndim != c.ndim - 1 for s, c in zip(scales, caches)):
+            raise ValueError(f"the {what} int8 caches need a float32 scale per head and slot")
+    elif scales:
+        raise ValueError(f"the {what} caches are floats: they have no scales")
+    return kind
+
+
+def _data(array) -> int | None:
+    return None if array is None else array.ctypes.data
 
 
 class NativeStep:
@@ -402,49 +418,66 @@ class NativeStep:
         return (ctypes.c_void_p * self.layers)(*[a.ctypes.data for a in arrays])
 
     def point(self, cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
-              new_cross_v, new_latent_k, new_latent_v) -> None:
-        """One row's arrays, float32 and C-contiguous: the ring (Hc, hdc, S) and (Hc, S, hdc) with
-        its mask (S), the latent mask (N) and per layer caches (H, hd, N) and (H, N, hd) (the
-        caches float32 or float16, each kind all of one); the outputs: logits (V), the new cross
-        K/V (Hc, hdc) and per layer the new latent K/V (H, hd)."""
+              new_cross_v, new_latent_k, new_latent_v, *, cross_scales=(), latent_scales=((), ())) -> None:
+        """One row's arrays, C-contiguous: the ring (Hc, hdc, S) and (Hc, S, hdc) with its mask
+        (S), the latent mask (N) and per layer caches (H, hd, N) and (H, N, hd) (see _kind; int8
+        with `cross_scales` (Hc, S) x 2 and `latent_scales`, per layer lists of (H, N) for K and
+        for V); the outputs, float32: logits (V), the new cross K/V (Hc, hdc) and per layer the new
+        latent K/V (H, hd)."""
         _c_arrays(cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k, *new_latent_v)
-        cross_half, half = _half("cross-attend", cross_k_t, cross_v), _half("latent", *latent_k_t, *latent_v)
-        self.step = Step(slots=cross_mask.shape[-1], cross_write=-1, latent_write=-1, cross_half=cross_half, cross_k_t=cross_k_t.ctypes.data,
-                         cross_v=cross_v.ctypes.data, cross_mask=cross_mask.ctypes.data,
-                         latent_mask=latent_mask.ctypes.data, latent_half=half, latent_k_t=self._layers(latent_k_t),
-                         latent_v=self._layers(latent_v), logits=logits.ctypes.data,
-                         new_cross_k=new_cross_k.ctypes.data, new_cross_v=new_cross_v.ctypes.data,
-                         new_latent_k=self._layers(new_latent_k), new_latent_v=self._layers(new_latent_v))
+        cross_kind = _kind("cross-attend", (cross_k_t, cross_v), cross_scales)
+        latent_kind = _kind("latent", (*latent_k_t, *latent_v), (*latent_scales[0], *latent_scales[1]))
+        cross_k_scale, cross_v_scale = cross_scales or (None, None)
+        self.step = Step(slots=cross_mask.shape[-1], cross_write=-1, latent_write=-1, cross_kind=cross_kind,
+                         cross_k_t=cross_k_t.ctypes.data, cross_v=cross_v.ctypes.data,
+                         cross_k_scale=_data(cross_k_scale), cross_v_scale=_data(cross_v_scale),
+                         cross_mask=cross_mask.ctypes.data, latent_mask=latent_mask.ctypes.data,
+                         latent_kind=latent_kind, latent_k_t=self._layers(latent_k_t),
+                         latent_v=self._layers(latent_v), **self._latent_scales(latent_scales),
+                         logits=logits.ctypes.data, new_cross_k=new_cross_k.ctypes.data,
+                         new_cross_v=new_cross_v.ctypes.data, new_latent_k=self._layers(new_latent_k),
+                         new_latent_v=self._layers(new_latent_v))
         self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
-                        new_cross_v, new_latent_k, new_latent_v)
+                        new_cross_v, new_latent_k, new_latent_v, cross_scales, latent_scales)
         self.latent_slots = latent_mask.shape[-1]
 
+    def _latent_scales(self, latent_scales) -> dict:
+        k, v = latent_scales
+        return {"latent_k_scale": self._layers(k), "latent_v_scale": self._layers(v)} if k else {}
+
     def point_rows(self, tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
-                   latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v) -> None:
+                   latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v, *,
+                   shared_scales=(), cross_scales=(), latent_scales=((), ())) -> None:
         """Several rows' arrays: `tokens` (R,) int64; the shared ring (1, Hc, hdc, S1) and
         (1, Hc, S1, hdc) with its mask; the rows' ring (R, Hc, hdc, S2), (R, Hc, S2, hdc) and mask;
         the latent mask and per layer caches (R, H, hd, N), (R, H, N, hd) (the caches as point()'s,
-        both rings of one kind); the outputs: logits (R, V), new cross K/V (R, Hc, hdc), per layer
-        new latent K/V (R, H, hd)."""
+        both rings of one kind, int8 with scales as point()'s); the outputs: logits (R, V), new
+        cross K/V (R, Hc, hdc), per layer new latent K/V (R, H, hd)."""
         rows = tokens.shape[0]
         if not 1 <= rows <= MAX_ROWS:
             raise ValueError(f"the native step runs 1 to {MAX_ROWS} rows, not {rows}")
         _c_arrays(tokens, shared_mask, cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k,
                   *new_latent_v)
-        cross_half = _half("cross-attend", shared_k_t, shared_v, cross_k_t, cross_v)
-        half = _half("latent", *latent_k_t, *latent_v)
+        cross_kind = _kind("cross-attend", (shared_k_t, shared_v, cross_k_t, cross_v),
+                           (*shared_scales, *cross_scales))
+        latent_kind = _kind("latent", (*latent_k_t, *latent_v), (*latent_scales[0], *latent_scales[1]))
+        shared_k_scale, shared_v_scale = shared_scales or (None, None)
+        cross_k_scale, cross_v_scale = cross_scales or (None, None)
         self.step = RowsStep(rows=rows, tokens=tokens.ctypes.data, shared_slots=shared_mask.shape[-1],
-                             cross_half=cross_half, shared_k_t=shared_k_t.ctypes.data, shared_v=shared_v.ctypes.data,
+                             cross_kind=cross_kind, shared_k_t=shared_k_t.ctypes.data, shared_v=shared_v.ctypes.data,
+                             shared_k_scale=_data(shared_k_scale), shared_v_scale=_data(shared_v_scale),
                              shared_mask=shared_mask.ctypes.data, slots=cross_mask.shape[-1], cross_write=-1,
-                             latent_write=-1,
-                             cross_k_t=cross_k_t.ctypes.data, cross_v=cross_v.ctypes.data,
-                             cross_mask=cross_mask.ctypes.data, latent_mask=latent_mask.ctypes.data, latent_half=half,
-                             latent_k_t=self._layers(latent_k_t), latent_v=self._layers(latent_v),
+                             latent_write=-1, cross_k_t=cross_k_t.ctypes.data, cross_v=cross_v.ctypes.data,
+                             cross_k_scale=_data(cross_k_scale), cross_v_scale=_data(cross_v_scale),
+                             cross_mask=cross_mask.ctypes.data, latent_mask=latent_mask.ctypes.data,
+                             latent_kind=latent_kind, latent_k_t=self._layers(latent_k_t),
+                             latent_v=self._layers(latent_v), **self._latent_scales(latent_scales),
                              logits=logits.ctypes.data, new_cross_k=new_cross_k.ctypes.data,
                              new_cross_v=new_cross_v.ctypes.data, new_latent_k=self._layers(new_latent_k),
                              new_latent_v=self._layers(new_latent_v))
         self.pointed = (tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
-                        latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v)
+                        latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v,
+                        shared_scales, cross_scales, latent_scales)
         self.latent_slots = latent_mask.shape[-1]
 
     def run(self, pos: int, token: int = 0, *, cross_used: int | None = None, latent_used: int | None = None,

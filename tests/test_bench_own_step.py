@@ -41,11 +41,18 @@ def test_native_step_parts_splits_the_step_at_1_row_and_4_variations():
                            "--repeats", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["cached_inputs"] == 1023 and report["cache_bytes_per_value"] == 2  # int8: float16 caches
+    from perceiver_music.decode_onnx import NATIVE_INT8_CACHES
+
+    assert report["cached_inputs"] == 1023 and report["cache_type"] == NATIVE_INT8_CACHES
+    assert report["cache_bytes_per_value"] == {"float16": 2, "int8": 1}[NATIVE_INT8_CACHES]
     cases = {f"cross_{c}_latents_{n}" for c in ("none", "all") for n in (0, 256, 512)}
     assert set(report["ms_1_row"]) == set(report["ms_4_variations"]) == set(report["4_variations_over_1_row"]) == cases
     assert min(report["ms_1_row"].values()) > 0 and min(report["ms_4_variations"].values()) > 0
-    assert set(report["float32_caches"]["ms_1_row"]) == set(report["float16_over_float32_caches"]["4_variations"]) == cases
+    assert set(report["caches"]) == {"float32", "float16", "int8"} and set(report["over_float32_caches"]) == {
+        "float16", "int8"}
+    for cache, timed in report["caches"].items():
+        assert set(timed["ms_1_row"]) == set(timed["ms_4_variations"]) == cases, cache
+    assert set(report["over_float32_caches"]["int8"]["4_variations"]) == cases
     from perceiver_music import native_step
 
     vnni = bool(native_step.vnni_flags())  # where the CPU has VNNI its products are timed against AVX2's

@@ -330,22 +330,27 @@ def one_row_step(model, precision: str, decoder: OnnxDecoder, row: int) -> np.nd
     mask = np.concatenate((shared.mask, own.mask))
     logits = np.zeros(model.config.vocab_size, np.float32)
     per_layer = lambda a: [np.ascontiguousarray(a[i, row]) for i in range(L)]  # noqa: E731
+    scales = {}
+    if decoder.cache_type == "int8":  # the codes' scales side by side as the codes
+        scales["cross_scales"] = tuple(np.ascontiguousarray(np.concatenate((a[0], b[row]), axis=-1))
+                                       for a, b in zip(shared.scales, own.scales))
+        scales["latent_scales"] = (per_layer(decoder.latent_k_scale), per_layer(decoder.latent_v_scale))
     alone.point(k_t, v, mask, decoder.latent_mask, per_layer(decoder.latent_k_t), per_layer(decoder.latent_v), logits,
                 np.zeros(d, np.float32), np.zeros(d, np.float32), [np.zeros(d, np.float32) for _ in range(L)],
-                [np.zeros(d, np.float32) for _ in range(L)])
+                [np.zeros(d, np.float32) for _ in range(L)], **scales)
     alone.run(int(decoder.pos[0]), int(decoder.tokens[row]))
     return logits
 
 
 @needs_native
-@pytest.mark.parametrize("precision, half_caches", [("float32", False), ("float32", True), ("int8", True)],
-                         ids=["float32", "float32-half-caches", "int8"])
+@pytest.mark.parametrize("precision, cache_type", [("float32", "float32"), ("float32", "float16"),
+                                                   ("float32", "int8"), ("int8", "float16"), ("int8", "int8")])
 @SIZES
 @ROWS
-def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, half_caches, sizes, rows, one_primer):
+def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, cache_type, sizes, rows, one_primer):
     """int8 quantises each row on its own in the native step, so a row's step does not depend on
     its batch-mates: at every step checked (the primer shared, then sliding out), each row's
-    logits are what the one-row step gives from the same caches (float32 or float16). (Resets
+    logits are what the one-row step gives from the same caches (float32, float16 or int8). (Resets
     are onnxruntime's, whose int8 quantises the batch as one: rows alone would not get the same
     caches.) In int8 a few steps may differ more: the rows step sums a head's shared and own
     slots in another order than the one-row step, and a last-bit difference in a layer's input
@@ -356,8 +361,8 @@ def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, 
     model = random_model(seed=5, **sizes)
     g = torch.Generator().manual_seed(1)
     start = torch.randint(3, 300, (1 if one_primer else rows, 40), generator=g).expand(rows, -1).contiguous()
-    decoder = OnnxDecoder(model, rows, precision=precision, native_step=True, half_caches=half_caches)
-    assert (decoder.rows.k.dtype == np.float16) == half_caches == (decoder.latent_v.dtype == np.float16)
+    decoder = OnnxDecoder(model, rows, precision=precision, native_step=True, cache_type=cache_type)
+    assert decoder.rows.k.dtype == decoder.shared.v.dtype == decoder.latent_v.dtype == np.dtype(cache_type)
     R = default_reset_latents(N)
     errors, shared_seen = [], set()
     with torch.inference_mode():
@@ -420,29 +425,73 @@ def test_vnni_byte_products_give_avx2s_logits_exactly(monkeypatch, sizes, rows):
 
 
 @needs_native
+@pytest.mark.parametrize("cache_type, bound", [("float16", 5e-3), ("int8", 5e-2)])
 @pytest.mark.parametrize("reset_runtime", ["onnx", "torch"])
 @pytest.mark.parametrize("rows", [1, 4])
-def test_float16_caches_stay_next_to_float32_ones_across_resets_and_slides(reset_runtime, rows):
-    """int8 runs keep the K/V caches in float16: with float32 weights, so that the caches are the
-    one difference, the logits stay within float16's rounding of the float32 decoder's through
-    resets (which read the float16 rings back as float32) and the window sliding; the rows are
-    variations of one primer (its inputs in the shared ring) at 4 rows."""
+def test_smaller_caches_stay_next_to_float32_ones_across_resets_and_slides(cache_type, bound, reset_runtime, rows):
+    """int8 runs keep the K/V caches in float16 or int8 codes: with float32 weights, so that the
+    caches are the one difference, the logits stay within the caches' rounding of the float32
+    decoder's (relative to the largest logit) through resets (which read the rings back as
+    float32) and the window sliding; the rows are variations of one primer (its inputs in the
+    shared ring) at 4 rows."""
     from perceiver_music.generate import TokenWindow, default_reset_latents
     from test_decode_onnx import decode_side_by_side
     from test_generate import MAX_CONTEXT, N
 
     model = random_model(seed=7, d_model=128, n_heads=2, cross_heads=2)
-    exact = OnnxDecoder(model, rows, native_step=True, half_caches=False, reset_runtime=reset_runtime)
-    half = OnnxDecoder(model, rows, native_step=True, half_caches=True, reset_runtime=reset_runtime)
-    assert half.rows.k.dtype == half.shared.v.dtype == half.latent_k_t.dtype == np.float16
+    exact = OnnxDecoder(model, rows, native_step=True, cache_type="float32", reset_runtime=reset_runtime)
+    small = OnnxDecoder(model, rows, native_step=True, cache_type=cache_type, reset_runtime=reset_runtime)
+    assert small.rows.k.dtype == small.shared.v.dtype == small.latent_k_t.dtype == np.dtype(cache_type)
     g = torch.Generator().manual_seed(2)
     R = default_reset_latents(N)
     differences = []
     with torch.inference_mode():
         window = TokenWindow(torch.randint(3, 300, (1, 30), generator=g).expand(rows, -1), rows, MAX_CONTEXT,
                              torch.device("cpu"))
-        exact.reset(window.view(), R), half.reset(window.view(), R)
-        decode_side_by_side(window, exact, half, 2 * MAX_CONTEXT, g, R,
+        exact.reset(window.view(), R), small.reset(window.view(), R)
+        decode_side_by_side(window, exact, small, 2 * MAX_CONTEXT, g, R,
                             compare=lambda a, b: differences.append(float((a - b).abs().max() / a.abs().max())))
-    assert half.resets == exact.resets and half.resets["continued" if reset_runtime == "onnx" else "afresh"] > 3
-    assert 0 < max(differences) < 5e-3
+    assert small.resets == exact.resets and small.resets["continued" if reset_runtime == "onnx" else "afresh"] > 3
+    assert 0 < max(differences) < bound
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 4])
+def test_the_step_stores_its_new_kv_as_the_python_side_quantises_them(rows):
+    """The C quantises each step's new K/V into the int8 caches itself: its codes and scales are
+    exactly what cache_codes.quantize makes of the same K/V (the resets' and the torch reset's
+    way), in the ring and in every layer's latent cache."""
+    from perceiver_music import cache_codes
+    from perceiver_music.generate import TokenWindow, default_reset_latents
+    from test_generate import MAX_CONTEXT, N
+
+    model = random_model(seed=8, d_model=128, n_heads=2, cross_heads=2)
+    decoder = OnnxDecoder(model, rows, precision="int8", native_step=True, cache_type="int8")
+    g = torch.Generator().manual_seed(3)
+    window = TokenWindow(torch.randint(3, 300, (rows, 30), generator=g), rows, MAX_CONTEXT, torch.device("cpu"))
+    checked = 0
+    with torch.inference_mode():
+        decoder.reset(window.view(), default_reset_latents(N))
+        for _ in range(40):  # resets between, and the window sliding
+            tokens = torch.randint(3, 300, (rows,), generator=g)
+            window.append(tokens)
+            if decoder.latent_slot >= N:
+                decoder.reset(window.view(), default_reset_latents(N))
+                continue
+            slot, s = decoder.rows.slot % decoder.rows.capacity, decoder.latent_slot
+            decoder.step(tokens, window.view())
+            codes, scale = cache_codes.quantize(torch.from_numpy(decoder.new_cross_k), -1)
+            assert np.array_equal(decoder.rows.k[..., slot], codes.numpy())
+            assert np.array_equal(decoder.rows.k_scale[..., slot], scale.numpy())
+            codes, scale = cache_codes.quantize(torch.from_numpy(decoder.new_cross_v), -1)
+            assert np.array_equal(decoder.rows.v[:, :, slot], codes.numpy())
+            assert np.array_equal(decoder.rows.v_scale[..., slot], scale.numpy())
+            for layer in range(decoder.L):
+                codes, scale = cache_codes.quantize(torch.from_numpy(decoder.new_latent_k[layer]), -1)
+                assert np.array_equal(decoder.latent_k_t[layer, ..., s], codes.numpy())
+                assert np.array_equal(decoder.latent_k_scale[layer, ..., s], scale.numpy())
+                codes, scale = cache_codes.quantize(torch.from_numpy(decoder.new_latent_v[layer]), -1)
+                assert np.array_equal(decoder.latent_v[layer, :, :, s], codes.numpy())
+                assert np.array_equal(decoder.latent_v_scale[layer, ..., s], scale.numpy())
+            checked += 1
+    assert checked > 10 and np.abs(decoder.rows.k).max() == 127

@@ -16,9 +16,11 @@
    saturating), vpmaddwd adds pairs into 32 bits, and
    y[n] = scale_x * scale[n] * (sum_k xq[k] code[n][k] - zero_x * colsum[n]).
    Attention is one pass of scores over the ring, a softmax with an exp of our own, and one pass
-   over the values; it reads only the slots a cache has ever written. The caches are float32 or
-   float16 (int8 runs: half the bytes; F16C converts them as they are loaded). Once done, the step
-   stores its new K/V into the slots the caller names (cross_write, latent_write).
+   over the values; it reads only the slots a cache has ever written. The caches are float32,
+   float16 (F16C converts them as they are loaded) or int8: each head's key or value at a slot as
+   hd codes round(x / scale) with scale = max|x| / 127 (the slot's scale multiplies its score,
+   and its softmax weight before the values are summed). Once done, the step stores its new K/V
+   into the slots the caller names (cross_write, latent_write), in the caches' kind.
 
    AVX2, FMA and F16C (every x86-64 laptop since 2013-2015), and VNNI's byte products where the
    CPU has them (dot_bytes). Two threads: the caller's and a worker
@@ -69,13 +71,15 @@ typedef struct {
     /* Where the step stores its new K/V once it is done (-1: nowhere): a slot of the ring and a
        slot of every layer's latent cache, so that the caller need not copy them in. */
     int32_t cross_write, latent_write;
-    int32_t cross_half;                /* the ring in float16, else float32 */
+    int32_t cross_kind;                /* the ring's: CACHE_F32, CACHE_F16 or CACHE_I8 */
     void *cross_k_t, *cross_v;         /* (Hc, hdc, slots), (Hc, slots, hdc) */
+    float *cross_k_scale, *cross_v_scale;  /* int8: (Hc, slots) each, else NULL */
     const float *cross_mask;           /* (slots) */
     const float *latent_mask;          /* (latent_slots) */
-    int32_t latent_half;               /* the latent caches in float16, else float32 */
+    int32_t latent_kind;               /* the latent caches', as cross_kind */
     void *const *latent_k_t;           /* per layer (H, hd, latent_slots) */
     void *const *latent_v;             /* per layer (H, latent_slots, hd) */
+    float *const *latent_k_scale, *const *latent_v_scale;  /* int8: per layer (H, latent_slots) */
     float *logits, *new_cross_k, *new_cross_v;
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (H, hd) */
 } Step;
@@ -88,21 +92,25 @@ typedef struct {
     const int64_t *tokens;             /* (rows) */
     int64_t pos;
     int32_t shared_slots, shared_used;  /* as Step's slots and cross_used */
-    int32_t cross_half;                /* both rings in float16, else float32 */
+    int32_t cross_kind;                /* both rings', as Step's */
     const void *shared_k_t, *shared_v;  /* (Hc, hdc, S1), (Hc, S1, hdc) */
+    const float *shared_k_scale, *shared_v_scale;  /* int8: (Hc, S1) each */
     const float *shared_mask;          /* (S1) */
     int32_t slots, cross_used, latent_used;
     int32_t cross_write, latent_write;  /* as Step's: each row's own ring and latent caches */
     void *cross_k_t, *cross_v;         /* (rows, Hc, hdc, S2), (rows, Hc, S2, hdc) */
+    float *cross_k_scale, *cross_v_scale;  /* int8: (rows, Hc, S2) each */
     const float *cross_mask;           /* (S2) */
     const float *latent_mask;
-    int32_t latent_half;                               /* as Step's */
+    int32_t latent_kind;                               /* as Step's */
     void *const *latent_k_t, *const *latent_v;         /* per layer (rows, H, hd, N), (rows, H, N, hd) */
+    float *const *latent_k_scale, *const *latent_v_scale;  /* int8: per layer (rows, H, N) */
     float *logits, *new_cross_k, *new_cross_v;         /* (rows, vocab), (rows, Hc, hdc) x 2 */
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (rows, H, hd) */
 } RowsStep;
 
 #define MAX_ROWS 16
+enum { CACHE_F32 = 0, CACHE_F16 = 1, CACHE_I8 = 2 };  /* what a cache holds per value */
 #define MAX_WIDTH 8192
 #define MAX_SLOTS 65536
 #define MAX_HEAD_DIM 128
@@ -419,60 +427,153 @@ static void product(Context *c, const Weight *w, const float *x, float *y) {
 typedef struct {
     int32_t heads, head_dim, slots, used;  /* slots read: the first `used` */
     const float *q, *k_new, *v_new;     /* (H, hd) */
-    int32_t half;                       /* k_t and v in float16, else float32 */
+    int32_t kind;                       /* the caches': CACHE_F32, CACHE_F16 or CACHE_I8 */
     const void *k_t, *v;                /* (H, hd, slots), (H, slots, hd) */
+    const float *k_scale, *v_scale;     /* int8: (H, slots) */
     const float *mask;                  /* (slots) */
     float *y;                           /* (H, hd) */
 } Attention;
 
-/* Eight values from element `index` on of a float32 array or, if HALF (a constant), a float16 one
-   (the latent caches in int8 runs: half the bytes to read). */
-static inline __attribute__((always_inline)) __m256 load8(const void *p, int64_t index, const int HALF) {
-    return HALF ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + index)))
-                : _mm256_loadu_ps((const float *)p + index);
+static inline int64_t cache_bytes(int kind) {
+    return kind == CACHE_F32 ? 4 : kind == CACHE_F16 ? 2 : 1;
 }
 
-static inline __attribute__((always_inline)) float load1(const void *p, int64_t index, const int HALF) {
-    return HALF ? _cvtsh_ss(((const uint16_t *)p)[index]) : ((const float *)p)[index];
+/* Eight values from element `index` on of a cache of KIND (a constant): float32, float16 or
+   int8 codes (their scale applied by the caller). */
+static inline __attribute__((always_inline)) __m256 load8(const void *p, int64_t index, const int KIND) {
+    if (KIND == CACHE_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + index)));
+    if (KIND == CACHE_I8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)p + index))));
+    return _mm256_loadu_ps((const float *)p + index);
 }
 
-/* Stores `rows` rows of new K/V (rows, H, hd) into slot `slot` of caches of `slots` slots laid
-   out (rows, H, hd, slots) for keys and (rows, H, slots, hd) for values, as float16 (rounded to
-   nearest, as numpy casts) or float32. */
-static void store_slot(const float *k, const float *v, int32_t rows, int32_t H, int32_t hd, void *k_t, void *vs,
-                       int32_t slots, int32_t slot, int half) {
-    for (int64_t rh = 0; rh < (int64_t)rows * H; rh++)
+static inline __attribute__((always_inline)) float load1(const void *p, int64_t index, const int KIND) {
+    if (KIND == CACHE_F16)
+        return _cvtsh_ss(((const uint16_t *)p)[index]);
+    if (KIND == CACHE_I8)
+        return (float)((const int8_t *)p)[index];
+    return ((const float *)p)[index];
+}
+
+/* hd values as int8 codes at `stride` apart, and their scale: code = round(x / scale) (to even,
+   as torch rounds; decode_onnx quantises a reset's K/V the same way), scale = max|x| / 127. */
+static float quantize_slot(const float *x, int32_t hd, int8_t *codes, int64_t stride) {
+    float top = 0.0f;
+    for (int32_t i = 0; i < hd; i++)
+        top = fabsf(x[i]) > top ? fabsf(x[i]) : top;
+    const float scale = top / 127.0f, divisor = scale > 0.0f ? scale : 1.0f;
+    for (int32_t i = 0; i < hd; i++) {
+        float code = nearbyintf(x[i] / divisor);
+        codes[i * stride] = (int8_t)(code > 127.0f ? 127.0f : code < -127.0f ? -127.0f : code);
+    }
+    return scale;
+}
+
+/* The caches one step stores its new K/V into: keys (rows, H, hd, slots), values
+   (rows, H, slots, hd), of KIND, with int8's scales (rows, H, slots). */
+typedef struct {
+    int32_t kind, slots;
+    void *k_t, *v;
+    float *k_scale, *v_scale;
+} Stored;
+
+/* Stores `rows` rows of new K/V (rows, H, hd) into slot `slot` of `to`, as float16 (rounded to
+   nearest, as numpy casts), int8 codes or float32. */
+static void store_slot(const float *k, const float *v, int32_t rows, int32_t H, int32_t hd, Stored to, int32_t slot) {
+    const int64_t slots = to.slots;
+    for (int64_t rh = 0; rh < (int64_t)rows * H; rh++) {
+        if (to.kind == CACHE_I8) {
+            to.k_scale[rh * slots + slot] = quantize_slot(k + rh * hd, hd, (int8_t *)to.k_t + rh * hd * slots + slot, slots);
+            to.v_scale[rh * slots + slot] = quantize_slot(v + rh * hd, hd, (int8_t *)to.v + (rh * slots + slot) * hd, 1);
+            continue;
+        }
         for (int32_t i = 0; i < hd; i++) {
             const int64_t key = (rh * hd + i) * slots + slot, value = (rh * slots + slot) * hd + i;
             const float kx = k[rh * hd + i], vx = v[rh * hd + i];
-            if (half) {
-                ((uint16_t *)k_t)[key] = _cvtss_sh(kx, _MM_FROUND_TO_NEAREST_INT);
-                ((uint16_t *)vs)[value] = _cvtss_sh(vx, _MM_FROUND_TO_NEAREST_INT);
+            if (to.kind == CACHE_F16) {
+                ((uint16_t *)to.k_t)[key] = _cvtss_sh(kx, _MM_FROUND_TO_NEAREST_INT);
+                ((uint16_t *)to.v)[value] = _cvtss_sh(vx, _MM_FROUND_TO_NEAREST_INT);
             } else {
-                ((float *)k_t)[key] = kx;
-                ((float *)vs)[value] = vx;
+                ((float *)to.k_t)[key] = kx;
+                ((float *)to.v)[value] = vx;
             }
         }
+    }
+}
+
+/* s[j] = s[j] * scale[j] + mask[j]: an int8 cache's sums of codes made scores */
+static void scale_scores(float *s, const float *scale, const float *mask, int32_t S) {
+    int32_t j = 0;
+    for (; j + 8 <= S; j += 8)
+        _mm256_storeu_ps(s + j, _mm256_fmadd_ps(_mm256_loadu_ps(s + j), _mm256_loadu_ps(scale + j),
+                                                _mm256_loadu_ps(mask + j)));
+    for (; j < S; j++)
+        s[j] = s[j] * scale[j] + mask[j];
+}
+
+/* w[j] *= scale[j]: softmax weights times an int8 cache's value scales */
+static void scale_weights(float *w, const float *scale, int32_t S) {
+    int32_t j = 0;
+    for (; j + 8 <= S; j += 8)
+        _mm256_storeu_ps(w + j, _mm256_mul_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(scale + j)));
+    for (; j < S; j++)
+        w[j] *= scale[j];
+}
+
+/* The largest of `start` and s[0..S-1] */
+static float max_of(const float *s, int32_t S, float start) {
+    __m256 top = _mm256_set1_ps(start);
+    int32_t j = 0;
+    for (; j + 8 <= S; j += 8)
+        top = _mm256_max_ps(top, _mm256_loadu_ps(s + j));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    float best = _mm_cvtss_f32(m);
+    for (; j < S; j++)
+        best = s[j] > best ? s[j] : best;
+    return best;
+}
+
+/* s[j] = exp(s[j] - top) over s[0..S-1]; returns their sum */
+static float exp_minus(float *s, int32_t S, float top) {
+    const __m256 vtop = _mm256_set1_ps(top);
+    __m256 vsum = _mm256_setzero_ps();
+    int32_t j = 0;
+    for (; j + 8 <= S; j += 8) {
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + j), vtop));
+        _mm256_storeu_ps(s + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum_ps(vsum);
+    for (; j < S; j++) {
+        s[j] = expf(s[j] - top);
+        sum += s[j];
+    }
+    return sum;
 }
 
 /* The step's new K/V into the caches' write slots (last, once nothing reads them any more). */
-static void store_new(const Model *m, int32_t rows, int32_t slots, int32_t cross_write, int32_t cross_half,
-                      void *cross_k_t, void *cross_v, const float *new_cross_k, const float *new_cross_v,
-                      int32_t latent_write, int32_t latent_half, void *const *latent_k_t, void *const *latent_v,
+static void store_new(const Model *m, int32_t rows, int32_t cross_write, Stored cross, const float *new_cross_k,
+                      const float *new_cross_v, int32_t latent_write, int32_t latent_kind, void *const *latent_k_t,
+                      void *const *latent_v, float *const *latent_k_scale, float *const *latent_v_scale,
                       float *const *new_latent_k, float *const *new_latent_v) {
     if (cross_write >= 0)
-        store_slot(new_cross_k, new_cross_v, rows, m->cross_heads, m->cross_head_dim, cross_k_t, cross_v, slots,
-                   cross_write, cross_half);
+        store_slot(new_cross_k, new_cross_v, rows, m->cross_heads, m->cross_head_dim, cross, cross_write);
     if (latent_write >= 0)
-        for (int32_t l = 0; l < m->layers; l++)
-            store_slot(new_latent_k[l], new_latent_v[l], rows, m->heads, m->head_dim, latent_k_t[l], latent_v[l],
-                       m->latent_slots, latent_write, latent_half);
+        for (int32_t l = 0; l < m->layers; l++) {
+            const Stored to = {latent_kind, m->latent_slots, latent_k_t[l], latent_v[l],
+                               latent_kind == CACHE_I8 ? latent_k_scale[l] : NULL,
+                               latent_kind == CACHE_I8 ? latent_v_scale[l] : NULL};
+            store_slot(new_latent_k[l], new_latent_v[l], rows, m->heads, m->head_dim, to, latent_write);
+        }
 }
 
 /* y = inv * sum_j w[j] v[j, :] over S rows of `vectors` * 8 values */
 static inline __attribute__((always_inline)) void weighted_values(const float *w, const void *v, int32_t S,
                                                                   int32_t vectors, float inv, float *y,
-                                                                  const int HALF) {
+                                                                  const int KIND) {
     __m256 acc[MAX_HEAD_DIM / 8];
     for (int i = 0; i < vectors; i++)
         acc[i] = _mm256_setzero_ps();
@@ -480,86 +581,88 @@ static inline __attribute__((always_inline)) void weighted_values(const float *w
         const __m256 wj = _mm256_set1_ps(w[j]);
         const int64_t row = (int64_t)j * vectors * 8;
         for (int i = 0; i < vectors; i++)
-            acc[i] = _mm256_fmadd_ps(wj, load8(v, row + 8 * i, HALF), acc[i]);
+            acc[i] = _mm256_fmadd_ps(wj, load8(v, row + 8 * i, KIND), acc[i]);
     }
     for (int i = 0; i < vectors; i++)
         _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(acc[i], _mm256_set1_ps(inv)));
 }
 
 /* weighted_values with a constant count where hd is the default model's 64 (the sums stay in
-   registers), for float32 or float16 values */
-static void values_of(const float *w, const void *v, int32_t S, int32_t hd, float inv, float *y, int half) {
-    if (half)
-        hd == 64 ? weighted_values(w, v, S, 8, inv, y, 1) : weighted_values(w, v, S, hd / 8, inv, y, 1);
+   registers), for each kind of cache */
+static void values_of(const float *w, const void *v, int32_t S, int32_t hd, float inv, float *y, int kind) {
+#define VALUES(KIND) hd == 64 ? weighted_values(w, v, S, 8, inv, y, KIND) : weighted_values(w, v, S, hd / 8, inv, y, KIND)
+    if (kind == CACHE_F16)
+        VALUES(CACHE_F16);
+    else if (kind == CACHE_I8)
+        VALUES(CACHE_I8);
     else
-        hd == 64 ? weighted_values(w, v, S, 8, inv, y, 0) : weighted_values(w, v, S, hd / 8, inv, y, 0);
+        VALUES(CACHE_F32);
+#undef VALUES
 }
 
 /* s[j] += sum_i q[i] k_t[i, j] over slots 0..S-1 of rows `stride` apart, four of the head's dims
    per pass: one load and store of the scores per four products (hd is a multiple of 8). */
 static inline __attribute__((always_inline)) void add_scores_of(float *s, const float *q, const void *kt, int32_t S,
-                                                                int32_t stride, int32_t hd, const int HALF) {
+                                                                int32_t stride, int32_t hd, const int KIND) {
     for (int32_t i = 0; i < hd; i += 4) {
         const __m256 q0 = _mm256_set1_ps(q[i]), q1 = _mm256_set1_ps(q[i + 1]);
         const __m256 q2 = _mm256_set1_ps(q[i + 2]), q3 = _mm256_set1_ps(q[i + 3]);
         const int64_t k0 = (int64_t)i * stride, k1 = k0 + stride, k2 = k1 + stride, k3 = k2 + stride;
         int32_t j = 0;
         for (; j + 8 <= S; j += 8) {
-            __m256 a = _mm256_fmadd_ps(q0, load8(kt, k0 + j, HALF), _mm256_loadu_ps(s + j));
-            a = _mm256_fmadd_ps(q1, load8(kt, k1 + j, HALF), a);
-            a = _mm256_fmadd_ps(q2, load8(kt, k2 + j, HALF), a);
-            _mm256_storeu_ps(s + j, _mm256_fmadd_ps(q3, load8(kt, k3 + j, HALF), a));
+            __m256 a = _mm256_fmadd_ps(q0, load8(kt, k0 + j, KIND), _mm256_loadu_ps(s + j));
+            a = _mm256_fmadd_ps(q1, load8(kt, k1 + j, KIND), a);
+            a = _mm256_fmadd_ps(q2, load8(kt, k2 + j, KIND), a);
+            _mm256_storeu_ps(s + j, _mm256_fmadd_ps(q3, load8(kt, k3 + j, KIND), a));
         }
         for (; j < S; j++)
-            s[j] += q[i] * load1(kt, k0 + j, HALF) + q[i + 1] * load1(kt, k1 + j, HALF) +
-                    q[i + 2] * load1(kt, k2 + j, HALF) + q[i + 3] * load1(kt, k3 + j, HALF);
+            s[j] += q[i] * load1(kt, k0 + j, KIND) + q[i + 1] * load1(kt, k1 + j, KIND) +
+                    q[i + 2] * load1(kt, k2 + j, KIND) + q[i + 3] * load1(kt, k3 + j, KIND);
     }
 }
 
-static void add_scores(float *s, const float *q, const void *kt, int32_t S, int32_t stride, int32_t hd, int half) {
-    if (half)
-        add_scores_of(s, q, kt, S, stride, hd, 1);
+static void add_scores(float *s, const float *q, const void *kt, int32_t S, int32_t stride, int32_t hd, int kind) {
+    if (kind == CACHE_F16)
+        add_scores_of(s, q, kt, S, stride, hd, CACHE_F16);
+    else if (kind == CACHE_I8)
+        add_scores_of(s, q, kt, S, stride, hd, CACHE_I8);
     else
-        add_scores_of(s, q, kt, S, stride, hd, 0);
+        add_scores_of(s, q, kt, S, stride, hd, CACHE_F32);
+}
+
+/* Scores s[0..S-1] of a query q over S cached keys (transposed, `stride` slots a row): the mask
+   plus q . k, an int8 cache's sums of codes times their slot's scale. */
+static void scores_of(float *s, const float *q, const void *kt, const float *k_scale, const float *mask, int32_t S,
+                      int32_t stride, int32_t hd, int kind) {
+    if (kind == CACHE_I8)
+        memset(s, 0, S * sizeof(float));
+    else
+        memcpy(s, mask, S * sizeof(float));
+    add_scores(s, q, kt, S, stride, hd, kind);
+    if (kind == CACHE_I8)
+        scale_scores(s, k_scale, mask, S);
 }
 
 static void attention_part(Context *c, const void *arg, int part) {
     const Attention *a = arg;
     const int32_t hd = a->head_dim, S = a->used, half = a->heads / 2;
+    const int i8 = a->kind == CACHE_I8;
     float *s = c->scores[part];
     for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
-        const int64_t elements = (int64_t)h * hd * a->slots, size = a->half ? 2 : 4;  /* the head's K and V */
+        const int64_t elements = (int64_t)h * hd * a->slots, size = cache_bytes(a->kind);  /* the head's K and V */
         const float *q = a->q + h * hd;
         const char *kt = (const char *)a->k_t + elements * size, *v = (const char *)a->v + elements * size;
-        int32_t j = 0;
-        for (; j + 8 <= S; j += 8)
-            _mm256_store_ps(s + j, _mm256_loadu_ps(a->mask + j));
-        for (; j < S; j++)
-            s[j] = a->mask[j];
-        add_scores(s, q, kt, S, a->slots, hd, a->half);
+        scores_of(s, q, kt, i8 ? a->k_scale + (int64_t)h * a->slots : NULL, a->mask, S, a->slots, hd, a->kind);
         float own = 0.0f;
         for (int32_t i = 0; i < hd; i++)
             own += q[i] * a->k_new[h * hd + i];
-        float top = own;
-        for (j = 0; j < S; j++)
-            top = s[j] > top ? s[j] : top;
-        const __m256 vtop = _mm256_set1_ps(top);
-        __m256 vsum = _mm256_setzero_ps();
-        for (j = 0; j + 8 <= S; j += 8) {
-            __m256 e = exp_ps(_mm256_sub_ps(_mm256_load_ps(s + j), vtop));
-            _mm256_store_ps(s + j, e);
-            vsum = _mm256_add_ps(vsum, e);
-        }
-        float sum = hsum_ps(vsum);
-        for (; j < S; j++) {
-            s[j] = expf(s[j] - top);
-            sum += s[j];
-        }
-        float w_own = expf(own - top);
-        sum += w_own;
-        float inv = 1.0f / sum;
+        const float top = max_of(s, S, own);
+        const float w_own = expf(own - top);
+        const float inv = 1.0f / (exp_minus(s, S, top) + w_own);
+        if (i8)
+            scale_weights(s, a->v_scale + (int64_t)h * a->slots, S);
         float *y = a->y + h * hd;
-        values_of(s, v, S, hd, inv, y, a->half);
+        values_of(s, v, S, hd, inv, y, a->kind);
         for (int32_t i = 0; i < hd; i++)
             y[i] += w_own * inv * a->v_new[h * hd + i];
     }
@@ -613,8 +716,8 @@ int step(Context *c, const Model *m, const Step *in) {
     product(c, &m->cross_kv, c->b, c->wide);
     rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
     memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
-    Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_half,
-                       in->cross_k_t, in->cross_v, in->cross_mask, c->y};
+    Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_kind,
+                       in->cross_k_t, in->cross_v, in->cross_k_scale, in->cross_v_scale, in->cross_mask, c->y};
     run_task(c, attention_part, &cross);
     product(c, &m->cross_out, c->y, c->a);
     for (int32_t i = 0; i < d; i++)
@@ -628,8 +731,10 @@ int step(Context *c, const Model *m, const Step *in) {
         rope(c->wide, c->wide + 2 * d, sc, ss, H, hd, c->q);
         rope(c->wide + d, c->wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
         memcpy(in->new_latent_v[l], c->wide + 4 * d, d * sizeof(float));
+        const int i8 = in->latent_kind == CACHE_I8;
         Attention self = {H, hd, m->latent_slots, in->latent_used, c->q, in->new_latent_k[l], in->new_latent_v[l],
-                          in->latent_half, in->latent_k_t[l], in->latent_v[l], in->latent_mask, c->y};
+                          in->latent_kind, in->latent_k_t[l], in->latent_v[l], i8 ? in->latent_k_scale[l] : NULL,
+                          i8 ? in->latent_v_scale[l] : NULL, in->latent_mask, c->y};
         run_task(c, attention_part, &self);
         product(c, &b->out, c->y, c->a);
         for (int32_t i = 0; i < d; i++)
@@ -638,8 +743,9 @@ int step(Context *c, const Model *m, const Step *in) {
     }
     layer_norm(h, d, m->final_norm, c->a);
     product(c, &m->head, c->a, in->logits);
-    store_new(m, 1, in->slots, in->cross_write, in->cross_half, in->cross_k_t, in->cross_v, in->new_cross_k,
-              in->new_cross_v, in->latent_write, in->latent_half, in->latent_k_t, in->latent_v, in->new_latent_k,
+    const Stored ring = {in->cross_kind, in->slots, in->cross_k_t, in->cross_v, in->cross_k_scale, in->cross_v_scale};
+    store_new(m, 1, in->cross_write, ring, in->new_cross_k, in->new_cross_v, in->latent_write, in->latent_kind,
+              in->latent_k_t, in->latent_v, in->latent_k_scale, in->latent_v_scale, in->new_latent_k,
               in->new_latent_v);
     return 0;
 }
@@ -776,10 +882,12 @@ typedef struct {
     const float *k_new, *v_new;           /* (rows, H, hd) */
     int32_t shared_slots, shared_used;    /* read once for all rows: the first shared_used slots */
     const void *shared_k_t, *shared_v;    /* (H, hd, S1), (H, S1, hd) */
+    const float *shared_k_scale, *shared_v_scale;  /* int8: (H, S1) */
     const float *shared_mask;             /* (S1) */
     int32_t slots, used;                  /* each row's own */
-    int32_t half;                         /* both rings' k_t and v in float16, else float32 */
+    int32_t kind;                         /* both rings' */
     const void *k_t, *v;                  /* (rows, H, hd, S2), (rows, H, S2, hd) */
+    const float *k_scale, *v_scale;       /* int8: (rows, H, S2) */
     const float *mask;                    /* (S2) */
     float *y;                             /* (rows, MAX_WIDTH) */
 } RowsAttention;
@@ -790,7 +898,7 @@ typedef struct {
    head, two of the head's dims per pass: each key loaded once for all rows. */
 static inline __attribute__((always_inline)) void shared_scores(float *const *s, const float *const *q,
                                                                 const void *kt, int32_t S, int32_t stride,
-                                                                int32_t hd, const int ROWS, const int HALF) {
+                                                                int32_t hd, const int ROWS, const int KIND) {
     for (int32_t jb = 0; jb < S; jb += SCORE_BLOCK) {
         const int32_t je = jb + SCORE_BLOCK < S ? jb + SCORE_BLOCK : S;
         for (int32_t i = 0; i < hd; i += 2) {
@@ -802,14 +910,14 @@ static inline __attribute__((always_inline)) void shared_scores(float *const *s,
             }
             int32_t j = jb;
             for (; j + 8 <= je; j += 8) {
-                const __m256 a = load8(kt, k0 + j, HALF), b = load8(kt, k1 + j, HALF);
+                const __m256 a = load8(kt, k0 + j, KIND), b = load8(kt, k1 + j, KIND);
                 for (int r = 0; r < ROWS; r++)
                     _mm256_storeu_ps(s[r] + j, _mm256_fmadd_ps(q1[r], b, _mm256_fmadd_ps(q0[r], a,
                                                                                          _mm256_loadu_ps(s[r] + j))));
             }
             for (; j < je; j++)
                 for (int r = 0; r < ROWS; r++)
-                    s[r][j] += q[r][i] * load1(kt, k0 + j, HALF) + q[r][i + 1] * load1(kt, k1 + j, HALF);
+                    s[r][j] += q[r][i] * load1(kt, k0 + j, KIND) + q[r][i + 1] * load1(kt, k1 + j, KIND);
         }
     }
 }
@@ -819,14 +927,14 @@ static inline __attribute__((always_inline)) void shared_scores(float *const *s,
    rows. */
 static inline __attribute__((always_inline)) void shared_values(float *const *y, const float *const *w,
                                                                 const void *v, int32_t S, int32_t hd,
-                                                                const int ROWS, const int HALF) {
+                                                                const int ROWS, const int KIND) {
     int32_t t = 0;
     for (; t + 16 <= hd; t += 16) {
         __m256 acc[4][2];
         for (int r = 0; r < ROWS; r++)
             acc[r][0] = acc[r][1] = _mm256_setzero_ps();
         for (int32_t j = 0; j < S; j++) {
-            const __m256 a = load8(v, (int64_t)j * hd + t, HALF), b = load8(v, (int64_t)j * hd + t + 8, HALF);
+            const __m256 a = load8(v, (int64_t)j * hd + t, KIND), b = load8(v, (int64_t)j * hd + t + 8, KIND);
             for (int r = 0; r < ROWS; r++) {
                 const __m256 wj = _mm256_set1_ps(w[r][j]);
                 acc[r][0] = _mm256_fmadd_ps(wj, a, acc[r][0]);
@@ -843,7 +951,7 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
         for (int r = 0; r < ROWS; r++)
             acc[r] = _mm256_setzero_ps();
         for (int32_t j = 0; j < S; j++) {
-            const __m256 vj = load8(v, (int64_t)j * hd + t, HALF);
+            const __m256 vj = load8(v, (int64_t)j * hd + t, KIND);
             for (int r = 0; r < ROWS; r++)
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(w[r][j]), vj, acc[r]);
         }
@@ -853,25 +961,32 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
 }
 
 /* shared_scores and shared_values for up to 4 rows (`left`, from 1 on) in constant form */
+#define FOR_ROWS_AND_KIND(CALL)                                                                   \
+    do {                                                                                          \
+        const int rows_ = left >= 4 ? 4 : left;                                                   \
+        if (kind == CACHE_F16) {                                                                  \
+            if (rows_ == 4) CALL(4, CACHE_F16); else if (rows_ == 3) CALL(3, CACHE_F16);          \
+            else if (rows_ == 2) CALL(2, CACHE_F16); else CALL(1, CACHE_F16);                     \
+        } else if (kind == CACHE_I8) {                                                            \
+            if (rows_ == 4) CALL(4, CACHE_I8); else if (rows_ == 3) CALL(3, CACHE_I8);            \
+            else if (rows_ == 2) CALL(2, CACHE_I8); else CALL(1, CACHE_I8);                       \
+        } else {                                                                                  \
+            if (rows_ == 4) CALL(4, CACHE_F32); else if (rows_ == 3) CALL(3, CACHE_F32);          \
+            else if (rows_ == 2) CALL(2, CACHE_F32); else CALL(1, CACHE_F32);                     \
+        }                                                                                         \
+    } while (0)
+
 static void shared_scores_of(float *const *s, const float *const *q, const void *kt, int32_t S, int32_t stride,
-                             int32_t hd, int32_t left, int half) {
-#define SCORES(ROWS, HALF) shared_scores(s, q, kt, S, stride, hd, ROWS, HALF)
-    if (half) {
-        if (left >= 4) SCORES(4, 1); else if (left == 3) SCORES(3, 1); else if (left == 2) SCORES(2, 1); else SCORES(1, 1);
-    } else {
-        if (left >= 4) SCORES(4, 0); else if (left == 3) SCORES(3, 0); else if (left == 2) SCORES(2, 0); else SCORES(1, 0);
-    }
+                             int32_t hd, int32_t left, int kind) {
+#define SCORES(ROWS, KIND) shared_scores(s, q, kt, S, stride, hd, ROWS, KIND)
+    FOR_ROWS_AND_KIND(SCORES);
 #undef SCORES
 }
 
 static void shared_values_of(float *const *y, const float *const *w, const void *v, int32_t S, int32_t hd,
-                             int32_t left, int half) {
-#define VALUES(ROWS, HALF) shared_values(y, w, v, S, hd, ROWS, HALF)
-    if (half) {
-        if (left >= 4) VALUES(4, 1); else if (left == 3) VALUES(3, 1); else if (left == 2) VALUES(2, 1); else VALUES(1, 1);
-    } else {
-        if (left >= 4) VALUES(4, 0); else if (left == 3) VALUES(3, 0); else if (left == 2) VALUES(2, 0); else VALUES(1, 0);
-    }
+                             int32_t left, int kind) {
+#define VALUES(ROWS, KIND) shared_values(y, w, v, S, hd, ROWS, KIND)
+    FOR_ROWS_AND_KIND(VALUES);
 #undef VALUES
 }
 
@@ -880,69 +995,64 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
     /* S1, S2: the shared and own slots read (the first ones used); P1, P2: the rings' strides */
     const int32_t hd = a->head_dim, S1 = a->shared_used, S2 = a->used, half = a->heads / 2;
     const int32_t P1 = a->shared_slots, P2 = a->slots;
+    const int i8 = a->kind == CACHE_I8;
+    const int64_t size = cache_bytes(a->kind);  /* bytes per value */
     for (int32_t h = part ? half : 0; h < (part ? a->heads : half); h++) {
         float *s[MAX_ROWS], *y[MAX_ROWS];
         const float *q[MAX_ROWS];
-        float own[MAX_ROWS], top[MAX_ROWS];
+        float own[MAX_ROWS], sum[MAX_ROWS];
         for (int32_t r = 0; r < a->rows; r++) {
             s[r] = c->row_scores[part] + (int64_t)r * c->score_stride;
             q[r] = a->q + (int64_t)r * MAX_WIDTH + h * hd;
             y[r] = a->y + (int64_t)r * MAX_WIDTH + h * hd;
-            if (S1)
-                memcpy(s[r], a->shared_mask, S1 * sizeof(float));
-            if (S2)
-                memcpy(s[r] + S1, a->mask, S2 * sizeof(float));
+            if (S1) {  /* int8's sums of codes start from 0: scale_scores adds the mask */
+                if (i8)
+                    memset(s[r], 0, S1 * sizeof(float));
+                else
+                    memcpy(s[r], a->shared_mask, S1 * sizeof(float));
+            }
             memset(y[r], 0, hd * sizeof(float));
         }
-        const int64_t size = a->half ? 2 : 4;  /* bytes per value */
         if (S1) {
             const char *kt = (const char *)a->shared_k_t + (int64_t)h * hd * P1 * size;
             for (int32_t r0 = 0; r0 < a->rows; r0 += 4)
-                shared_scores_of(s + r0, q + r0, kt, S1, P1, hd, a->rows - r0, a->half);
+                shared_scores_of(s + r0, q + r0, kt, S1, P1, hd, a->rows - r0, a->kind);
+            if (i8)
+                for (int32_t r = 0; r < a->rows; r++)
+                    scale_scores(s[r], a->shared_k_scale + (int64_t)h * P1, a->shared_mask, S1);
         }
         for (int32_t r = 0; r < a->rows; r++) {  /* each row's own inputs, its new one, the softmax */
-            const int64_t at = ((int64_t)r * a->heads + h) * hd * P2 * size;
-            add_scores(s[r] + S1, q[r], (const char *)a->k_t + at, S2, P2, hd, a->half);
-            const float *k_new = a->k_new + ((int64_t)r * a->heads + h) * hd;
+            const int64_t rh = (int64_t)r * a->heads + h;
+            scores_of(s[r] + S1, q[r], (const char *)a->k_t + rh * hd * P2 * size, i8 ? a->k_scale + rh * P2 : NULL,
+                      a->mask, S2, P2, hd, a->kind);
+            const float *k_new = a->k_new + rh * hd;
             own[r] = 0.0f;
             for (int32_t i = 0; i < hd; i++)
                 own[r] += q[r][i] * k_new[i];
-            const int32_t S = S1 + S2;
-            float m = own[r];
-            for (int32_t j = 0; j < S; j++)
-                m = s[r][j] > m ? s[r][j] : m;
-            top[r] = m;
-            const __m256 vtop = _mm256_set1_ps(m);
-            int32_t j = 0;
-            for (; j + 8 <= S; j += 8)
-                _mm256_storeu_ps(s[r] + j, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s[r] + j), vtop)));
-            for (; j < S; j++)
-                s[r][j] = expf(s[r][j] - m);
+            const float top = max_of(s[r], S1 + S2, own[r]);
+            sum[r] = exp_minus(s[r], S1 + S2, top);
+            own[r] = expf(own[r] - top);  /* now its weight */
+            if (i8) {
+                if (S1)
+                    scale_weights(s[r], a->shared_v_scale + (int64_t)h * P1, S1);
+                scale_weights(s[r] + S1, a->v_scale + rh * P2, S2);
+            }
         }
         if (S1) {
             const char *v = (const char *)a->shared_v + (int64_t)h * P1 * hd * size;
             for (int32_t r0 = 0; r0 < a->rows; r0 += 4)
-                shared_values_of(y + r0, (const float *const *)s + r0, v, S1, hd, a->rows - r0, a->half);
+                shared_values_of(y + r0, (const float *const *)s + r0, v, S1, hd, a->rows - r0, a->kind);
         }
         for (int32_t r = 0; r < a->rows; r++) {
-            const int64_t at = ((int64_t)r * a->heads + h) * P2 * hd * size;
+            const int64_t rh = (int64_t)r * a->heads + h;
             float own_values[MAX_HEAD_DIM];
-            values_of(s[r] + S1, (const char *)a->v + at, S2, hd, 1.0f, own_values, a->half);
+            values_of(s[r] + S1, (const char *)a->v + rh * P2 * hd * size, S2, hd, 1.0f, own_values, a->kind);
             for (int32_t i = 0; i < hd; i++)
                 y[r][i] += own_values[i];
-            __m256 vsum = _mm256_setzero_ps();
-            const int32_t S = S1 + S2;
-            int32_t j = 0;
-            for (; j + 8 <= S; j += 8)
-                vsum = _mm256_add_ps(vsum, _mm256_loadu_ps(s[r] + j));
-            float sum = hsum_ps(vsum);
-            for (; j < S; j++)
-                sum += s[r][j];
-            const float w_own = expf(own[r] - top[r]);
-            const float inv = 1.0f / (sum + w_own);
-            const float *v_new = a->v_new + ((int64_t)r * a->heads + h) * hd;
+            const float inv = 1.0f / (sum[r] + own[r]);
+            const float *v_new = a->v_new + rh * hd;
             for (int32_t i = 0; i < hd; i++)
-                y[r][i] = (y[r][i] + w_own * v_new[i]) * inv;
+                y[r][i] = (y[r][i] + own[r] * v_new[i]) * inv;
         }
     }
 }
@@ -998,9 +1108,14 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
         rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, in->new_cross_k + r * d);
         memcpy(in->new_cross_v + r * d, wide + r * W + 2 * d, d * sizeof(float));
     }
-    RowsAttention cross = {R, Hc, hdc, q, in->new_cross_k, in->new_cross_v, in->shared_slots, S1, in->shared_k_t,
-                           in->shared_v, in->shared_mask, in->slots, S2, in->cross_half, in->cross_k_t, in->cross_v,
-                           in->cross_mask, y};
+    const RowsAttention cross = {.rows = R, .heads = Hc, .head_dim = hdc, .q = q, .k_new = in->new_cross_k,
+                                 .v_new = in->new_cross_v, .shared_slots = in->shared_slots, .shared_used = S1,
+                                 .shared_k_t = in->shared_k_t, .shared_v = in->shared_v,
+                                 .shared_k_scale = in->shared_k_scale, .shared_v_scale = in->shared_v_scale,
+                                 .shared_mask = in->shared_mask, .slots = in->slots, .used = S2,
+                                 .kind = in->cross_kind, .k_t = in->cross_k_t, .v = in->cross_v,
+                                 .k_scale = in->cross_k_scale, .v_scale = in->cross_v_scale,
+                                 .mask = in->cross_mask, .y = y};
     run_task(c, attention_rows_part, &cross);
     product_rows(c, &m->cross_out, y, R, a, W);
     for (int32_t r = 0; r < R; r++)
@@ -1019,9 +1134,13 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
             rope(x + d, x + 3 * d, sc, ss, H, hd, in->new_latent_k[l] + r * d);
             memcpy(in->new_latent_v[l] + r * d, x + 4 * d, d * sizeof(float));
         }
-        RowsAttention self = {R, H, hd, q, in->new_latent_k[l], in->new_latent_v[l], 0, 0, 0, 0, 0,
-                              m->latent_slots, in->latent_used, in->latent_half, in->latent_k_t[l], in->latent_v[l],
-                              in->latent_mask, y};
+        const int i8 = in->latent_kind == CACHE_I8;
+        const RowsAttention self = {.rows = R, .heads = H, .head_dim = hd, .q = q, .k_new = in->new_latent_k[l],
+                                    .v_new = in->new_latent_v[l], .slots = m->latent_slots,
+                                    .used = in->latent_used, .kind = in->latent_kind, .k_t = in->latent_k_t[l],
+                                    .v = in->latent_v[l], .k_scale = i8 ? in->latent_k_scale[l] : NULL,
+                                    .v_scale = i8 ? in->latent_v_scale[l] : NULL, .mask = in->latent_mask,
+                                    .y = y};
         run_task(c, attention_rows_part, &self);
         product_rows(c, &blk->out, y, R, a, W);
         for (int32_t r = 0; r < R; r++)
@@ -1032,8 +1151,10 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
     for (int32_t r = 0; r < R; r++)
         layer_norm(h + r * W, d, m->final_norm, a + r * W);
     product_rows(c, &m->head, a, R, in->logits, m->vocab);
-    store_new(m, R, in->slots, in->cross_write, in->cross_half, in->cross_k_t, in->cross_v, in->new_cross_k,
-              in->new_cross_v, in->latent_write, in->latent_half, in->latent_k_t, in->latent_v, in->new_latent_k,
+    const Stored rings = {in->cross_kind, in->slots, in->cross_k_t, in->cross_v, in->cross_k_scale,
+                          in->cross_v_scale};
+    store_new(m, R, in->cross_write, rings, in->new_cross_k, in->new_cross_v, in->latent_write, in->latent_kind,
+              in->latent_k_t, in->latent_v, in->latent_k_scale, in->latent_v_scale, in->new_latent_k,
               in->new_latent_v);
     return 0;
 }
