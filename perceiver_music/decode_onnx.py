@@ -35,8 +35,9 @@ in 7 bits so that no CPU's kernels saturate).
 
 Where it can be had, the step and shared_step graphs give way to the native step (C kernels of
 our own over the same buffers, native_step.py; about half onnxruntime's step time), which also
-stores the new K/V into their slots itself; in int8 the decoder then keeps its K/V caches in
-float16, which only the native step reads. Resets stay on the graphs above.
+stores the new K/V into their slots itself; in int8 the decoder then keeps its K/V caches as
+int8 codes with a scale per head and slot (cache_codes.py), which only the native step reads.
+Resets stay on the graphs above, their K/V quantised as the native step quantises its own.
 """
 
 from __future__ import annotations
@@ -663,7 +664,7 @@ ROW_SLOTS = 256  # the rows' ring's first size; it doubles as the rows' own inpu
 # against 115), 668 against 579 tokens/s.
 SHARE_FROM_ROWS = 4
 CACHE_TYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
-NATIVE_INT8_CACHES = "float16"  # the native int8 step's caches (cache_type None)
+NATIVE_INT8_CACHES = "int8"  # the native int8 step's caches (cache_type None): BENCHMARKS.md, 2026-12-05 run 4
 
 
 class _Ring:

@@ -252,6 +252,16 @@ static float hsum_ps(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* The sums of eight vectors' lanes, as one vector: lane i holds a_i's (integer sums: the same
+   whatever the order). Nine instructions where eight hsum_epi32 take about 56. */
+static inline __m256i hsum8_epi32(__m256i a0, __m256i a1, __m256i a2, __m256i a3, __m256i a4, __m256i a5,
+                                  __m256i a6, __m256i a7) {
+    const __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+    const __m256i s1 = _mm256_hadd_epi32(_mm256_hadd_epi32(a4, a5), _mm256_hadd_epi32(a6, a7));
+    /* s0: a0..a3's low-lane sums, then their high-lane sums; s1 the same of a4..a7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31));
+}
+
 static int32_t hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -806,13 +816,18 @@ static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, 
                 acc[r][1] = dot_bytes(acc[r][1], x, w1);
             }
         }
+        for (int r = ROWS; r < 4; r++)
+            acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        int32_t sums[8];  /* row r's two outputs at 2r, 2r + 1 */
+        _mm256_storeu_si256((__m256i *)sums, hsum8_epi32(acc[0][0], acc[0][1], acc[1][0], acc[1][1], acc[2][0],
+                                                         acc[2][1], acc[3][0], acc[3][1]));
         for (int r = 0; r < ROWS; r++) {
             const float xs = ctx->row_xscale[r0 + r];
             const int32_t xz = ctx->row_xzero[r0 + r];
             float *y = p->y + (int64_t)(r0 + r) * p->y_stride;
-            y[n] = xs * w->scale[n] * (float)(hsum_epi32(acc[r][0]) - xz * w->colsum[n]);
+            y[n] = xs * w->scale[n] * (float)(sums[2 * r] - xz * w->colsum[n]);
             if (two)
-                y[n + 1] = xs * w->scale[n + 1] * (float)(hsum_epi32(acc[r][1]) - xz * w->colsum[n + 1]);
+                y[n + 1] = xs * w->scale[n + 1] * (float)(sums[2 * r + 1] - xz * w->colsum[n + 1]);
         }
     }
 }
