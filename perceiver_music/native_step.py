@@ -427,19 +427,25 @@ class NativeStep:
         _c_arrays(cross_mask, latent_mask, logits, new_cross_k, new_cross_v, *new_latent_k, *new_latent_v)
         cross_kind = _kind("cross-attend", (cross_k_t, cross_v), cross_scales)
         latent_kind = _kind("latent", (*latent_k_t, *latent_v), (*latent_scales[0], *latent_scales[1]))
-        cross_k_scale, cross_v_scale = cross_scales or (None, None)
         self.step = Step(slots=cross_mask.shape[-1], cross_write=-1, latent_write=-1, cross_kind=cross_kind,
-                         cross_k_t=cross_k_t.ctypes.data, cross_v=cross_v.ctypes.data,
-                         cross_k_scale=_data(cross_k_scale), cross_v_scale=_data(cross_v_scale),
-                         cross_mask=cross_mask.ctypes.data, latent_mask=latent_mask.ctypes.data,
-                         latent_kind=latent_kind, latent_k_t=self._layers(latent_k_t),
-                         latent_v=self._layers(latent_v), **self._latent_scales(latent_scales),
-                         logits=logits.ctypes.data, new_cross_k=new_cross_k.ctypes.data,
-                         new_cross_v=new_cross_v.ctypes.data, new_latent_k=self._layers(new_latent_k),
-                         new_latent_v=self._layers(new_latent_v))
+                         **self._own_fields(cross_k_t, cross_v, cross_scales, cross_mask, latent_mask,
+                                            latent_kind, latent_k_t, latent_v, latent_scales, logits,
+                                            new_cross_k, new_cross_v, new_latent_k, new_latent_v))
         self.pointed = (cross_k_t, cross_v, cross_mask, latent_mask, latent_k_t, latent_v, logits, new_cross_k,
                         new_cross_v, new_latent_k, new_latent_v, cross_scales, latent_scales)
         self.latent_slots = latent_mask.shape[-1]
+
+    def _own_fields(self, cross_k_t, cross_v, cross_scales, cross_mask, latent_mask, latent_kind, latent_k_t,
+                    latent_v, latent_scales, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v) -> dict:
+        """The fields Step and RowsStep share: a row's own ring, its latent caches and its outputs."""
+        cross_k_scale, cross_v_scale = cross_scales or (None, None)
+        return dict(cross_k_t=cross_k_t.ctypes.data, cross_v=cross_v.ctypes.data,
+                    cross_k_scale=_data(cross_k_scale), cross_v_scale=_data(cross_v_scale),
+                    cross_mask=cross_mask.ctypes.data, latent_mask=latent_mask.ctypes.data,
+                    latent_kind=latent_kind, latent_k_t=self._layers(latent_k_t), latent_v=self._layers(latent_v),
+                    **self._latent_scales(latent_scales), logits=logits.ctypes.data,
+                    new_cross_k=new_cross_k.ctypes.data, new_cross_v=new_cross_v.ctypes.data,
+                    new_latent_k=self._layers(new_latent_k), new_latent_v=self._layers(new_latent_v))
 
     def _latent_scales(self, latent_scales) -> dict:
         k, v = latent_scales
@@ -462,19 +468,14 @@ class NativeStep:
                            (*shared_scales, *cross_scales))
         latent_kind = _kind("latent", (*latent_k_t, *latent_v), (*latent_scales[0], *latent_scales[1]))
         shared_k_scale, shared_v_scale = shared_scales or (None, None)
-        cross_k_scale, cross_v_scale = cross_scales or (None, None)
         self.step = RowsStep(rows=rows, tokens=tokens.ctypes.data, shared_slots=shared_mask.shape[-1],
                              cross_kind=cross_kind, shared_k_t=shared_k_t.ctypes.data, shared_v=shared_v.ctypes.data,
                              shared_k_scale=_data(shared_k_scale), shared_v_scale=_data(shared_v_scale),
                              shared_mask=shared_mask.ctypes.data, slots=cross_mask.shape[-1], cross_write=-1,
-                             latent_write=-1, cross_k_t=cross_k_t.ctypes.data, cross_v=cross_v.ctypes.data,
-                             cross_k_scale=_data(cross_k_scale), cross_v_scale=_data(cross_v_scale),
-                             cross_mask=cross_mask.ctypes.data, latent_mask=latent_mask.ctypes.data,
-                             latent_kind=latent_kind, latent_k_t=self._layers(latent_k_t),
-                             latent_v=self._layers(latent_v), **self._latent_scales(latent_scales),
-                             logits=logits.ctypes.data, new_cross_k=new_cross_k.ctypes.data,
-                             new_cross_v=new_cross_v.ctypes.data, new_latent_k=self._layers(new_latent_k),
-                             new_latent_v=self._layers(new_latent_v))
+                             latent_write=-1,
+                             **self._own_fields(cross_k_t, cross_v, cross_scales, cross_mask, latent_mask,
+                                                latent_kind, latent_k_t, latent_v, latent_scales, logits,
+                                                new_cross_k, new_cross_v, new_latent_k, new_latent_v))
         self.pointed = (tokens, shared_k_t, shared_v, shared_mask, cross_k_t, cross_v, cross_mask, latent_mask,
                         latent_k_t, latent_v, logits, new_cross_k, new_cross_v, new_latent_k, new_latent_v,
                         shared_scales, cross_scales, latent_scales)
