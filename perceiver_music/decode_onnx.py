@@ -1074,7 +1074,6 @@ class OnnxDecoder:
         k_t, v, slot_pos = self._attended_inputs(latent_ids.shape[0])
         out = self.compiled.latents.run(None, {"latent_ids": np.ascontiguousarray(latent_ids), "q_pos": q_pos,
                                                "cross_k_t": k_t, "cross_v": v, "slot_pos": slot_pos})
-        n = latent_ids.shape[1]
         for i in range(self.L):
             self._store_latents(i, out[1 + 2 * i], out[2 + 2 * i])
         return torch.from_numpy(np.array(np.broadcast_to(out[0], (self.batch, out[0].shape[1])), np.float32))
