@@ -385,9 +385,9 @@ def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, 
                 scale = 1.0 + np.abs(np.stack(expected))  # atol 1e-4, rtol 1e-4
                 errors.append(float((np.abs(logits.numpy() - np.stack(expected)) / scale).max()))
     errors = np.array(errors)
-    if precision == "float32":
+    if precision == "float32" and cache_type != "int8":
         assert errors.max() < 1e-4
-    else:
+    else:  # int8 caches quantise each query too: a last-bit difference can move one of its codes
         assert errors.max() < 0.5 and (errors > 1e-4).mean() <= 0.1
     assert len(errors) > 20 and shared_seen == ({True, False} if one_primer else {False})
 

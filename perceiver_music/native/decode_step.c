@@ -19,7 +19,9 @@
    over the values; it reads only the slots a cache has ever written. The caches are float32,
    float16 (F16C converts them as they are loaded) or int8: each head's key or value at a slot as
    hd codes round(x / scale) with scale = max|x| / 127 (the slot's scale multiplies its score,
-   and its softmax weight before the values are summed). Once done, the step stores its new K/V
+   and its softmax weight before the values are summed). With int8 caches the query is coded the
+   same way, and its scores are sums of byte products (byte_scores): exact integers, the same
+   on every CPU. Once done, the step stores its new K/V
    into the slots the caller names (cross_write, latent_write), in the caches' kind.
 
    AVX2, FMA and F16C (every x86-64 laptop since 2013-2015), and VNNI's byte products where the
@@ -634,23 +636,172 @@ static inline __attribute__((always_inline)) void add_scores_of(float *s, const 
 static void add_scores(float *s, const float *q, const void *kt, int32_t S, int32_t stride, int32_t hd, int kind) {
     if (kind == CACHE_F16)
         add_scores_of(s, q, kt, S, stride, hd, CACHE_F16);
-    else if (kind == CACHE_I8)
-        add_scores_of(s, q, kt, S, stride, hd, CACHE_I8);
     else
         add_scores_of(s, q, kt, S, stride, hd, CACHE_F32);
 }
 
-/* Scores s[0..S-1] of a query q over S cached keys (transposed, `stride` slots a row): the mask
-   plus q . k, an int8 cache's sums of codes times their slot's scale. */
-static void scores_of(float *s, const float *q, const void *kt, const float *k_scale, const float *mask, int32_t S,
-                      int32_t stride, int32_t hd, int kind) {
-    if (kind == CACHE_I8)
-        memset(s, 0, S * sizeof(float));
-    else
-        memcpy(s, mask, S * sizeof(float));
-    add_scores(s, q, kt, S, stride, hd, kind);
-    if (kind == CACHE_I8)
+/* ---- an int8 cache's scores in byte products ---- */
+
+#define SCORE_BLOCK 512  /* slots per pass over the heads' dims: the rows' scores stay in L1 */
+
+/* A head's query as int8 codes the way a cache codes its keys (quantize_slot), four dims to an int
+   (one broadcast feeds four byte products), and the value its sums of products start from. */
+typedef struct {
+    int8_t codes[MAX_HEAD_DIM];
+    int32_t fours[MAX_HEAD_DIM / 4];
+    float scale;
+    int32_t start;
+} QueryCodes;
+
+/* Four byte products of key codes and query codes summed into each int of acc, exactly. The
+   byte products take one unsigned operand: with VNNI, the key codes plus 128 (key_operand), so
+   the sums start at -128 * the query's sum of codes; without, |k| times q with k's sign (the
+   pairs' 16-bit sums stay within 2 * 127 * 127). Both give sum q k, so every CPU computes the
+   same scores. k: key codes, four dims of a slot to an int; key: key_operand(k). */
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#define KEY_OFFSET 128
+static inline __m256i key_operand(__m256i k) {
+    return _mm256_xor_si256(k, _mm256_set1_epi8((char)0x80));
+}
+static inline __m256i add_key_products(__m256i acc, __m256i key, __m256i k, __m256i q) {
+    (void)k;
+    return dot_bytes(acc, key, q);
+}
+#else
+#define KEY_OFFSET 0
+static inline __m256i key_operand(__m256i k) {
+    return _mm256_abs_epi8(k);
+}
+static inline __m256i add_key_products(__m256i acc, __m256i key, __m256i k, __m256i q) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(key, _mm256_sign_epi8(q, k)),
+                                                   _mm256_set1_epi16(1)));
+}
+#endif
+
+static void quantize_query(const float *q, int32_t hd, QueryCodes *out) {
+    out->scale = quantize_slot(q, hd, out->codes, 1);
+    int32_t total = 0;
+    for (int32_t i = 0; i < hd; i++)
+        total += out->codes[i];
+    memcpy(out->fours, out->codes, hd);
+    out->start = -KEY_OFFSET * total;
+}
+
+/* Slots j..j+7 of four dims' rows of keys (`stride` apart) as one vector: slot after slot, each
+   slot's four codes in one int. */
+static inline __m256i four_dims_of_8(const int8_t *k, int64_t stride) {
+    const __m128i a = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)k), _mm_loadl_epi64((const __m128i *)(k + stride)));
+    const __m128i b = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(k + 2 * stride)),
+                                        _mm_loadl_epi64((const __m128i *)(k + 3 * stride)));
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(a, b)), _mm_unpackhi_epi16(a, b), 1);
+}
+
+/* The codes of dims i..i+3 at slots j..j+31 of keys (transposed, rows `stride` apart), four dims
+   of a slot to an int: t[0] holds slots 0-3 and 16-19, t[1] 4-7 and 20-23, t[2] 8-11 and
+   24-27, t[3] 12-15 and 28-31 (the unpacks work within 128-bit lanes). */
+static inline __attribute__((always_inline)) void four_dims_of_32(const int8_t *k, int64_t stride, __m256i *t) {
+    const __m256i k0 = _mm256_loadu_si256((const __m256i *)k);
+    const __m256i k1 = _mm256_loadu_si256((const __m256i *)(k + stride));
+    const __m256i k2 = _mm256_loadu_si256((const __m256i *)(k + 2 * stride));
+    const __m256i k3 = _mm256_loadu_si256((const __m256i *)(k + 3 * stride));
+    const __m256i a = _mm256_unpacklo_epi8(k0, k1), b = _mm256_unpackhi_epi8(k0, k1);
+    const __m256i c = _mm256_unpacklo_epi8(k2, k3), d = _mm256_unpackhi_epi8(k2, k3);
+    t[0] = _mm256_unpacklo_epi16(a, c);
+    t[1] = _mm256_unpackhi_epi16(a, c);
+    t[2] = _mm256_unpacklo_epi16(b, d);
+    t[3] = _mm256_unpackhi_epi16(b, d);
+}
+
+/* s_r[j] = q_r's scale * sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of
+   int8 keys (transposed, rows `stride` apart). Eight dims per pass over a block of slots, the
+   sums kept as ints in s_r itself (in four_dims_of_32's order), so that the keys are read as
+   eight streams: reading 64 rows 4,096 bytes apart at once, as a slot-major order would, thrashes
+   the L1 cache. Each load and shuffle serves all the rows. */
+static inline __attribute__((always_inline)) void byte_scores(float *const *s, const QueryCodes *const *q,
+                                                              const int8_t *kt, int32_t S, int32_t stride,
+                                                              int32_t hd, const int ROWS) {
+    const int32_t S32 = S & ~31;
+    for (int32_t jb = 0; jb < S32; jb += SCORE_BLOCK) {
+        const int32_t je = jb + SCORE_BLOCK < S32 ? jb + SCORE_BLOCK : S32;
+        for (int32_t i = 0; i < hd; i += 8) {
+            for (int32_t j = jb; j < je; j += 32) {
+                __m256i t[4], u[4];
+                four_dims_of_32(kt + (int64_t)i * stride + j, stride, t);
+                four_dims_of_32(kt + (int64_t)(i + 4) * stride + j, stride, u);
+                for (int r = 0; r < ROWS; r++) {
+                    __m256i *sums = (__m256i *)(s[r] + j);
+                    const __m256i qt = _mm256_set1_epi32(q[r]->fours[i / 4]);
+                    const __m256i qu = _mm256_set1_epi32(q[r]->fours[i / 4 + 1]);
+                    for (int m = 0; m < 4; m++) {
+                        __m256i acc = i ? _mm256_loadu_si256(sums + m) : _mm256_set1_epi32(q[r]->start);
+                        acc = add_key_products(acc, key_operand(t[m]), t[m], qt);
+                        _mm256_storeu_si256(sums + m, add_key_products(acc, key_operand(u[m]), u[m], qu));
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {  /* the sums in slot order, as scores */
+            const __m256 scale = _mm256_set1_ps(q[r]->scale);
+            for (int32_t j = jb; j < je; j += 32) {
+                __m256i *sums = (__m256i *)(s[r] + j);
+                const __m256i a0 = _mm256_loadu_si256(sums), a1 = _mm256_loadu_si256(sums + 1);
+                const __m256i a2 = _mm256_loadu_si256(sums + 2), a3 = _mm256_loadu_si256(sums + 3);
+#define PUT(at, x, y, lanes) \
+    _mm256_storeu_ps(s[r] + j + (at), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_permute2x128_si256(x, y, lanes)), scale))
+                PUT(0, a0, a1, 0x20);
+                PUT(8, a2, a3, 0x20);
+                PUT(16, a0, a1, 0x31);
+                PUT(24, a2, a3, 0x31);
+#undef PUT
+            }
+        }
+    }
+    int32_t j = S32;
+    for (; j + 8 <= S; j += 8) {
+        __m256i acc[4];
+        for (int r = 0; r < ROWS; r++)
+            acc[r] = _mm256_set1_epi32(q[r]->start);
+        for (int32_t i = 0; i < hd; i += 4) {
+            const __m256i t = four_dims_of_8(kt + (int64_t)i * stride + j, stride), key = key_operand(t);
+            for (int r = 0; r < ROWS; r++)
+                acc[r] = add_key_products(acc[r], key, t, _mm256_set1_epi32(q[r]->fours[i / 4]));
+        }
+        for (int r = 0; r < ROWS; r++)
+            _mm256_storeu_ps(s[r] + j, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(q[r]->scale)));
+    }
+    for (; j < S; j++)
+        for (int r = 0; r < ROWS; r++) {
+            int32_t sum = 0;
+            for (int32_t i = 0; i < hd; i++)
+                sum += q[r]->codes[i] * kt[(int64_t)i * stride + j];
+            s[r][j] = (float)sum * q[r]->scale;
+        }
+}
+
+/* byte_scores for any number of rows, four at a time */
+static void byte_scores_of(float *const *s, const QueryCodes *const *q, const int8_t *kt, int32_t S, int32_t stride,
+                           int32_t hd, int32_t rows) {
+    for (int32_t r = 0; r < rows; r += 4) {
+        const int32_t left = rows - r;
+        if (left >= 4) byte_scores(s + r, q + r, kt, S, stride, hd, 4);
+        else if (left == 3) byte_scores(s + r, q + r, kt, S, stride, hd, 3);
+        else if (left == 2) byte_scores(s + r, q + r, kt, S, stride, hd, 2);
+        else byte_scores(s + r, q + r, kt, S, stride, hd, 1);
+    }
+}
+
+/* Scores s[0..S-1] of a query over S cached keys (transposed, `stride` slots a row): the mask
+   plus q . k; for an int8 cache the query's codes (qc) times the keys' codes, times both
+   scales. */
+static void scores_of(float *s, const float *q, const QueryCodes *qc, const void *kt, const float *k_scale,
+                      const float *mask, int32_t S, int32_t stride, int32_t hd, int kind) {
+    if (kind == CACHE_I8) {
+        byte_scores_of(&s, &qc, kt, S, stride, hd, 1);
         scale_scores(s, k_scale, mask, S);
+        return;
+    }
+    memcpy(s, mask, S * sizeof(float));
+    add_scores(s, q, kt, S, stride, hd, kind);
 }
 
 static void attention_part(Context *c, const void *arg, int part) {
@@ -662,7 +813,10 @@ static void attention_part(Context *c, const void *arg, int part) {
         const int64_t elements = (int64_t)h * hd * a->slots, size = cache_bytes(a->kind);  /* the head's K and V */
         const float *q = a->q + h * hd;
         const char *kt = (const char *)a->k_t + elements * size, *v = (const char *)a->v + elements * size;
-        scores_of(s, q, kt, i8 ? a->k_scale + (int64_t)h * a->slots : NULL, a->mask, S, a->slots, hd, a->kind);
+        QueryCodes qc;
+        if (i8)
+            quantize_query(q, hd, &qc);
+        scores_of(s, q, &qc, kt, i8 ? a->k_scale + (int64_t)h * a->slots : NULL, a->mask, S, a->slots, hd, a->kind);
         float own = 0.0f;
         for (int32_t i = 0; i < hd; i++)
             own += q[i] * a->k_new[h * hd + i];
@@ -907,7 +1061,6 @@ typedef struct {
     float *y;                             /* (rows, MAX_WIDTH) */
 } RowsAttention;
 
-#define SCORE_BLOCK 512  /* shared slots per pass over the heads' dims: the rows' scores stay in L1 */
 
 /* s_r[j] += sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of one shared
    head, two of the head's dims per pass: each key loaded once for all rows. */
@@ -1016,29 +1169,33 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
         float *s[MAX_ROWS], *y[MAX_ROWS];
         const float *q[MAX_ROWS];
         float own[MAX_ROWS], sum[MAX_ROWS];
+        QueryCodes codes[MAX_ROWS];
+        const QueryCodes *qc[MAX_ROWS];
         for (int32_t r = 0; r < a->rows; r++) {
             s[r] = c->row_scores[part] + (int64_t)r * c->score_stride;
             q[r] = a->q + (int64_t)r * MAX_WIDTH + h * hd;
             y[r] = a->y + (int64_t)r * MAX_WIDTH + h * hd;
-            if (S1) {  /* int8's sums of codes start from 0: scale_scores adds the mask */
-                if (i8)
-                    memset(s[r], 0, S1 * sizeof(float));
-                else
-                    memcpy(s[r], a->shared_mask, S1 * sizeof(float));
-            }
+            qc[r] = codes + r;
+            if (i8)
+                quantize_query(q[r], hd, codes + r);
+            else if (S1)
+                memcpy(s[r], a->shared_mask, S1 * sizeof(float));
             memset(y[r], 0, hd * sizeof(float));
         }
         if (S1) {
             const char *kt = (const char *)a->shared_k_t + (int64_t)h * hd * P1 * size;
-            for (int32_t r0 = 0; r0 < a->rows; r0 += 4)
-                shared_scores_of(s + r0, q + r0, kt, S1, P1, hd, a->rows - r0, a->kind);
-            if (i8)
+            if (i8) {  /* scale_scores adds the mask */
+                byte_scores_of(s, qc, (const int8_t *)kt, S1, P1, hd, a->rows);
                 for (int32_t r = 0; r < a->rows; r++)
                     scale_scores(s[r], a->shared_k_scale + (int64_t)h * P1, a->shared_mask, S1);
+            } else {
+                for (int32_t r0 = 0; r0 < a->rows; r0 += 4)
+                    shared_scores_of(s + r0, q + r0, kt, S1, P1, hd, a->rows - r0, a->kind);
+            }
         }
         for (int32_t r = 0; r < a->rows; r++) {  /* each row's own inputs, its new one, the softmax */
             const int64_t rh = (int64_t)r * a->heads + h;
-            scores_of(s[r] + S1, q[r], (const char *)a->k_t + rh * hd * P2 * size, i8 ? a->k_scale + rh * P2 : NULL,
+            scores_of(s[r] + S1, q[r], qc[r], (const char *)a->k_t + rh * hd * P2 * size, i8 ? a->k_scale + rh * P2 : NULL,
                       a->mask, S2, P2, hd, a->kind);
             const float *k_new = a->k_new + rh * hd;
             own[r] = 0.0f;
