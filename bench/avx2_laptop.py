@@ -32,8 +32,10 @@ CPU's with AVX-512 left out, not a laptop's.
 
 Needs objdump (binutils) to find the `xgetbv` instructions. Prints the check as one JSON line
 on stderr, then runs the command with PYTHONPATH, the PyTorch switches and
-PERCEIVER_MUSIC_ONNXRUNTIME_ISA (which bench/generate.py records) set, and without --avx-vnni
-PERCEIVER_MUSIC_NATIVE_VNNI=0 (the native step's AVX2 byte products); exits with its code.
+PERCEIVER_MUSIC_ONNXRUNTIME_ISA (which bench/generate.py records) set, and
+PERCEIVER_MUSIC_NATIVE_VNNI=0 (the native step's AVX2 byte products), or with --avx-vnni
+PERCEIVER_MUSIC_NATIVE_VNNI=avx_vnni (AVX-VNNI's, without the step's AVX-512 kernels); exits with
+its code.
 """
 
 from __future__ import annotations
@@ -225,8 +227,9 @@ def main() -> int:
             return 2
         isa = "avx2+avx-vnni" if args.avx_vnni else "avx2"
         env = {**os.environ, **TORCH_SWITCHES, "PYTHONPATH": pythonpath, "PERCEIVER_MUSIC_ONNXRUNTIME_ISA": isa}
-        if not args.avx_vnni:  # the native step's byte products as AVX2 computes them
-            env["PERCEIVER_MUSIC_NATIVE_VNNI"] = "0"
+        # the native step built as such a CPU builds it: AVX2's byte products, or AVX-VNNI's
+        # without AVX-512's kernels
+        env["PERCEIVER_MUSIC_NATIVE_VNNI"] = "avx_vnni" if args.avx_vnni else "0"
         if args.openvino:
             if (failed := held_openvino(Path(folder), pythonpath)) is not None:
                 print(f"avx2_laptop: {failed}", file=sys.stderr)

@@ -12,7 +12,9 @@ timed with the caches in each of float32, float16 and int8 codes (cache_codes.py
 the smaller caches save is measured in the same run (the top level: the caches int8 runs keep,
 decode_onnx.NATIVE_INT8_CACHES); on a CPU with VNNI once more, with AVX2's byte products
 (PERCEIVER_MUSIC_NATIVE_VNNI=0, what an AVX2-only CPU runs) over those caches, against the VNNI
-products the step uses there.
+products the step uses there; and on a CPU with AVX-512 VNNI and AVX-VNNI, built as a laptop
+with AVX-VNNI builds it (PERCEIVER_MUSIC_NATIVE_VNNI=avx_vnni: 256-bit byte products, no
+AVX-512 kernels).
 
 Prints one JSON object: median ms per case (--repeats runs of --burst steps each), the ratios,
 and the bytes each part reads per step.
@@ -75,12 +77,15 @@ def main() -> None:
     model = bench_model(cfg, torch.device("cpu")).eval()
     R = default_reset_latents(cfg.num_latents)
     primer = torch.randint(3, 300, (1, args.context - 1))
-    variants = [(cache, cache, True) for cache in CACHE_TYPES]  # (name, cache type, VNNI allowed)
-    if native_step.vnni_flags():
-        variants.append(("avx2_products", NATIVE_INT8_CACHES, False))
+    variants = [(cache, cache, "1") for cache in CACHE_TYPES]  # (name, cache type, VNNI_SWITCH)
+    best = native_step.vnni_flags()
+    if best:
+        variants.append(("avx2_products", NATIVE_INT8_CACHES, "0"))
+    if best == native_step.VNNI_FLAGS["avx512_vnni"] and "avx_vnni" in (native_step.cpu_flags() or ()):
+        variants.append(("avx_vnni_products", NATIVE_INT8_CACHES, "avx_vnni"))
     decoders = {}
-    for name, cache_type, vnni in variants:
-        os.environ[native_step.VNNI_SWITCH] = "1" if vnni else "0"
+    for name, cache_type, switch in variants:
+        os.environ[native_step.VNNI_SWITCH] = switch
         for rows in (1, 4):
             decoder = OnnxDecoder(model, rows, precision="int8", threads=args.threads, native_step=True,
                                   cache_type=cache_type)
@@ -106,6 +111,7 @@ def main() -> None:
         "cache_type": NATIVE_INT8_CACHES,
         "cache_bytes_per_value": size,
         "byte_products": "vnni" if one.native.vnni else "avx2",
+        "native_step_flags": " ".join(best),
         **parts(ms, NATIVE_INT8_CACHES),
         "caches": {cache: parts(ms, cache) for cache in CACHE_TYPES},
         "over_float32_caches": {cache: over(ms, cache, "float32") for cache in CACHE_TYPES if cache != "float32"},
@@ -121,6 +127,9 @@ def main() -> None:
     if (1, "avx2_products") in decoders:
         out["avx2_byte_products"] = parts(ms, "avx2_products")
         out["vnni_over_avx2_byte_products"] = over(ms, NATIVE_INT8_CACHES, "avx2_products")
+    if (1, "avx_vnni_products") in decoders:
+        out["avx_vnni_byte_products"] = parts(ms, "avx_vnni_products")
+        out["avx512_over_avx_vnni"] = over(ms, NATIVE_INT8_CACHES, "avx_vnni_products")
     print(json.dumps(out, indent=1))
 
 

@@ -49,7 +49,9 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC", "-pthread")
 # three instructions, so the same logits; at 4 rows the weight products took 0.52 against
 # 0.67-0.81 ms (BENCHMARKS.md). The C uses only 256-bit vectors either way.
 VNNI_FLAGS = {"avx512_vnni": ("-mavx512vnni", "-mavx512vl"), "avx_vnni": ("-mavxvnni",)}
-VNNI_SWITCH = "PERCEIVER_MUSIC_NATIVE_VNNI"  # "0": the AVX2 products (what an AVX2-only CPU runs)
+# "0": the AVX2 products (what an AVX2-only CPU runs); "avx_vnni": AVX-VNNI's 256-bit products
+# without AVX-512 (what a laptop with AVX-VNNI runs), where the CPU has it
+VNNI_SWITCH = "PERCEIVER_MUSIC_NATIVE_VNNI"
 CODE_LIMIT = 63  # 7-bit codes: vpmaddubsw's sums of two byte products stay within 16 bits
 SWITCH = "PERCEIVER_MUSIC_NATIVE_STEP"  # "0" keeps onnxruntime's step everywhere
 CPUINFO = Path("/proc/cpuinfo")
@@ -146,11 +148,13 @@ def compiler() -> str | None:
 
 
 def vnni_flags() -> tuple[str, ...]:
-    """The compiler flags of this CPU's VNNI byte products, if it has them (VNNI_FLAGS), else none."""
-    if os.environ.get(VNNI_SWITCH, "1") == "0":
+    """The compiler flags of this CPU's VNNI byte products, if it has them (VNNI_FLAGS), else none.
+    AVX-512 VNNI's flags also build the step's 512-bit kernels (decode_step.c)."""
+    switch = os.environ.get(VNNI_SWITCH, "1")
+    if switch == "0":
         return ()
     flags = set(cpu_flags() or ())
-    if {"avx512_vnni", "avx512vl"} <= flags:
+    if {"avx512_vnni", "avx512vl"} <= flags and switch != "avx_vnni":
         return VNNI_FLAGS["avx512_vnni"]
     return VNNI_FLAGS["avx_vnni"] if "avx_vnni" in flags else ()
 

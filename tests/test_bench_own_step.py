@@ -58,3 +58,10 @@ def test_native_step_parts_splits_the_step_at_1_row_and_4_variations():
     vnni = bool(native_step.vnni_flags())  # where the CPU has VNNI its products are timed against AVX2's
     assert report["byte_products"] == ("vnni" if vnni else "avx2")
     assert ("vnni_over_avx2_byte_products" in report) == ("avx2_byte_products" in report) == vnni
+    assert report["native_step_flags"] == " ".join(native_step.vnni_flags())
+    # a CPU with AVX-512 VNNI and AVX-VNNI: timed as a laptop with AVX-VNNI builds the step too
+    laptop = native_step.vnni_flags() == native_step.VNNI_FLAGS["avx512_vnni"] and "avx_vnni" in (
+        native_step.cpu_flags() or ())
+    assert ("avx_vnni_byte_products" in report) == ("avx512_over_avx_vnni" in report) == laptop
+    if laptop:
+        assert set(report["avx_vnni_byte_products"]["ms_4_variations"]) == cases

@@ -169,6 +169,8 @@ def test_vnni_is_built_where_the_cpu_has_it(monkeypatch, tmp_path):
         assert native_step.vnni_flags() == expected
         monkeypatch.setenv(native_step.VNNI_SWITCH, "0")
         assert native_step.vnni_flags() == ()
+        monkeypatch.setenv(native_step.VNNI_SWITCH, "avx_vnni")  # as a laptop with AVX-VNNI builds it
+        assert native_step.vnni_flags() == (("-mavxvnni",) if "avx_vnni" in flags else ())
         monkeypatch.delenv(native_step.VNNI_SWITCH)
 
 
@@ -392,21 +394,31 @@ def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, 
     assert len(errors) > 20 and shared_seen == ({True, False} if one_primer else {False})
 
 
+def has_avx512_and_avx_vnni() -> bool:
+    return native_step.vnni_flags() == native_step.VNNI_FLAGS["avx512_vnni"] and "avx_vnni" in (
+        native_step.cpu_flags() or ())
+
+
 @needs_native
 @pytest.mark.skipif(not native_step.vnni_flags(), reason="this CPU has no VNNI")
 @SIZES
 @pytest.mark.parametrize("rows", [1, 4])
-def test_vnni_byte_products_give_avx2s_logits_exactly(monkeypatch, sizes, rows):
-    """The one-instruction byte products sum the same integers as AVX2's three: an int8 step
-    built each way gives the same logits, bit for bit, through resets and the window sliding."""
+@pytest.mark.parametrize("other", ["0", pytest.param("avx_vnni", marks=pytest.mark.skipif(
+    not has_avx512_and_avx_vnni(), reason="needs a CPU with AVX-512 VNNI and AVX-VNNI"))])
+def test_vnni_byte_products_give_avx2s_logits_exactly(monkeypatch, sizes, rows, other):
+    """The one-instruction byte products sum the same integers as AVX2's three, and the AVX-512
+    kernels (built with AVX-512 VNNI) the same sums and float sums as the 256-bit ones: an int8
+    step built with this CPU's VNNI gives the same logits, bit for bit, as one built for AVX2
+    (other "0") or for AVX-VNNI ("avx_vnni"), through resets and the window sliding."""
     from perceiver_music.generate import TokenWindow, default_reset_latents
     from test_generate import MAX_CONTEXT, N
 
     model = random_model(seed=6, **sizes)
     vnni = OnnxDecoder(model, rows, precision="int8", native_step=True)
-    monkeypatch.setenv(native_step.VNNI_SWITCH, "0")
+    monkeypatch.setenv(native_step.VNNI_SWITCH, other)
     avx2 = OnnxDecoder(model, rows, precision="int8", native_step=True)
-    assert vnni.native.vnni and not avx2.native.vnni
+    assert vnni.native.vnni and avx2.native.vnni == (other == "avx_vnni")
+    assert vnni.native.lib is not avx2.native.lib
     g = torch.Generator().manual_seed(2)
     window = TokenWindow(torch.randint(3, 300, (1, 40), generator=g).expand(rows, -1), rows, MAX_CONTEXT,
                          torch.device("cpu"))

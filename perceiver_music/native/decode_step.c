@@ -514,16 +514,6 @@ static void store_slot(const float *k, const float *v, int32_t rows, int32_t H, 
     }
 }
 
-/* s[j] = s[j] * scale[j] + mask[j]: an int8 cache's sums of codes made scores */
-static void scale_scores(float *s, const float *scale, const float *mask, int32_t S) {
-    int32_t j = 0;
-    for (; j + 8 <= S; j += 8)
-        _mm256_storeu_ps(s + j, _mm256_fmadd_ps(_mm256_loadu_ps(s + j), _mm256_loadu_ps(scale + j),
-                                                _mm256_loadu_ps(mask + j)));
-    for (; j < S; j++)
-        s[j] = s[j] * scale[j] + mask[j];
-}
-
 /* w[j] *= scale[j]: softmax weights times an int8 cache's value scales */
 static void scale_weights(float *w, const float *scale, int32_t S) {
     int32_t j = 0;
@@ -601,7 +591,36 @@ static inline __attribute__((always_inline)) void weighted_values(const float *w
 
 /* weighted_values with a constant count where hd is the default model's 64 (the sums stay in
    registers), for each kind of cache */
+#if defined(__AVX512F__)
+/* weighted_values of int8 codes, 16 values an instruction where the CPU has AVX-512: each value
+   sums the same products in the same order, so the result is the same to the bit. */
+static inline __attribute__((always_inline)) void weighted_codes_512(const float *w, const int8_t *v, int32_t S,
+                                                                     int32_t vectors, float inv, float *y) {
+    __m512 acc[MAX_HEAD_DIM / 16];
+    for (int i = 0; i < vectors; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int32_t j = 0; j < S; j++) {
+        const __m512 wj = _mm512_set1_ps(w[j]);
+        const int8_t *row = v + (int64_t)j * vectors * 16;
+        for (int i = 0; i < vectors; i++)
+            acc[i] = _mm512_fmadd_ps(wj, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + 16 * i)))),
+                                     acc[i]);
+    }
+    for (int i = 0; i < vectors; i++)
+        _mm512_storeu_ps(y + 16 * i, _mm512_mul_ps(acc[i], _mm512_set1_ps(inv)));
+}
+#endif
+
 static void values_of(const float *w, const void *v, int32_t S, int32_t hd, float inv, float *y, int kind) {
+#if defined(__AVX512F__)
+    if (kind == CACHE_I8 && hd % 16 == 0) {
+        if (hd == 64)
+            weighted_codes_512(w, v, S, 4, inv, y);
+        else
+            weighted_codes_512(w, v, S, hd / 16, inv, y);
+        return;
+    }
+#endif
 #define VALUES(KIND) hd == 64 ? weighted_values(w, v, S, 8, inv, y, KIND) : weighted_values(w, v, S, hd / 8, inv, y, KIND)
     if (kind == CACHE_F16)
         VALUES(CACHE_F16);
@@ -678,11 +697,27 @@ static inline __m256i add_key_products(__m256i acc, __m256i key, __m256i k, __m2
 }
 #endif
 
+/* hd (a multiple of 8) dims of a query to codes: round(q * 127 / max|q|), to even */
 static void quantize_query(const float *q, int32_t hd, QueryCodes *out) {
-    out->scale = quantize_slot(q, hd, out->codes, 1);
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 top = _mm256_setzero_ps();
+    for (int32_t i = 0; i < hd; i += 8)
+        top = _mm256_max_ps(top, _mm256_and_ps(_mm256_loadu_ps(q + i), magnitude));
+    float tops[8];
+    _mm256_storeu_ps(tops, top);
+    const float largest = max_of(tops, 8, 0.0f);
+    out->scale = largest / 127.0f;
+    const __m256 inverse = _mm256_set1_ps(largest > 0.0f ? 127.0f / largest : 0.0f);
     int32_t total = 0;
-    for (int32_t i = 0; i < hd; i++)
-        total += out->codes[i];
+    for (int32_t i = 0; i < hd; i += 8) {
+        int32_t codes[8];
+        _mm256_storeu_si256((__m256i *)codes, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(q + i), inverse)));
+        for (int k = 0; k < 8; k++) {
+            const int32_t code = codes[k] > 127 ? 127 : codes[k] < -127 ? -127 : codes[k];
+            out->codes[i + k] = (int8_t)code;
+            total += code;
+        }
+    }
     memcpy(out->fours, out->codes, hd);
     out->start = -KEY_OFFSET * total;
 }
@@ -690,7 +725,8 @@ static void quantize_query(const float *q, int32_t hd, QueryCodes *out) {
 /* Slots j..j+7 of four dims' rows of keys (`stride` apart) as one vector: slot after slot, each
    slot's four codes in one int. */
 static inline __m256i four_dims_of_8(const int8_t *k, int64_t stride) {
-    const __m128i a = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)k), _mm_loadl_epi64((const __m128i *)(k + stride)));
+    const __m128i a = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)k),
+                                        _mm_loadl_epi64((const __m128i *)(k + stride)));
     const __m128i b = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(k + 2 * stride)),
                                         _mm_loadl_epi64((const __m128i *)(k + 3 * stride)));
     return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(a, b)), _mm_unpackhi_epi16(a, b), 1);
@@ -712,13 +748,15 @@ static inline __attribute__((always_inline)) void four_dims_of_32(const int8_t *
     t[3] = _mm256_unpackhi_epi16(b, d);
 }
 
-/* s_r[j] = q_r's scale * sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of
-   int8 keys (transposed, rows `stride` apart). Eight dims per pass over a block of slots, the
-   sums kept as ints in s_r itself (in four_dims_of_32's order), so that the keys are read as
-   eight streams: reading 64 rows 4,096 bytes apart at once, as a slot-major order would, thrashes
-   the L1 cache. Each load and shuffle serves all the rows. */
+/* s_r[j] = q_r's scale * sum_i q_r[i] k_t[i, j] * k_scale[j] + mask[j] for ROWS rows (a
+   constant) over slots 0..S-1 of int8 keys (transposed, rows `stride` apart). Eight dims per
+   pass over a block of slots, the sums kept as ints in s_r itself (in four_dims_of_32's order),
+   so that the keys are read as eight streams: reading all 64 rows (4,096 bytes apart) at once,
+   slot block after slot block, thrashes the L1 cache (measured: slower than float products).
+   Each load and shuffle serves all the rows. */
 static inline __attribute__((always_inline)) void byte_scores(float *const *s, const QueryCodes *const *q,
-                                                              const int8_t *kt, int32_t S, int32_t stride,
+                                                              const int8_t *kt, const float *k_scale,
+                                                              const float *mask, int32_t S, int32_t stride,
                                                               int32_t hd, const int ROWS) {
     const int32_t S32 = S & ~31;
     for (int32_t jb = 0; jb < S32; jb += SCORE_BLOCK) {
@@ -746,8 +784,13 @@ static inline __attribute__((always_inline)) void byte_scores(float *const *s, c
                 __m256i *sums = (__m256i *)(s[r] + j);
                 const __m256i a0 = _mm256_loadu_si256(sums), a1 = _mm256_loadu_si256(sums + 1);
                 const __m256i a2 = _mm256_loadu_si256(sums + 2), a3 = _mm256_loadu_si256(sums + 3);
-#define PUT(at, x, y, lanes) \
-    _mm256_storeu_ps(s[r] + j + (at), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_permute2x128_si256(x, y, lanes)), scale))
+/* lanes 0x20: x's and y's low halves, 0x31: their high halves */
+#define PUT(at, x, y, lanes)                                                                       \
+    _mm256_storeu_ps(s[r] + j + (at), _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(            \
+                                                          _mm256_permute2x128_si256(x, y, lanes)), \
+                                                      scale),                                      \
+                                                      _mm256_loadu_ps(k_scale + j + (at)),         \
+                                                      _mm256_loadu_ps(mask + j + (at))))
                 PUT(0, a0, a1, 0x20);
                 PUT(8, a2, a3, 0x20);
                 PUT(16, a0, a1, 0x31);
@@ -767,27 +810,31 @@ static inline __attribute__((always_inline)) void byte_scores(float *const *s, c
                 acc[r] = add_key_products(acc[r], key, t, _mm256_set1_epi32(q[r]->fours[i / 4]));
         }
         for (int r = 0; r < ROWS; r++)
-            _mm256_storeu_ps(s[r] + j, _mm256_mul_ps(_mm256_cvtepi32_ps(acc[r]), _mm256_set1_ps(q[r]->scale)));
+            _mm256_storeu_ps(s[r] + j, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[r]),
+                                                                     _mm256_set1_ps(q[r]->scale)),
+                                                       _mm256_loadu_ps(k_scale + j), _mm256_loadu_ps(mask + j)));
     }
     for (; j < S; j++)
         for (int r = 0; r < ROWS; r++) {
             int32_t sum = 0;
             for (int32_t i = 0; i < hd; i++)
                 sum += q[r]->codes[i] * kt[(int64_t)i * stride + j];
-            s[r][j] = (float)sum * q[r]->scale;
+            s[r][j] = fmaf((float)sum * q[r]->scale, k_scale[j], mask[j]);
         }
 }
 
 /* byte_scores for any number of rows, four at a time */
-static void byte_scores_of(float *const *s, const QueryCodes *const *q, const int8_t *kt, int32_t S, int32_t stride,
-                           int32_t hd, int32_t rows) {
+static void byte_scores_of(float *const *s, const QueryCodes *const *q, const int8_t *kt, const float *k_scale,
+                           const float *mask, int32_t S, int32_t stride, int32_t hd, int32_t rows) {
+#define SCORES(ROWS) byte_scores(s + r, q + r, kt, k_scale, mask, S, stride, hd, ROWS)
     for (int32_t r = 0; r < rows; r += 4) {
         const int32_t left = rows - r;
-        if (left >= 4) byte_scores(s + r, q + r, kt, S, stride, hd, 4);
-        else if (left == 3) byte_scores(s + r, q + r, kt, S, stride, hd, 3);
-        else if (left == 2) byte_scores(s + r, q + r, kt, S, stride, hd, 2);
-        else byte_scores(s + r, q + r, kt, S, stride, hd, 1);
+        if (left >= 4) SCORES(4);
+        else if (left == 3) SCORES(3);
+        else if (left == 2) SCORES(2);
+        else SCORES(1);
     }
+#undef SCORES
 }
 
 /* Scores s[0..S-1] of a query over S cached keys (transposed, `stride` slots a row): the mask
@@ -796,8 +843,7 @@ static void byte_scores_of(float *const *s, const QueryCodes *const *q, const in
 static void scores_of(float *s, const float *q, const QueryCodes *qc, const void *kt, const float *k_scale,
                       const float *mask, int32_t S, int32_t stride, int32_t hd, int kind) {
     if (kind == CACHE_I8) {
-        byte_scores_of(&s, &qc, kt, S, stride, hd, 1);
-        scale_scores(s, k_scale, mask, S);
+        byte_scores_of(&s, &qc, kt, k_scale, mask, S, stride, hd, 1);
         return;
     }
     memcpy(s, mask, S * sizeof(float));
@@ -986,6 +1032,67 @@ static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, 
     }
 }
 
+#if defined(__AVX512VNNI__)
+/* 64 codes of a row, zero-padded where only 32 are left (K is a multiple of 32) */
+static inline __m512i load64(const void *p, int32_t left) {
+    return left >= 64 ? _mm512_loadu_si512(p) : _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_loadu_si256(p), 0);
+}
+
+static inline __m256i halves_added(__m512i a) {
+    return _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+}
+
+/* int8_rows with AVX-512's byte products (built where the CPU has AVX-512 VNNI): 64 bytes an
+   instruction, four outputs at a time. At four rows the products are bound by arithmetic, not by
+   reading the weights, and a 512-bit instruction does twice the products of a 256-bit one at
+   less than twice its cost (BENCHMARKS.md, native_step_parts). The sums are the same integers. */
+static inline __attribute__((always_inline)) void int8_rows_512(const Context *ctx, const RowsProduct *p, int32_t r0,
+                                                                const int ROWS, int32_t first, int32_t last) {
+    const Weight *w = p->w;
+    const int32_t K = w->K;
+    for (int32_t n = first; n < last; n += 4) {
+        const int32_t outputs = last - n < 4 ? last - n : 4;
+        const int8_t *c[4];
+        for (int o = 0; o < 4; o++)
+            c[o] = w->codes + (int64_t)(n + (o < outputs ? o : 0)) * K;
+        __m512i acc[4][4];
+        for (int r = 0; r < ROWS; r++)
+            for (int o = 0; o < 4; o++)
+                acc[r][o] = _mm512_setzero_si512();
+        for (int32_t k = 0; k < K; k += 64) {
+            __m512i codes[4];
+            for (int o = 0; o < 4; o++)
+                codes[o] = load64(c[o] + k, K - k);
+            for (int r = 0; r < ROWS; r++) {
+                const __m512i x = load64(ctx->row_xq + (int64_t)(r0 + r) * MAX_WIDTH + k, K - k);
+                for (int o = 0; o < 4; o++)
+                    acc[r][o] = _mm512_dpbusd_epi32(acc[r][o], x, codes[o]);
+            }
+        }
+        for (int r = 0; r < ROWS; r += 2) {  /* two rows' four outputs in one hsum8 */
+            const int two = r + 1 < ROWS;
+            int32_t sums[8];  /* row r's outputs at 0..3, row r + 1's at 4..7 */
+            _mm256_storeu_si256((__m256i *)sums,
+                                hsum8_epi32(halves_added(acc[r][0]), halves_added(acc[r][1]), halves_added(acc[r][2]),
+                                            halves_added(acc[r][3]), halves_added(acc[two ? r + 1 : r][0]),
+                                            halves_added(acc[two ? r + 1 : r][1]),
+                                            halves_added(acc[two ? r + 1 : r][2]),
+                                            halves_added(acc[two ? r + 1 : r][3])));
+            for (int half = 0; half <= two; half++) {
+                const float xs = ctx->row_xscale[r0 + r + half];
+                const int32_t xz = ctx->row_xzero[r0 + r + half];
+                float *y = p->y + (int64_t)(r0 + r + half) * p->y_stride;
+                for (int o = 0; o < outputs; o++)
+                    y[n + o] = xs * w->scale[n + o] * (float)(sums[4 * half + o] - xz * w->colsum[n + o]);
+            }
+        }
+    }
+}
+#define INT8_ROWS int8_rows_512
+#else
+#define INT8_ROWS int8_rows
+#endif
+
 static inline __attribute__((always_inline)) void float_rows(const RowsProduct *p, int32_t r0, const int ROWS,
                                                              int32_t first, int32_t last) {
     const Weight *w = p->w;
@@ -1021,10 +1128,10 @@ static void rows_product_part(Context *c, const void *arg, int part) {
     for (int32_t r0 = 0; r0 < p->rows; r0 += 4) {
         int32_t left = p->rows - r0;
         if (p->w->codes) {
-            if (left >= 4) int8_rows(c, p, r0, 4, first, last);
-            else if (left == 3) int8_rows(c, p, r0, 3, first, last);
-            else if (left == 2) int8_rows(c, p, r0, 2, first, last);
-            else int8_rows(c, p, r0, 1, first, last);
+            if (left >= 4) INT8_ROWS(c, p, r0, 4, first, last);
+            else if (left == 3) INT8_ROWS(c, p, r0, 3, first, last);
+            else if (left == 2) INT8_ROWS(c, p, r0, 2, first, last);
+            else INT8_ROWS(c, p, r0, 1, first, last);
         } else {
             if (left >= 4) float_rows(p, r0, 4, first, last);
             else if (left == 3) float_rows(p, r0, 3, first, last);
@@ -1151,8 +1258,42 @@ static void shared_scores_of(float *const *s, const float *const *q, const void 
 #undef SCORES
 }
 
+#if defined(__AVX512F__)
+/* shared_values of int8 codes where hd is 64, 16 values an instruction where the CPU has AVX-512:
+   every value sums the same products in the same order (the same result to the bit). */
+static inline __attribute__((always_inline)) void shared_codes_512(float *const *y, const float *const *w,
+                                                                   const int8_t *v, int32_t S, const int ROWS) {
+    __m512 acc[4][4];
+    for (int r = 0; r < ROWS; r++)
+        for (int i = 0; i < 4; i++)
+            acc[r][i] = _mm512_setzero_ps();
+    for (int32_t j = 0; j < S; j++) {
+        __m512 values[4];
+        for (int i = 0; i < 4; i++)
+            values[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(v + (int64_t)j * 64 + 16 * i))));
+        for (int r = 0; r < ROWS; r++) {
+            const __m512 wj = _mm512_set1_ps(w[r][j]);
+            for (int i = 0; i < 4; i++)
+                acc[r][i] = _mm512_fmadd_ps(wj, values[i], acc[r][i]);
+        }
+    }
+    for (int r = 0; r < ROWS; r++)
+        for (int i = 0; i < 4; i++)
+            _mm512_storeu_ps(y[r] + 16 * i, _mm512_add_ps(_mm512_loadu_ps(y[r] + 16 * i), acc[r][i]));
+}
+#endif
+
 static void shared_values_of(float *const *y, const float *const *w, const void *v, int32_t S, int32_t hd,
                              int32_t left, int kind) {
+#if defined(__AVX512F__)
+    if (kind == CACHE_I8 && hd == 64) {
+        if (left >= 4) shared_codes_512(y, w, v, S, 4);
+        else if (left == 3) shared_codes_512(y, w, v, S, 3);
+        else if (left == 2) shared_codes_512(y, w, v, S, 2);
+        else shared_codes_512(y, w, v, S, 1);
+        return;
+    }
+#endif
 #define VALUES(ROWS, KIND) shared_values(y, w, v, S, hd, ROWS, KIND)
     FOR_ROWS_AND_KIND(VALUES);
 #undef VALUES
@@ -1184,10 +1325,9 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
         }
         if (S1) {
             const char *kt = (const char *)a->shared_k_t + (int64_t)h * hd * P1 * size;
-            if (i8) {  /* scale_scores adds the mask */
-                byte_scores_of(s, qc, (const int8_t *)kt, S1, P1, hd, a->rows);
-                for (int32_t r = 0; r < a->rows; r++)
-                    scale_scores(s[r], a->shared_k_scale + (int64_t)h * P1, a->shared_mask, S1);
+            if (i8) {
+                byte_scores_of(s, qc, (const int8_t *)kt, a->shared_k_scale + (int64_t)h * P1, a->shared_mask, S1, P1,
+                               hd, a->rows);
             } else {
                 for (int32_t r0 = 0; r0 < a->rows; r0 += 4)
                     shared_scores_of(s + r0, q + r0, kt, S1, P1, hd, a->rows - r0, a->kind);
