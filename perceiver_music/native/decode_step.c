@@ -25,7 +25,9 @@
    into the slots the caller names (cross_write, latent_write), in the caches' kind.
 
    AVX2, FMA and F16C (every x86-64 laptop since 2013-2015), and VNNI's byte products where the
-   CPU has them (dot_bytes). Two threads: the caller's and a worker
+   CPU has them (dot_bytes); with AVX-512 VNNI also 512-bit kernels for the rows' int8 products
+   and int8 values (int8_rows_512, weighted_codes_512, shared_codes_512: the same sums, so every
+   build gives the same logits). Two threads: the caller's and a worker
    that spins between tasks and sleeps when idle; each task is split in two (outputs of a
    product, heads of an attention). */
 
