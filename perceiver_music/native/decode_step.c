@@ -1170,7 +1170,6 @@ typedef struct {
     float *y;                             /* (rows, MAX_WIDTH) */
 } RowsAttention;
 
-
 /* s_r[j] += sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of one shared
    head, two of the head's dims per pass: each key loaded once for all rows. */
 static inline __attribute__((always_inline)) void shared_scores(float *const *s, const float *const *q,
@@ -1237,7 +1236,7 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
     }
 }
 
-/* shared_scores and shared_values for up to 4 rows (`left`, from 1 on) in constant form */
+/* shared_values for up to 4 rows (`left`, from 1 on) and each kind of cache, in constant form */
 #define FOR_ROWS_AND_KIND(CALL)                                                                   \
     do {                                                                                          \
         const int rows_ = left >= 4 ? 4 : left;                                                   \
@@ -1253,10 +1252,19 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
         }                                                                                         \
     } while (0)
 
+/* float caches' shared scores (an int8 cache's are byte_scores_of) */
 static void shared_scores_of(float *const *s, const float *const *q, const void *kt, int32_t S, int32_t stride,
                              int32_t hd, int32_t left, int kind) {
-#define SCORES(ROWS, KIND) shared_scores(s, q, kt, S, stride, hd, ROWS, KIND)
-    FOR_ROWS_AND_KIND(SCORES);
+    const int rows = left >= 4 ? 4 : left;
+#define SCORES(KIND)                                                                \
+    rows == 4 ? shared_scores(s, q, kt, S, stride, hd, 4, KIND)                     \
+    : rows == 3 ? shared_scores(s, q, kt, S, stride, hd, 3, KIND)                   \
+    : rows == 2 ? shared_scores(s, q, kt, S, stride, hd, 2, KIND)                   \
+                : shared_scores(s, q, kt, S, stride, hd, 1, KIND)
+    if (kind == CACHE_F16)
+        SCORES(CACHE_F16);
+    else
+        SCORES(CACHE_F32);
 #undef SCORES
 }
 
