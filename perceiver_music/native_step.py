@@ -47,7 +47,8 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-shared", "-fPIC", "-pthread")
 # Byte products in one instruction (vpdpbusd) where the CPU has it, in its EVEX (AVX-512 VNNI:
 # Ice Lake, Zen 4 on) or VEX form (AVX-VNNI: Alder Lake on): the same integer sums as AVX2's
 # three instructions, so the same logits; at 4 rows the weight products took 0.52 against
-# 0.67-0.81 ms (BENCHMARKS.md). The C uses only 256-bit vectors either way.
+# 0.67-0.81 ms (BENCHMARKS.md). AVX-512 VNNI's flags also build 512-bit kernels for the rows'
+# products and the int8 values (the same sums); AVX-VNNI's keep 256-bit vectors.
 VNNI_FLAGS = {"avx512_vnni": ("-mavx512vnni", "-mavx512vl"), "avx_vnni": ("-mavxvnni",)}
 # "0": the AVX2 products (what an AVX2-only CPU runs); "avx_vnni": AVX-VNNI's 256-bit products
 # without AVX-512 (what a laptop with AVX-VNNI runs), where the CPU has it

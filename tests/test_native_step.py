@@ -405,7 +405,7 @@ def has_avx512_and_avx_vnni() -> bool:
 @pytest.mark.parametrize("rows", [1, 4])
 @pytest.mark.parametrize("other", ["0", pytest.param("avx_vnni", marks=pytest.mark.skipif(
     not has_avx512_and_avx_vnni(), reason="needs a CPU with AVX-512 VNNI and AVX-VNNI"))])
-def test_vnni_byte_products_give_avx2s_logits_exactly(monkeypatch, sizes, rows, other):
+def test_every_build_of_the_step_gives_the_same_logits(monkeypatch, sizes, rows, other):
     """The one-instruction byte products sum the same integers as AVX2's three, and the AVX-512
     kernels (built with AVX-512 VNNI) the same sums and float sums as the 256-bit ones: an int8
     step built with this CPU's VNNI gives the same logits, bit for bit, as one built for AVX2
@@ -416,22 +416,22 @@ def test_vnni_byte_products_give_avx2s_logits_exactly(monkeypatch, sizes, rows, 
     model = random_model(seed=6, **sizes)
     vnni = OnnxDecoder(model, rows, precision="int8", native_step=True)
     monkeypatch.setenv(native_step.VNNI_SWITCH, other)
-    avx2 = OnnxDecoder(model, rows, precision="int8", native_step=True)
-    assert vnni.native.vnni and avx2.native.vnni == (other == "avx_vnni")
-    assert vnni.native.lib is not avx2.native.lib
+    other_build = OnnxDecoder(model, rows, precision="int8", native_step=True)
+    assert vnni.native.vnni and other_build.native.vnni == (other == "avx_vnni")
+    assert vnni.native.lib is not other_build.native.lib
     g = torch.Generator().manual_seed(2)
     window = TokenWindow(torch.randint(3, 300, (1, 40), generator=g).expand(rows, -1), rows, MAX_CONTEXT,
                          torch.device("cpu"))
     R = default_reset_latents(N)
     with torch.inference_mode():
-        assert torch.equal(vnni.reset(window.view(), R), avx2.reset(window.view(), R))
+        assert torch.equal(vnni.reset(window.view(), R), other_build.reset(window.view(), R))
         for _ in range(MAX_CONTEXT + 30):
             tokens = torch.randint(3, 300, (rows,), generator=g)
             window.append(tokens)
             if vnni.latent_slot >= N:
-                mine, theirs = vnni.reset(window.view(), R), avx2.reset(window.view(), R)
+                mine, theirs = vnni.reset(window.view(), R), other_build.reset(window.view(), R)
             else:
-                mine, theirs = vnni.step(tokens, window.view()), avx2.step(tokens, window.view())
+                mine, theirs = vnni.step(tokens, window.view()), other_build.step(tokens, window.view())
             assert torch.equal(mine, theirs)
     assert vnni.resets["continued"] > 0
 
