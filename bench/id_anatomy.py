@@ -8,8 +8,9 @@ at --context (bench/generate.py's bench_model), int8 (the engine's default), --t
   memory            GB/s of a 2-thread sum over buffers of the step's size (what streaming
                     the step's bytes once would cost) and over 200 MB (main memory)
   step_bytes_mb     what one batch-1 step reads: int8 weights, the cross-attend K/V of a full
-                    window and the latent K/V (float32, as the step graph reads them; the native
-                    step that the loop runs keeps them in float16 in int8: half)
+                    window and the latent K/V (float32, as the step graph reads them), and the
+                    same K/V as int8 codes with a float32 scale per head and slot (what the
+                    native step that the loop runs keeps in int8 runs; total_native_step)
   step_graph        the step graph alone (IO binding, random caches): with a full cross-attend
                     window, and with one cached input (so the difference is the cross-attend)
   weight_products   the step graph's weight products alone (its MatMuls by constants, in one
@@ -84,9 +85,13 @@ def step_bytes_mb(model, shapes: list[tuple[int, int]]) -> dict:
     weights = sum(k * n for k, n in shapes)  # one byte each in int8
     cross = 2 * cfg.max_context * cfg.d_model * 4
     latent = 2 * cfg.n_layers * cfg.num_latents * cfg.d_model * 4
+    # int8: a byte a value, and a 4-byte scale per head's dims at each slot
+    cross_int8 = cross / 4 * (1 + 4 / (cfg.d_model // cfg.cross_heads))
+    latent_int8 = latent / 4 * (1 + 4 / (cfg.d_model // cfg.n_heads))
     mb = lambda b: round(b / 2**20, 2)  # noqa: E731
     return {"weights_int8": mb(weights), "cross_kv": mb(cross), "latent_kv": mb(latent),
-            "total": mb(weights + cross + latent)}
+            "total": mb(weights + cross + latent), "cross_kv_int8": mb(cross_int8),
+            "latent_kv_int8": mb(latent_int8), "total_native_step": mb(weights + cross_int8 + latent_int8)}
 
 
 def step_graph_ms(model, threads: int, repeats: int) -> dict:
@@ -268,8 +273,9 @@ def main() -> None:
         "loop_ms_per_step": {f"{v}_variations": loop_split(model, args.new_tokens, v, args.rounds) for v in (1, 4)},
         "sampler": sampler_us(sizes["total"], args.repeats * 5),
     }
-    report["step_bytes_at_step_sized_rate_ms"] = round(
-        sizes["total"] / 1024 / report["memory_read_gbps"]["step_sized"] * 1e3, 4)
+    for key, total in (("", "total"), ("native_step_", "total_native_step")):
+        report[f"{key}step_bytes_at_step_sized_rate_ms"] = round(
+            sizes[total] / 1024 / report["memory_read_gbps"]["step_sized"] * 1e3, 4)
     print(json.dumps(report, indent=1))
 
 

@@ -24,6 +24,10 @@ def test_id_anatomy_splits_an_id_and_gives_the_bounds():
     # 640 inputs x 384 wide x (K, V) x float32; the default model's 6 layers x 512 latents
     assert sizes["cross_kv"] == round(2 * 640 * 384 * 4 / 2**20, 2)
     assert sizes["latent_kv"] == round(2 * 6 * 512 * 384 * 4 / 2**20, 2)
+    # the native step's int8 codes: a byte a value and a 4-byte scale per head (64 dims) and slot
+    assert sizes["latent_kv_int8"] == round(2 * 6 * 512 * 384 * (1 + 4 / 64) / 2**20, 2)
+    assert sizes["total_native_step"] < sizes["total"]
+    assert 0 < report["native_step_step_bytes_at_step_sized_rate_ms"] < report["step_bytes_at_step_sized_rate_ms"]
     # the weight products timed are the step graph's own (d = 384): cross-attend q with its rotated
     # copy 2d x d, k, rotated k and v 3d x d, out d x d, MLP 8d x d; per latent layer q, k, their
     # rotated copies and v 5d x d, out d x d, MLP 8d x d (6 layers); the head 391 x d
