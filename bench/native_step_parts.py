@@ -81,7 +81,7 @@ def main() -> None:
     best = native_step.vnni_flags()
     if best:
         variants.append(("avx2_products", NATIVE_INT8_CACHES, "0"))
-    if best == native_step.VNNI_FLAGS["avx512_vnni"] and "avx_vnni" in (native_step.cpu_flags() or ()):
+    if native_step.avx_vnni_build_differs():
         variants.append(("avx_vnni_products", NATIVE_INT8_CACHES, "avx_vnni"))
     decoders = {}
     for name, cache_type, switch in variants:

@@ -160,6 +160,12 @@ def vnni_flags() -> tuple[str, ...]:
     return VNNI_FLAGS["avx_vnni"] if "avx_vnni" in flags else ()
 
 
+def avx_vnni_build_differs() -> bool:
+    """Whether VNNI_SWITCH=avx_vnni builds another step here than the default: the CPU has AVX-512
+    VNNI (whose build adds 512-bit kernels) and AVX-VNNI too (what a laptop with it builds)."""
+    return vnni_flags() == VNNI_FLAGS["avx512_vnni"] and "avx_vnni" in (cpu_flags() or ())
+
+
 def library_key(cc: str, flags: tuple[str, ...] = FLAGS) -> str:
     """What the built library depends on: the source, the compiler's version and the flags."""
     try:

@@ -172,6 +172,7 @@ def test_vnni_is_built_where_the_cpu_has_it(monkeypatch, tmp_path):
         monkeypatch.setenv(native_step.VNNI_SWITCH, "avx_vnni")  # as a laptop with AVX-VNNI builds it
         assert native_step.vnni_flags() == (("-mavxvnni",) if "avx_vnni" in flags else ())
         monkeypatch.delenv(native_step.VNNI_SWITCH)
+        assert native_step.avx_vnni_build_differs() == (flags == "avx2 fma f16c avx512f avx512vl avx512_vnni avx_vnni")
 
 
 def test_more_rows_than_the_native_step_holds_keep_onnxruntimes_step():
@@ -394,17 +395,12 @@ def test_the_rows_step_gives_each_row_what_the_one_row_step_gives_it(precision, 
     assert len(errors) > 20 and shared_seen == ({True, False} if one_primer else {False})
 
 
-def has_avx512_and_avx_vnni() -> bool:
-    return native_step.vnni_flags() == native_step.VNNI_FLAGS["avx512_vnni"] and "avx_vnni" in (
-        native_step.cpu_flags() or ())
-
-
 @needs_native
 @pytest.mark.skipif(not native_step.vnni_flags(), reason="this CPU has no VNNI")
 @SIZES
 @pytest.mark.parametrize("rows", [1, 4])
 @pytest.mark.parametrize("other", ["0", pytest.param("avx_vnni", marks=pytest.mark.skipif(
-    not has_avx512_and_avx_vnni(), reason="needs a CPU with AVX-512 VNNI and AVX-VNNI"))])
+    not native_step.avx_vnni_build_differs(), reason="needs a CPU with AVX-512 VNNI and AVX-VNNI"))])
 def test_every_build_of_the_step_gives_the_same_logits(monkeypatch, sizes, rows, other):
     """The one-instruction byte products sum the same integers as AVX2's three, and the AVX-512
     kernels (built with AVX-512 VNNI) the same sums and float sums as the 256-bit ones: an int8

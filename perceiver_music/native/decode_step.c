@@ -114,6 +114,15 @@ typedef struct {
 } RowsStep;
 
 #define MAX_ROWS 16
+/* CALL(R) with R the constant 4, 3, 2 or 1 for `left` rows (from 1 on): kernels take up to four
+   rows at a time, their count a constant so that their sums stay in registers */
+#define BY_ROWS(left, CALL)          \
+    do {                             \
+        if ((left) >= 4) CALL(4);    \
+        else if ((left) == 3) CALL(3); \
+        else if ((left) == 2) CALL(2); \
+        else CALL(1);                \
+    } while (0)
 enum { CACHE_F32 = 0, CACHE_F16 = 1, CACHE_I8 = 2 };  /* what a cache holds per value */
 #define MAX_WIDTH 8192
 #define MAX_SLOTS 65536
@@ -498,8 +507,10 @@ static void store_slot(const float *k, const float *v, int32_t rows, int32_t H, 
     const int64_t slots = to.slots;
     for (int64_t rh = 0; rh < (int64_t)rows * H; rh++) {
         if (to.kind == CACHE_I8) {
-            to.k_scale[rh * slots + slot] = quantize_slot(k + rh * hd, hd, (int8_t *)to.k_t + rh * hd * slots + slot, slots);
-            to.v_scale[rh * slots + slot] = quantize_slot(v + rh * hd, hd, (int8_t *)to.v + (rh * slots + slot) * hd, 1);
+            int8_t *k_codes = (int8_t *)to.k_t + rh * hd * slots + slot;
+            int8_t *v_codes = (int8_t *)to.v + (rh * slots + slot) * hd;
+            to.k_scale[rh * slots + slot] = quantize_slot(k + rh * hd, hd, k_codes, slots);
+            to.v_scale[rh * slots + slot] = quantize_slot(v + rh * hd, hd, v_codes, 1);
             continue;
         }
         for (int32_t i = 0; i < hd; i++) {
@@ -591,9 +602,12 @@ static inline __attribute__((always_inline)) void weighted_values(const float *w
         _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(acc[i], _mm256_set1_ps(inv)));
 }
 
-/* weighted_values with a constant count where hd is the default model's 64 (the sums stay in
-   registers), for each kind of cache */
 #if defined(__AVX512F__)
+/* 16 int8 codes as floats */
+static inline __m512 codes16(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
 /* weighted_values of int8 codes, 16 values an instruction where the CPU has AVX-512: each value
    sums the same products in the same order, so the result is the same to the bit. */
 static inline __attribute__((always_inline)) void weighted_codes_512(const float *w, const int8_t *v, int32_t S,
@@ -605,14 +619,15 @@ static inline __attribute__((always_inline)) void weighted_codes_512(const float
         const __m512 wj = _mm512_set1_ps(w[j]);
         const int8_t *row = v + (int64_t)j * vectors * 16;
         for (int i = 0; i < vectors; i++)
-            acc[i] = _mm512_fmadd_ps(wj, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + 16 * i)))),
-                                     acc[i]);
+            acc[i] = _mm512_fmadd_ps(wj, codes16(row + 16 * i), acc[i]);
     }
     for (int i = 0; i < vectors; i++)
         _mm512_storeu_ps(y + 16 * i, _mm512_mul_ps(acc[i], _mm512_set1_ps(inv)));
 }
 #endif
 
+/* weighted_values with a constant count where hd is the default model's 64 (the sums stay in
+   registers), for each kind of cache */
 static void values_of(const float *w, const void *v, int32_t S, int32_t hd, float inv, float *y, int kind) {
 #if defined(__AVX512F__)
     if (kind == CACHE_I8 && hd % 16 == 0) {
@@ -665,8 +680,9 @@ static void add_scores(float *s, const float *q, const void *kt, int32_t S, int3
 
 #define SCORE_BLOCK 512  /* slots per pass over the heads' dims: the rows' scores stay in L1 */
 
-/* A head's query as int8 codes the way a cache codes its keys (quantize_slot), four dims to an int
-   (one broadcast feeds four byte products), and the value its sums of products start from. */
+/* A head's query as int8 codes with one scale, as a cache codes its keys (max|q| / 127;
+   quantize_query), four dims to an int (one broadcast feeds four byte products), and the value
+   its sums of products start from. */
 typedef struct {
     int8_t codes[MAX_HEAD_DIM];
     int32_t fours[MAX_HEAD_DIM / 4];
@@ -829,13 +845,8 @@ static inline __attribute__((always_inline)) void byte_scores(float *const *s, c
 static void byte_scores_of(float *const *s, const QueryCodes *const *q, const int8_t *kt, const float *k_scale,
                            const float *mask, int32_t S, int32_t stride, int32_t hd, int32_t rows) {
 #define SCORES(ROWS) byte_scores(s + r, q + r, kt, k_scale, mask, S, stride, hd, ROWS)
-    for (int32_t r = 0; r < rows; r += 4) {
-        const int32_t left = rows - r;
-        if (left >= 4) SCORES(4);
-        else if (left == 3) SCORES(3);
-        else if (left == 2) SCORES(2);
-        else SCORES(1);
-    }
+    for (int32_t r = 0; r < rows; r += 4)
+        BY_ROWS(rows - r, SCORES);
 #undef SCORES
 }
 
@@ -1127,20 +1138,16 @@ static void rows_product_part(Context *c, const void *arg, int part) {
     const RowsProduct *p = arg;
     int32_t split = (p->w->N / 2) & ~3;
     int32_t first = part ? split : 0, last = part ? p->w->N : split;
+#define CODES(ROWS) INT8_ROWS(c, p, r0, ROWS, first, last)
+#define FLOATS(ROWS) float_rows(p, r0, ROWS, first, last)
     for (int32_t r0 = 0; r0 < p->rows; r0 += 4) {
-        int32_t left = p->rows - r0;
-        if (p->w->codes) {
-            if (left >= 4) INT8_ROWS(c, p, r0, 4, first, last);
-            else if (left == 3) INT8_ROWS(c, p, r0, 3, first, last);
-            else if (left == 2) INT8_ROWS(c, p, r0, 2, first, last);
-            else INT8_ROWS(c, p, r0, 1, first, last);
-        } else {
-            if (left >= 4) float_rows(p, r0, 4, first, last);
-            else if (left == 3) float_rows(p, r0, 3, first, last);
-            else if (left == 2) float_rows(p, r0, 2, first, last);
-            else float_rows(p, r0, 1, first, last);
-        }
+        if (p->w->codes)
+            BY_ROWS(p->rows - r0, CODES);
+        else
+            BY_ROWS(p->rows - r0, FLOATS);
     }
+#undef CODES
+#undef FLOATS
 }
 
 /* y (rows x y_stride) = W x (rows x MAX_WIDTH); int8 quantises each row with its own scale, so
@@ -1236,36 +1243,17 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
     }
 }
 
-/* shared_values for up to 4 rows (`left`, from 1 on) and each kind of cache, in constant form */
-#define FOR_ROWS_AND_KIND(CALL)                                                                   \
-    do {                                                                                          \
-        const int rows_ = left >= 4 ? 4 : left;                                                   \
-        if (kind == CACHE_F16) {                                                                  \
-            if (rows_ == 4) CALL(4, CACHE_F16); else if (rows_ == 3) CALL(3, CACHE_F16);          \
-            else if (rows_ == 2) CALL(2, CACHE_F16); else CALL(1, CACHE_F16);                     \
-        } else if (kind == CACHE_I8) {                                                            \
-            if (rows_ == 4) CALL(4, CACHE_I8); else if (rows_ == 3) CALL(3, CACHE_I8);            \
-            else if (rows_ == 2) CALL(2, CACHE_I8); else CALL(1, CACHE_I8);                       \
-        } else {                                                                                  \
-            if (rows_ == 4) CALL(4, CACHE_F32); else if (rows_ == 3) CALL(3, CACHE_F32);          \
-            else if (rows_ == 2) CALL(2, CACHE_F32); else CALL(1, CACHE_F32);                     \
-        }                                                                                         \
-    } while (0)
-
 /* float caches' shared scores (an int8 cache's are byte_scores_of) */
 static void shared_scores_of(float *const *s, const float *const *q, const void *kt, int32_t S, int32_t stride,
                              int32_t hd, int32_t left, int kind) {
-    const int rows = left >= 4 ? 4 : left;
-#define SCORES(KIND)                                                                \
-    rows == 4 ? shared_scores(s, q, kt, S, stride, hd, 4, KIND)                     \
-    : rows == 3 ? shared_scores(s, q, kt, S, stride, hd, 3, KIND)                   \
-    : rows == 2 ? shared_scores(s, q, kt, S, stride, hd, 2, KIND)                   \
-                : shared_scores(s, q, kt, S, stride, hd, 1, KIND)
+#define HALVES(ROWS) shared_scores(s, q, kt, S, stride, hd, ROWS, CACHE_F16)
+#define SINGLES(ROWS) shared_scores(s, q, kt, S, stride, hd, ROWS, CACHE_F32)
     if (kind == CACHE_F16)
-        SCORES(CACHE_F16);
+        BY_ROWS(left, HALVES);
     else
-        SCORES(CACHE_F32);
-#undef SCORES
+        BY_ROWS(left, SINGLES);
+#undef HALVES
+#undef SINGLES
 }
 
 #if defined(__AVX512F__)
@@ -1280,7 +1268,7 @@ static inline __attribute__((always_inline)) void shared_codes_512(float *const 
     for (int32_t j = 0; j < S; j++) {
         __m512 values[4];
         for (int i = 0; i < 4; i++)
-            values[i] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(v + (int64_t)j * 64 + 16 * i))));
+            values[i] = codes16(v + (int64_t)j * 64 + 16 * i);
         for (int r = 0; r < ROWS; r++) {
             const __m512 wj = _mm512_set1_ps(w[r][j]);
             for (int i = 0; i < 4; i++)
@@ -1296,17 +1284,25 @@ static inline __attribute__((always_inline)) void shared_codes_512(float *const 
 static void shared_values_of(float *const *y, const float *const *w, const void *v, int32_t S, int32_t hd,
                              int32_t left, int kind) {
 #if defined(__AVX512F__)
+#define WIDE_CODES(ROWS) shared_codes_512(y, w, v, S, ROWS)
     if (kind == CACHE_I8 && hd == 64) {
-        if (left >= 4) shared_codes_512(y, w, v, S, 4);
-        else if (left == 3) shared_codes_512(y, w, v, S, 3);
-        else if (left == 2) shared_codes_512(y, w, v, S, 2);
-        else shared_codes_512(y, w, v, S, 1);
+        BY_ROWS(left, WIDE_CODES);
         return;
     }
+#undef WIDE_CODES
 #endif
-#define VALUES(ROWS, KIND) shared_values(y, w, v, S, hd, ROWS, KIND)
-    FOR_ROWS_AND_KIND(VALUES);
-#undef VALUES
+#define HALVES(ROWS) shared_values(y, w, v, S, hd, ROWS, CACHE_F16)
+#define CODES(ROWS) shared_values(y, w, v, S, hd, ROWS, CACHE_I8)
+#define SINGLES(ROWS) shared_values(y, w, v, S, hd, ROWS, CACHE_F32)
+    if (kind == CACHE_F16)
+        BY_ROWS(left, HALVES);
+    else if (kind == CACHE_I8)
+        BY_ROWS(left, CODES);
+    else
+        BY_ROWS(left, SINGLES);
+#undef HALVES
+#undef CODES
+#undef SINGLES
 }
 
 static void attention_rows_part(Context *c, const void *arg, int part) {
@@ -1345,8 +1341,8 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
         }
         for (int32_t r = 0; r < a->rows; r++) {  /* each row's own inputs, its new one, the softmax */
             const int64_t rh = (int64_t)r * a->heads + h;
-            scores_of(s[r] + S1, q[r], qc[r], (const char *)a->k_t + rh * hd * P2 * size, i8 ? a->k_scale + rh * P2 : NULL,
-                      a->mask, S2, P2, hd, a->kind);
+            scores_of(s[r] + S1, q[r], qc[r], (const char *)a->k_t + rh * hd * P2 * size,
+                      i8 ? a->k_scale + rh * P2 : NULL, a->mask, S2, P2, hd, a->kind);
             const float *k_new = a->k_new + rh * hd;
             own[r] = 0.0f;
             for (int32_t i = 0; i < hd; i++)
