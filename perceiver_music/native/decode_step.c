@@ -21,8 +21,9 @@
    hd codes round(x / scale) with scale = max|x| / 127 (the slot's scale multiplies its score,
    and its softmax weight before the values are summed). With int8 caches the query is coded the
    same way, and its scores are sums of byte products (byte_scores): exact integers, the same
-   on every CPU. Once done, the step stores its new K/V
-   into the slots the caller names (cross_write, latent_write), in the caches' kind.
+   on every CPU. Each head's attention, once done, stores the head's new K/V into the slots the
+   caller names (cross_write, latent_write), in the caches' kind: nothing later in the step reads
+   that head of those caches, and so both threads store their own heads.
 
    AVX2, FMA and F16C (every x86-64 laptop since 2013-2015), and VNNI's byte products where the
    CPU has them (dot_bytes); with AVX-512 VNNI also 512-bit kernels for the rows' int8 products
@@ -72,8 +73,8 @@ typedef struct {
     /* Rings hold `slots` slots of which the first `used` may hold inputs (the rest never written,
        masked): attention reads those only. */
     int32_t slots, cross_used, latent_used;
-    /* Where the step stores its new K/V once it is done (-1: nowhere): a slot of the ring and a
-       slot of every layer's latent cache, so that the caller need not copy them in. */
+    /* Where the step stores its new K/V once a head's attention is done (-1: nowhere): a slot of
+       the ring and a slot of every layer's latent cache, so that the caller need not copy them in. */
     int32_t cross_write, latent_write;
     int32_t cross_kind;                /* the ring's: CACHE_F32, CACHE_F16 or CACHE_I8 */
     void *cross_k_t, *cross_v;         /* (Hc, hdc, slots), (Hc, slots, hdc) */
@@ -275,6 +276,12 @@ static inline __m256i hsum8_epi32(__m256i a0, __m256i a1, __m256i a2, __m256i a3
     return _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31));
 }
 
+static float hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
 static int32_t hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -303,16 +310,22 @@ static __m256 exp_ps(__m256 x) {
     return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
 }
 
+/* d a multiple of 8 (supported()) */
 static void layer_norm(const float *x, int32_t d, Norm norm, float *y) {
-    float mean = 0.0f, var = 0.0f;
-    for (int32_t i = 0; i < d; i++)
-        mean += x[i];
-    mean /= (float)d;
-    for (int32_t i = 0; i < d; i++)
-        var += (x[i] - mean) * (x[i] - mean);
-    float inv = 1.0f / sqrtf(var / (float)d + 1e-5f);
-    for (int32_t i = 0; i < d; i++)
-        y[i] = (x[i] - mean) * inv * norm.weight[i] + norm.bias[i];
+    __m256 sum = _mm256_setzero_ps();
+    for (int32_t i = 0; i < d; i += 8)
+        sum = _mm256_add_ps(sum, _mm256_loadu_ps(x + i));
+    const __m256 mean = _mm256_set1_ps(hsum_ps(sum) / (float)d);
+    __m256 squares = _mm256_setzero_ps();
+    for (int32_t i = 0; i < d; i += 8) {
+        const __m256 centred = _mm256_sub_ps(_mm256_loadu_ps(x + i), mean);
+        squares = _mm256_fmadd_ps(centred, centred, squares);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sqrtf(hsum_ps(squares) / (float)d + 1e-5f));
+    for (int32_t i = 0; i < d; i += 8) {
+        const __m256 normed = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mean), inv);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(normed, _mm256_loadu_ps(norm.weight + i), _mm256_loadu_ps(norm.bias + i)));
+    }
 }
 
 /* The row to bytes, as onnxruntime's dynamic quantisation does: one scale and zero point over
@@ -352,10 +365,36 @@ static void quantize(Context *c, const float *x, int32_t K) {
 
 /* ---- weight products: y = W x, split by outputs ---- */
 
+/* What each thread does to its share of a product's outputs once they are computed, so that the
+   MLP's activation and the residual sums run on both threads, not after the task on one. */
+typedef enum { KEEP, RELU_SQUARED, ADD_INTO } Finish;
+
+/* y[first..last) squared where positive, else 0 (RELU_SQUARED), or added into to[] (ADD_INTO) */
+static void finish_outputs(float *y, float *to, int32_t first, int32_t last, Finish finish) {
+    int32_t i = first;
+    if (finish == RELU_SQUARED) {
+        for (; i + 8 <= last; i += 8) {
+            const __m256 v = _mm256_max_ps(_mm256_loadu_ps(y + i), _mm256_setzero_ps());
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(v, v));
+        }
+        for (; i < last; i++) {
+            const float v = y[i] > 0.0f ? y[i] : 0.0f;
+            y[i] = v * v;
+        }
+    } else if (finish == ADD_INTO) {
+        for (; i + 8 <= last; i += 8)
+            _mm256_storeu_ps(to + i, _mm256_add_ps(_mm256_loadu_ps(to + i), _mm256_loadu_ps(y + i)));
+        for (; i < last; i++)
+            to[i] += y[i];
+    }
+}
+
 typedef struct {
     const Weight *w;
     const float *x;
     float *y;
+    Finish finish;
+    float *to;  /* ADD_INTO's */
 } Product;
 
 /* acc + the byte products of x (unsigned) and w (signed), summed in fours into 8 ints. With VNNI
@@ -436,10 +475,11 @@ static void product_part(Context *c, const void *arg, int part) {
         int8_outputs(c, p->w, p->y, first, last);
     else
         float_outputs(p->w, p->x, p->y, first, last);
+    finish_outputs(p->y, p->to, first, last, p->finish);
 }
 
-static void product(Context *c, const Weight *w, const float *x, float *y) {
-    Product p = {w, x, y};
+static void product(Context *c, const Weight *w, const float *x, float *y, Finish finish, float *to) {
+    Product p = {w, x, y, finish, to};
     if (w->codes)
         quantize(c, x, w->K);
     run_task(c, product_part, &p);
@@ -451,10 +491,11 @@ typedef struct {
     int32_t heads, head_dim, slots, used;  /* slots read: the first `used` */
     const float *q, *k_new, *v_new;     /* (H, hd) */
     int32_t kind;                       /* the caches': CACHE_F32, CACHE_F16 or CACHE_I8 */
-    const void *k_t, *v;                /* (H, hd, slots), (H, slots, hd) */
-    const float *k_scale, *v_scale;     /* int8: (H, slots) */
+    void *k_t, *v;                      /* (H, hd, slots), (H, slots, hd) */
+    float *k_scale, *v_scale;           /* int8: (H, slots) */
     const float *mask;                  /* (slots) */
     float *y;                           /* (H, hd) */
+    int32_t write;                      /* the slot each head stores its new K/V into (-1: none) */
 } Attention;
 
 static inline int64_t cache_bytes(int kind) {
@@ -482,13 +523,19 @@ static inline __attribute__((always_inline)) float load1(const void *p, int64_t 
 /* hd values as int8 codes at `stride` apart, and their scale: code = round(x / scale) (to even,
    as torch rounds; decode_onnx quantises a reset's K/V the same way), scale = max|x| / 127. */
 static float quantize_slot(const float *x, int32_t hd, int8_t *codes, int64_t stride) {
-    float top = 0.0f;
-    for (int32_t i = 0; i < hd; i++)
-        top = fabsf(x[i]) > top ? fabsf(x[i]) : top;
-    const float scale = top / 127.0f, divisor = scale > 0.0f ? scale : 1.0f;
-    for (int32_t i = 0; i < hd; i++) {
-        float code = nearbyintf(x[i] / divisor);
-        codes[i * stride] = (int8_t)(code > 127.0f ? 127.0f : code < -127.0f ? -127.0f : code);
+    __m256 top = _mm256_setzero_ps();
+    for (int32_t i = 0; i < hd; i += 8)
+        top = _mm256_max_ps(top, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_loadu_ps(x + i)));
+    const float scale = hmax_ps(top) / 127.0f;
+    const __m256 divisor = _mm256_set1_ps(scale > 0.0f ? scale : 1.0f), limit = _mm256_set1_ps(127.0f);
+    for (int32_t i = 0; i < hd; i += 8) {  /* a division, as numpy's round(x / scale): the same codes */
+        __m256 code = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), divisor),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        code = _mm256_max_ps(_mm256_min_ps(code, limit), _mm256_sub_ps(_mm256_setzero_ps(), limit));
+        int32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)lanes, _mm256_cvtps_epi32(code));
+        for (int j = 0; j < 8; j++)
+            codes[(i + j) * stride] = (int8_t)lanes[j];
     }
     return scale;
 }
@@ -501,28 +548,30 @@ typedef struct {
     float *k_scale, *v_scale;
 } Stored;
 
-/* Stores `rows` rows of new K/V (rows, H, hd) into slot `slot` of `to`, as float16 (rounded to
-   nearest, as numpy casts), int8 codes or float32. */
-static void store_slot(const float *k, const float *v, int32_t rows, int32_t H, int32_t hd, Stored to, int32_t slot) {
+static inline Stored stored(int32_t kind, int32_t slots, void *k_t, void *v, float *k_scale, float *v_scale) {
+    const Stored to = {kind, slots, k_t, v, k_scale, v_scale};
+    return to;
+}
+
+/* Stores the new K/V (hd values each) of head rh (row * H + head) into slot `slot` of `to`, as
+   float16 (rounded to nearest, as numpy casts), int8 codes or float32. */
+static void store_head(const float *k, const float *v, int32_t hd, Stored to, int64_t rh, int32_t slot) {
     const int64_t slots = to.slots;
-    for (int64_t rh = 0; rh < (int64_t)rows * H; rh++) {
-        if (to.kind == CACHE_I8) {
-            int8_t *k_codes = (int8_t *)to.k_t + rh * hd * slots + slot;
-            int8_t *v_codes = (int8_t *)to.v + (rh * slots + slot) * hd;
-            to.k_scale[rh * slots + slot] = quantize_slot(k + rh * hd, hd, k_codes, slots);
-            to.v_scale[rh * slots + slot] = quantize_slot(v + rh * hd, hd, v_codes, 1);
-            continue;
-        }
-        for (int32_t i = 0; i < hd; i++) {
-            const int64_t key = (rh * hd + i) * slots + slot, value = (rh * slots + slot) * hd + i;
-            const float kx = k[rh * hd + i], vx = v[rh * hd + i];
-            if (to.kind == CACHE_F16) {
-                ((uint16_t *)to.k_t)[key] = _cvtss_sh(kx, _MM_FROUND_TO_NEAREST_INT);
-                ((uint16_t *)to.v)[value] = _cvtss_sh(vx, _MM_FROUND_TO_NEAREST_INT);
-            } else {
-                ((float *)to.k_t)[key] = kx;
-                ((float *)to.v)[value] = vx;
-            }
+    if (to.kind == CACHE_I8) {
+        int8_t *k_codes = (int8_t *)to.k_t + rh * hd * slots + slot;
+        int8_t *v_codes = (int8_t *)to.v + (rh * slots + slot) * hd;
+        to.k_scale[rh * slots + slot] = quantize_slot(k, hd, k_codes, slots);
+        to.v_scale[rh * slots + slot] = quantize_slot(v, hd, v_codes, 1);
+        return;
+    }
+    for (int32_t i = 0; i < hd; i++) {
+        const int64_t key = (rh * hd + i) * slots + slot, value = (rh * slots + slot) * hd + i;
+        if (to.kind == CACHE_F16) {
+            ((uint16_t *)to.k_t)[key] = _cvtss_sh(k[i], _MM_FROUND_TO_NEAREST_INT);
+            ((uint16_t *)to.v)[value] = _cvtss_sh(v[i], _MM_FROUND_TO_NEAREST_INT);
+        } else {
+            ((float *)to.k_t)[key] = k[i];
+            ((float *)to.v)[value] = v[i];
         }
     }
 }
@@ -542,10 +591,7 @@ static float max_of(const float *s, int32_t S, float start) {
     int32_t j = 0;
     for (; j + 8 <= S; j += 8)
         top = _mm256_max_ps(top, _mm256_loadu_ps(s + j));
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-    float best = _mm_cvtss_f32(m);
+    float best = hmax_ps(top);
     for (; j < S; j++)
         best = s[j] > best ? s[j] : best;
     return best;
@@ -567,22 +613,6 @@ static float exp_minus(float *s, int32_t S, float top) {
         sum += s[j];
     }
     return sum;
-}
-
-/* The step's new K/V into the caches' write slots (last, once nothing reads them any more). */
-static void store_new(const Model *m, int32_t rows, int32_t cross_write, Stored cross, const float *new_cross_k,
-                      const float *new_cross_v, int32_t latent_write, int32_t latent_kind, void *const *latent_k_t,
-                      void *const *latent_v, float *const *latent_k_scale, float *const *latent_v_scale,
-                      float *const *new_latent_k, float *const *new_latent_v) {
-    if (cross_write >= 0)
-        store_slot(new_cross_k, new_cross_v, rows, m->cross_heads, m->cross_head_dim, cross, cross_write);
-    if (latent_write >= 0)
-        for (int32_t l = 0; l < m->layers; l++) {
-            const Stored to = {latent_kind, m->latent_slots, latent_k_t[l], latent_v[l],
-                               latent_kind == CACHE_I8 ? latent_k_scale[l] : NULL,
-                               latent_kind == CACHE_I8 ? latent_v_scale[l] : NULL};
-            store_slot(new_latent_k[l], new_latent_v[l], rows, m->heads, m->head_dim, to, latent_write);
-        }
 }
 
 /* y = inv * sum_j w[j] v[j, :] over S rows of `vectors` * 8 values */
@@ -888,6 +918,9 @@ static void attention_part(Context *c, const void *arg, int part) {
         values_of(s, v, S, hd, inv, y, a->kind);
         for (int32_t i = 0; i < hd; i++)
             y[i] += w_own * inv * a->v_new[h * hd + i];
+        if (a->write >= 0)  /* nothing reads this head's caches after this point of the step */
+            store_head(a->k_new + h * hd, a->v_new + h * hd, hd, stored(a->kind, a->slots, a->k_t, a->v, a->k_scale,
+                       a->v_scale), h, a->write);
     }
 }
 
@@ -900,14 +933,8 @@ static void rope(const float *x, const float *x_rot, const float *cos, const flo
 
 static void mlp(Context *c, const Weight *fc, const Weight *proj, Norm norm, float *h, int32_t d) {
     layer_norm(h, d, norm, c->a);
-    product(c, fc, c->a, c->wide);
-    for (int32_t i = 0; i < fc->N; i++) {
-        float r = c->wide[i] > 0.0f ? c->wide[i] : 0.0f;
-        c->wide[i] = r * r;
-    }
-    product(c, proj, c->wide, c->y);
-    for (int32_t i = 0; i < d; i++)
-        h[i] += c->y[i];
+    product(c, fc, c->a, c->wide, RELU_SQUARED, NULL);
+    product(c, proj, c->wide, c->y, ADD_INTO, h);
 }
 
 /* Whether this code handles a model of these sizes (native_step.py asks before building a step). */
@@ -934,42 +961,35 @@ int step(Context *c, const Model *m, const Step *in) {
     const float *cc = m->cross_cos + in->pos * hdc, *cs = m->cross_sin + in->pos * hdc;
     layer_norm(h, d, m->q_norm, c->a);
     layer_norm(h, d, m->kv_norm, c->b);
-    product(c, &m->cross_q, c->a, c->wide);
+    product(c, &m->cross_q, c->a, c->wide, KEEP, NULL);
     rope(c->wide, c->wide + d, cc, cs, Hc, hdc, c->q);
-    product(c, &m->cross_kv, c->b, c->wide);
+    product(c, &m->cross_kv, c->b, c->wide, KEEP, NULL);
     rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
     memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
     Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_kind,
-                       in->cross_k_t, in->cross_v, in->cross_k_scale, in->cross_v_scale, in->cross_mask, c->y};
+                       in->cross_k_t, in->cross_v, in->cross_k_scale, in->cross_v_scale, in->cross_mask, c->y,
+                       in->cross_write};
     run_task(c, attention_part, &cross);
-    product(c, &m->cross_out, c->y, c->a);
-    for (int32_t i = 0; i < d; i++)
-        h[i] += c->a[i];
+    product(c, &m->cross_out, c->y, c->a, ADD_INTO, h);
     mlp(c, &m->cross_fc, &m->cross_proj, m->mlp_norm, h, d);
     const float *sc = m->self_cos + in->pos * hd, *ss = m->self_sin + in->pos * hd;
     for (int32_t l = 0; l < m->layers; l++) {
         const Block *b = m->blocks + l;
         layer_norm(h, d, b->norm1, c->a);
-        product(c, &b->qkv, c->a, c->wide);
+        product(c, &b->qkv, c->a, c->wide, KEEP, NULL);
         rope(c->wide, c->wide + 2 * d, sc, ss, H, hd, c->q);
         rope(c->wide + d, c->wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
         memcpy(in->new_latent_v[l], c->wide + 4 * d, d * sizeof(float));
         const int i8 = in->latent_kind == CACHE_I8;
         Attention self = {H, hd, m->latent_slots, in->latent_used, c->q, in->new_latent_k[l], in->new_latent_v[l],
                           in->latent_kind, in->latent_k_t[l], in->latent_v[l], i8 ? in->latent_k_scale[l] : NULL,
-                          i8 ? in->latent_v_scale[l] : NULL, in->latent_mask, c->y};
+                          i8 ? in->latent_v_scale[l] : NULL, in->latent_mask, c->y, in->latent_write};
         run_task(c, attention_part, &self);
-        product(c, &b->out, c->y, c->a);
-        for (int32_t i = 0; i < d; i++)
-            h[i] += c->a[i];
+        product(c, &b->out, c->y, c->a, ADD_INTO, h);
         mlp(c, &b->fc, &b->proj, b->norm2, h, d);
     }
     layer_norm(h, d, m->final_norm, c->a);
-    product(c, &m->head, c->a, in->logits);
-    const Stored ring = {in->cross_kind, in->slots, in->cross_k_t, in->cross_v, in->cross_k_scale, in->cross_v_scale};
-    store_new(m, 1, in->cross_write, ring, in->new_cross_k, in->new_cross_v, in->latent_write, in->latent_kind,
-              in->latent_k_t, in->latent_v, in->latent_k_scale, in->latent_v_scale, in->new_latent_k,
-              in->new_latent_v);
+    product(c, &m->head, c->a, in->logits, KEEP, NULL);
     return 0;
 }
 
@@ -1005,6 +1025,8 @@ typedef struct {
     const float *x;  /* rows x MAX_WIDTH */
     float *y;        /* rows x y_stride */
     int32_t rows, y_stride;
+    Finish finish;
+    float *to;       /* ADD_INTO's: rows x MAX_WIDTH */
 } RowsProduct;
 
 /* ROWS rows (a constant, so that the sums stay in registers) times outputs first..last, two
@@ -1148,16 +1170,20 @@ static void rows_product_part(Context *c, const void *arg, int part) {
     }
 #undef CODES
 #undef FLOATS
+    for (int32_t r = 0; r < p->rows; r++)
+        finish_outputs(p->y + (int64_t)r * p->y_stride, p->to ? p->to + (int64_t)r * MAX_WIDTH : NULL, first, last,
+                       p->finish);
 }
 
 /* y (rows x y_stride) = W x (rows x MAX_WIDTH); int8 quantises each row with its own scale, so
    that a row's result does not depend on the others. */
-static void product_rows(Context *c, const Weight *w, const float *x, int32_t rows, float *y, int32_t y_stride) {
+static void product_rows(Context *c, const Weight *w, const float *x, int32_t rows, float *y, int32_t y_stride,
+                         Finish finish, float *to) {
     if (w->codes)
         for (int32_t r = 0; r < rows; r++)
             quantize_into(x + (int64_t)r * MAX_WIDTH, w->K, c->row_xq + (int64_t)r * MAX_WIDTH, c->row_xscale + r,
                           c->row_xzero + r);
-    RowsProduct p = {w, x, y, rows, y_stride};
+    RowsProduct p = {w, x, y, rows, y_stride, finish, to};
     run_task(c, rows_product_part, &p);
 }
 
@@ -1171,10 +1197,11 @@ typedef struct {
     const float *shared_mask;             /* (S1) */
     int32_t slots, used;                  /* each row's own */
     int32_t kind;                         /* both rings' */
-    const void *k_t, *v;                  /* (rows, H, hd, S2), (rows, H, S2, hd) */
-    const float *k_scale, *v_scale;       /* int8: (rows, H, S2) */
+    void *k_t, *v;                        /* (rows, H, hd, S2), (rows, H, S2, hd) */
+    float *k_scale, *v_scale;             /* int8: (rows, H, S2) */
     const float *mask;                    /* (S2) */
     float *y;                             /* (rows, MAX_WIDTH) */
+    int32_t write;                        /* the slot of each row's own caches for its new K/V (-1: none) */
 } RowsAttention;
 
 /* s_r[j] += sum_i q_r[i] k_t[i, j] for ROWS rows (a constant) over slots 0..S-1 of one shared
@@ -1371,6 +1398,9 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
             const float *v_new = a->v_new + rh * hd;
             for (int32_t i = 0; i < hd; i++)
                 y[r][i] = (y[r][i] + own[r] * v_new[i]) * inv;
+            if (a->write >= 0)  /* nothing reads the row's caches of this head after this point of the step */
+                store_head(a->k_new + rh * hd, v_new, hd, stored(a->kind, P2, a->k_t, a->v, a->k_scale, a->v_scale),
+                           rh, a->write);
         }
     }
 }
@@ -1379,17 +1409,8 @@ static void mlp_rows(Context *c, const Weight *fc, const Weight *proj, Norm norm
                      float *y, int32_t rows, int32_t d) {
     for (int32_t r = 0; r < rows; r++)
         layer_norm(h + (int64_t)r * MAX_WIDTH, d, norm, a + (int64_t)r * MAX_WIDTH);
-    product_rows(c, fc, a, rows, wide, MAX_WIDTH);
-    for (int32_t r = 0; r < rows; r++)
-        for (int32_t i = 0; i < fc->N; i++) {
-            float v = wide[(int64_t)r * MAX_WIDTH + i];
-            v = v > 0.0f ? v : 0.0f;
-            wide[(int64_t)r * MAX_WIDTH + i] = v * v;
-        }
-    product_rows(c, proj, wide, rows, y, MAX_WIDTH);
-    for (int32_t r = 0; r < rows; r++)
-        for (int32_t i = 0; i < d; i++)
-            h[(int64_t)r * MAX_WIDTH + i] += y[(int64_t)r * MAX_WIDTH + i];
+    product_rows(c, fc, a, rows, wide, MAX_WIDTH, RELU_SQUARED, NULL);
+    product_rows(c, proj, wide, rows, y, MAX_WIDTH, ADD_INTO, h);
 }
 
 /* One step of several rows. Returns -1 if the model's sizes, the rows or the rings are beyond
@@ -1418,10 +1439,10 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
         layer_norm(h + r * W, d, m->q_norm, a + r * W);
         layer_norm(h + r * W, d, m->kv_norm, b + r * W);
     }
-    product_rows(c, &m->cross_q, a, R, wide, W);
+    product_rows(c, &m->cross_q, a, R, wide, W, KEEP, NULL);
     for (int32_t r = 0; r < R; r++)
         rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, q + r * W);
-    product_rows(c, &m->cross_kv, b, R, wide, W);
+    product_rows(c, &m->cross_kv, b, R, wide, W, KEEP, NULL);
     for (int32_t r = 0; r < R; r++) {
         rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, in->new_cross_k + r * d);
         memcpy(in->new_cross_v + r * d, wide + r * W + 2 * d, d * sizeof(float));
@@ -1433,19 +1454,16 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
                                  .shared_mask = in->shared_mask, .slots = in->slots, .used = S2,
                                  .kind = in->cross_kind, .k_t = in->cross_k_t, .v = in->cross_v,
                                  .k_scale = in->cross_k_scale, .v_scale = in->cross_v_scale,
-                                 .mask = in->cross_mask, .y = y};
+                                 .mask = in->cross_mask, .y = y, .write = in->cross_write};
     run_task(c, attention_rows_part, &cross);
-    product_rows(c, &m->cross_out, y, R, a, W);
-    for (int32_t r = 0; r < R; r++)
-        for (int32_t i = 0; i < d; i++)
-            h[r * W + i] += a[r * W + i];
+    product_rows(c, &m->cross_out, y, R, a, W, ADD_INTO, h);
     mlp_rows(c, &m->cross_fc, &m->cross_proj, m->mlp_norm, h, a, wide, y, R, d);
     const float *sc = m->self_cos + in->pos * hd, *ss = m->self_sin + in->pos * hd;
     for (int32_t l = 0; l < m->layers; l++) {
         const Block *blk = m->blocks + l;
         for (int32_t r = 0; r < R; r++)
             layer_norm(h + r * W, d, blk->norm1, a + r * W);
-        product_rows(c, &blk->qkv, a, R, wide, W);
+        product_rows(c, &blk->qkv, a, R, wide, W, KEEP, NULL);
         for (int32_t r = 0; r < R; r++) {
             const float *x = wide + r * W;
             rope(x, x + 2 * d, sc, ss, H, hd, q + r * W);
@@ -1458,22 +1476,14 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
                                     .used = in->latent_used, .kind = in->latent_kind, .k_t = in->latent_k_t[l],
                                     .v = in->latent_v[l], .k_scale = i8 ? in->latent_k_scale[l] : NULL,
                                     .v_scale = i8 ? in->latent_v_scale[l] : NULL, .mask = in->latent_mask,
-                                    .y = y};
+                                    .y = y, .write = in->latent_write};
         run_task(c, attention_rows_part, &self);
-        product_rows(c, &blk->out, y, R, a, W);
-        for (int32_t r = 0; r < R; r++)
-            for (int32_t i = 0; i < d; i++)
-                h[r * W + i] += a[r * W + i];
+        product_rows(c, &blk->out, y, R, a, W, ADD_INTO, h);
         mlp_rows(c, &blk->fc, &blk->proj, blk->norm2, h, a, wide, y, R, d);
     }
     for (int32_t r = 0; r < R; r++)
         layer_norm(h + r * W, d, m->final_norm, a + r * W);
-    product_rows(c, &m->head, a, R, in->logits, m->vocab);
-    const Stored rings = {in->cross_kind, in->slots, in->cross_k_t, in->cross_v, in->cross_k_scale,
-                          in->cross_v_scale};
-    store_new(m, R, in->cross_write, rings, in->new_cross_k, in->new_cross_v, in->latent_write, in->latent_kind,
-              in->latent_k_t, in->latent_v, in->latent_k_scale, in->latent_v_scale, in->new_latent_k,
-              in->new_latent_v);
+    product_rows(c, &m->head, a, R, in->logits, m->vocab, KEEP, NULL);
     return 0;
 }
 
@@ -1486,6 +1496,6 @@ int run_products(Context *c, const Weight *weights, const float *const *rows, fl
             return -1;
     for (int32_t r = 0; r < repeats; r++)
         for (int32_t i = 0; i < count; i++)
-            product(c, weights + i, rows[i], outputs[i]);
+            product(c, weights + i, rows[i], outputs[i], KEEP, NULL);
     return 0;
 }
