@@ -1030,7 +1030,9 @@ typedef struct {
 } RowsProduct;
 
 /* ROWS rows (a constant, so that the sums stay in registers) times outputs first..last, two
-   outputs at a time: each 32 codes loaded once for all rows. */
+   outputs at a time: each 32 codes loaded once for all rows. The next outputs' codes are
+   prefetched as these are read: at four rows the products take long enough per byte that the
+   hardware's prefetching alone leaves the loads waiting (BENCHMARKS.md, "Prefetched weights"). */
 static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, const RowsProduct *p, int32_t r0,
                                                             const int ROWS, int32_t first, int32_t last) {
     const Weight *w = p->w;
@@ -1043,6 +1045,10 @@ static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, 
         for (int r = 0; r < ROWS; r++)
             acc[r][0] = acc[r][1] = _mm256_setzero_si256();
         for (int32_t k = 0; k < K; k += 32) {
+            if (!(k & 63)) {  /* one line of each of the next two outputs (a prefetch never faults) */
+                _mm_prefetch((const char *)(c0 + 2 * K + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(c0 + 3 * K + k), _MM_HINT_T0);
+            }
             const __m256i w0 = _mm256_loadu_si256((const __m256i *)(c0 + k));
             const __m256i w1 = _mm256_loadu_si256((const __m256i *)(c1 + k));
             for (int r = 0; r < ROWS; r++) {
@@ -1095,6 +1101,8 @@ static inline __attribute__((always_inline)) void int8_rows_512(const Context *c
             for (int o = 0; o < 4; o++)
                 acc[r][o] = _mm512_setzero_si512();
         for (int32_t k = 0; k < K; k += 64) {
+            for (int o = 0; o < 4; o++)  /* the next four outputs' line, as int8_rows does */
+                _mm_prefetch((const char *)(c[0] + (4 + o) * K + k), _MM_HINT_T0);
             __m512i codes[4];
             for (int o = 0; o < 4; o++)
                 codes[o] = load64(c[o] + k, K - k);
