@@ -324,7 +324,8 @@ static void layer_norm(const float *x, int32_t d, Norm norm, float *y) {
     const __m256 inv = _mm256_set1_ps(1.0f / sqrtf(hsum_ps(squares) / (float)d + 1e-5f));
     for (int32_t i = 0; i < d; i += 8) {
         const __m256 normed = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mean), inv);
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(normed, _mm256_loadu_ps(norm.weight + i), _mm256_loadu_ps(norm.bias + i)));
+        const __m256 weight = _mm256_loadu_ps(norm.weight + i), bias = _mm256_loadu_ps(norm.bias + i);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(normed, weight, bias));
     }
 }
 
@@ -1032,7 +1033,7 @@ typedef struct {
 /* ROWS rows (a constant, so that the sums stay in registers) times outputs first..last, two
    outputs at a time: each 32 codes loaded once for all rows. The next outputs' codes are
    prefetched as these are read: at four rows the products take long enough per byte that the
-   hardware's prefetching alone leaves the loads waiting (BENCHMARKS.md, "Prefetched weights"). */
+   hardware's prefetching alone leaves the loads waiting (BENCHMARKS.md, run 6). */
 static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, const RowsProduct *p, int32_t r0,
                                                             const int ROWS, int32_t first, int32_t last) {
     const Weight *w = p->w;
