@@ -282,6 +282,14 @@ static float hmax_ps(__m256 v) {
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
 
+/* max |x[i]| over n (a multiple of 8) floats */
+static float max_abs(const float *x, int32_t n) {
+    __m256 top = _mm256_setzero_ps();
+    for (int32_t i = 0; i < n; i += 8)
+        top = _mm256_max_ps(top, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_loadu_ps(x + i)));
+    return hmax_ps(top);
+}
+
 static int32_t hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -524,10 +532,7 @@ static inline __attribute__((always_inline)) float load1(const void *p, int64_t 
 /* hd values as int8 codes at `stride` apart, and their scale: code = round(x / scale) (to even,
    as torch rounds; decode_onnx quantises a reset's K/V the same way), scale = max|x| / 127. */
 static float quantize_slot(const float *x, int32_t hd, int8_t *codes, int64_t stride) {
-    __m256 top = _mm256_setzero_ps();
-    for (int32_t i = 0; i < hd; i += 8)
-        top = _mm256_max_ps(top, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_loadu_ps(x + i)));
-    const float scale = hmax_ps(top) / 127.0f;
+    const float scale = max_abs(x, hd) / 127.0f;
     const __m256 divisor = _mm256_set1_ps(scale > 0.0f ? scale : 1.0f), limit = _mm256_set1_ps(127.0f);
     for (int32_t i = 0; i < hd; i += 8) {  /* a division, as numpy's round(x / scale): the same codes */
         __m256 code = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), divisor),
@@ -748,13 +753,7 @@ static inline __m256i add_key_products(__m256i acc, __m256i key, __m256i k, __m2
 
 /* hd (a multiple of 8) dims of a query to codes: round(q * 127 / max|q|), to even */
 static void quantize_query(const float *q, int32_t hd, QueryCodes *out) {
-    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 top = _mm256_setzero_ps();
-    for (int32_t i = 0; i < hd; i += 8)
-        top = _mm256_max_ps(top, _mm256_and_ps(_mm256_loadu_ps(q + i), magnitude));
-    float tops[8];
-    _mm256_storeu_ps(tops, top);
-    const float largest = max_of(tops, 8, 0.0f);
+    const float largest = max_abs(q, hd);
     out->scale = largest / 127.0f;
     const __m256 inverse = _mm256_set1_ps(largest > 0.0f ? 127.0f / largest : 0.0f);
     int32_t total = 0;
