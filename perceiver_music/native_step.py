@@ -82,6 +82,7 @@ class Model(ctypes.Structure):
     _fields_ = [("d", ctypes.c_int32), ("cross_heads", ctypes.c_int32), ("cross_head_dim", ctypes.c_int32),
                 ("heads", ctypes.c_int32), ("head_dim", ctypes.c_int32), ("vocab", ctypes.c_int32),
                 ("layers", ctypes.c_int32), ("latent_slots", ctypes.c_int32), ("positions", ctypes.c_int32),
+                ("cross_half", ctypes.c_int32), ("half", ctypes.c_int32),
                 ("embedding", ctypes.c_void_p), ("cross_cos", ctypes.c_void_p), ("cross_sin", ctypes.c_void_p),
                 ("self_cos", ctypes.c_void_p), ("self_sin", ctypes.c_void_p),
                 ("q_norm", Norm), ("kv_norm", Norm), ("mlp_norm", Norm), ("final_norm", Norm),
@@ -330,15 +331,24 @@ class NativeWeights:
         def norm(layer) -> Norm:
             return Norm(array(layer.weight), array(layer.bias))
 
+        def unrotated(fused, keep: tuple[int, ...]):
+            """The graph's fused weight, d rows a part, less its rotated parts: decode_step.c's rope()
+            moves and negates q's and k's values instead of reading those rows."""
+            parts = fused.detach().split(d)
+            return torch.cat([parts[i] for i in keep])
+
         self.blocks = (Block * cfg.n_layers)(*[
-            Block(norm(b.norm1), norm(b.norm2), weight(getattr(graph, f"qkv{i}")), weight(b.out.weight),
-                  weight(b.mlp.fc.weight), weight(b.mlp.proj.weight)) for i, b in enumerate(m.blocks)])
+            Block(norm(b.norm1), norm(b.norm2), weight(unrotated(getattr(graph, f"qkv{i}"), (0, 1, 4))),
+                  weight(b.out.weight), weight(b.mlp.fc.weight), weight(b.mlp.proj.weight))
+            for i, b in enumerate(m.blocks)])
         self.struct = Model(d, c.heads, c.head_dim, cfg.n_heads, d // cfg.n_heads, cfg.vocab_size, cfg.n_layers,
-                            cfg.num_latents, graph.cross_cos.shape[0], array(m.tok_emb.weight),
+                            cfg.num_latents, graph.cross_cos.shape[0], m.rope_cross.rotated // 2,
+                            m.rope_self.rotated // 2, array(m.tok_emb.weight),
                             array(graph.cross_cos), array(graph.cross_sin), array(graph.self_cos),
                             array(graph.self_sin), norm(c.q_norm), norm(c.kv_norm), norm(c.mlp_norm), norm(m.norm),
-                            weight(graph.cross_q), weight(graph.cross_kv), weight(c.out.weight),
-                            weight(c.mlp.fc.weight), weight(c.mlp.proj.weight), weight(m.head.weight), self.blocks)
+                            weight(unrotated(graph.cross_q, (0,))), weight(unrotated(graph.cross_kv, (0, 2))),
+                            weight(c.out.weight), weight(c.mlp.fc.weight), weight(c.mlp.proj.weight),
+                            weight(m.head.weight), self.blocks)
 
 
 class WeightCache:

@@ -183,6 +183,22 @@ def test_more_rows_than_the_native_step_holds_keep_onnxruntimes_step():
         OnnxDecoder(model, native_step.MAX_ROWS + 1, native_step=True)
 
 
+@needs_native
+def test_the_weights_hold_no_rotated_rows_and_a_model_laid_out_with_them_is_refused():
+    """RoPE's rotated values come from rope() (decode_step.c) moving and negating q's and k's
+    values, not from the ONNX graph's rotated weight rows: the native weights hold q, k and v (d
+    outputs each), and a Model carrying the graph's wider qkv is refused, not misread."""
+    model = random_model()
+    weights = native_step.NativeWeights(model, "float32")
+    lib = native_step.load_library()
+    m, d = weights.struct, model.config.d_model
+    assert (m.cross_q.N, m.cross_kv.N) == (d, 2 * d)
+    assert [m.blocks[i].qkv.N for i in range(model.config.n_layers)] == [3 * d] * model.config.n_layers
+    assert lib.supported(ctypes.byref(m))
+    m.blocks[0].qkv.N = 5 * d  # as the graph's qkv0: q, k, q_rot, k_rot, v
+    assert not lib.supported(ctypes.byref(m))
+
+
 # ---- the shipped model, two threads ----
 
 

@@ -5,7 +5,8 @@
    On a 2-core CPU onnxruntime's step took 1.5-1.9 ms at batch 1 (default model, 4,096 cached
    inputs), most of it outside the arithmetic; this one takes 0.5-1.0 ms in int8 (BENCHMARKS.md).
    It computes what decode_onnx.StepGraph computes, from the same weights (query weights carrying
-   the attention scale, RoPE as a product by rotated rows: x * cos + x_rot * sin) and the same
+   the attention scale; RoPE as x * cos + rotated(x) * sin, where the graph's rotated weight rows
+   give rotated(x) by a product and rope() by moving and negating x's values) and the same
    caches (the cross-attend ring, keys transposed, with its additive mask; the latent caches
    likewise), and writes the same outputs.
 
@@ -54,17 +55,18 @@ typedef struct {
 
 typedef struct {
     Norm norm1, norm2;
-    Weight qkv, out, fc, proj;  /* qkv: q, k, q_rot, k_rot, v */
+    Weight qkv, out, fc, proj;  /* qkv: q, k, v */
 } Block;
 
 typedef struct {
     int32_t d, cross_heads, cross_head_dim, heads, head_dim;  /* heads * head_dim = d, both kinds */
     int32_t vocab, layers, latent_slots, positions;  /* positions: the tables' rows */
+    int32_t cross_half, half;     /* RoPE: per head, dims [0, half) pair with [half, 2 half); the rest stay */
     const float *embedding;       /* vocab x d */
     const float *cross_cos, *cross_sin;  /* positions x cross_head_dim */
     const float *self_cos, *self_sin;    /* positions x head_dim */
     Norm q_norm, kv_norm, mlp_norm, final_norm;
-    Weight cross_q, cross_kv, cross_out, cross_fc, cross_proj, head;  /* cross_q: q, q_rot; cross_kv: k, k_rot, v */
+    Weight cross_q, cross_kv, cross_out, cross_fc, cross_proj, head;  /* cross_kv: k, v */
     const Block *blocks;
 } Model;
 
@@ -924,11 +926,23 @@ static void attention_part(Context *c, const void *arg, int part) {
     }
 }
 
-static void rope(const float *x, const float *x_rot, const float *cos, const float *sin, int32_t heads, int32_t hd,
+/* y = x * cos + rotated(x) * sin, per head: rotated(x) = (-x2, x1, x3) of the head's (x1, x2, x3) =
+   (dims [0, half), [half, 2 half), the rest; sin is 0 over the rest). The ONNX step gets rotated(x)
+   from a product by rotated weight rows (decode_onnx._rotated_rows); those rows are the q or k rows
+   negated or as they are, so their int8 codes and float sums are too: this is the same value, with
+   no extra weights to read (a seventh of them). */
+static void rope(const float *x, const float *cos, const float *sin, int32_t heads, int32_t hd, int32_t half,
                  float *y) {
-    for (int32_t h = 0; h < heads; h++)
-        for (int32_t i = 0; i < hd; i++)
-            y[h * hd + i] = x[h * hd + i] * cos[i] + x_rot[h * hd + i] * sin[i];
+    for (int32_t h = 0; h < heads; h++) {
+        const float *xh = x + h * hd;
+        float *yh = y + h * hd;
+        for (int32_t i = 0; i < half; i++)
+            yh[i] = xh[i] * cos[i] + -xh[i + half] * sin[i];
+        for (int32_t i = half; i < 2 * half; i++)
+            yh[i] = xh[i] * cos[i] + xh[i - half] * sin[i];
+        for (int32_t i = 2 * half; i < hd; i++)
+            yh[i] = xh[i] * cos[i] + xh[i] * sin[i];
+    }
 }
 
 static void mlp(Context *c, const Weight *fc, const Weight *proj, Norm norm, float *h, int32_t d) {
@@ -937,13 +951,23 @@ static void mlp(Context *c, const Weight *fc, const Weight *proj, Norm norm, flo
     product(c, proj, c->wide, c->y, ADD_INTO, h);
 }
 
+/* Every block's qkv gives q, k and v (d outputs each) */
+static int qkv_sizes(const Model *m) {
+    for (int32_t l = 0; l < m->layers; l++)
+        if (m->blocks[l].qkv.N != 3 * m->d)
+            return 0;
+    return 1;
+}
+
 /* Whether this code handles a model of these sizes (native_step.py asks before building a step). */
 int supported(const Model *m) {
     const int32_t d = m->d;
     return m->heads > 0 && m->cross_heads > 0 && m->heads * m->head_dim == d && m->cross_heads * m->cross_head_dim == d &&
            m->head_dim % 8 == 0 && m->cross_head_dim % 8 == 0 && m->head_dim <= MAX_HEAD_DIM &&
-           m->cross_head_dim <= MAX_HEAD_DIM && d % 32 == 0 && 5 * d <= MAX_WIDTH && m->cross_fc.N <= MAX_WIDTH &&
-           m->cross_fc.N % 32 == 0 && m->latent_slots <= MAX_SLOTS && m->vocab > 0;
+           m->cross_head_dim <= MAX_HEAD_DIM && d % 32 == 0 && 3 * d <= MAX_WIDTH && m->cross_fc.N <= MAX_WIDTH &&
+           m->cross_fc.N % 32 == 0 && m->latent_slots <= MAX_SLOTS && m->vocab > 0 && m->cross_half >= 0 &&
+           2 * m->cross_half <= m->cross_head_dim && m->half >= 0 && 2 * m->half <= m->head_dim &&
+           m->cross_q.N == d && m->cross_kv.N == 2 * d && qkv_sizes(m);
 }
 
 /* One step. Returns -1 if the model's sizes or the ring's are beyond this code's buffers (see
@@ -962,10 +986,10 @@ int step(Context *c, const Model *m, const Step *in) {
     layer_norm(h, d, m->q_norm, c->a);
     layer_norm(h, d, m->kv_norm, c->b);
     product(c, &m->cross_q, c->a, c->wide, KEEP, NULL);
-    rope(c->wide, c->wide + d, cc, cs, Hc, hdc, c->q);
+    rope(c->wide, cc, cs, Hc, hdc, m->cross_half, c->q);
     product(c, &m->cross_kv, c->b, c->wide, KEEP, NULL);
-    rope(c->wide, c->wide + d, cc, cs, Hc, hdc, in->new_cross_k);
-    memcpy(in->new_cross_v, c->wide + 2 * d, d * sizeof(float));
+    rope(c->wide, cc, cs, Hc, hdc, m->cross_half, in->new_cross_k);
+    memcpy(in->new_cross_v, c->wide + d, d * sizeof(float));
     Attention cross = {Hc, hdc, in->slots, in->cross_used, c->q, in->new_cross_k, in->new_cross_v, in->cross_kind,
                        in->cross_k_t, in->cross_v, in->cross_k_scale, in->cross_v_scale, in->cross_mask, c->y,
                        in->cross_write};
@@ -977,9 +1001,9 @@ int step(Context *c, const Model *m, const Step *in) {
         const Block *b = m->blocks + l;
         layer_norm(h, d, b->norm1, c->a);
         product(c, &b->qkv, c->a, c->wide, KEEP, NULL);
-        rope(c->wide, c->wide + 2 * d, sc, ss, H, hd, c->q);
-        rope(c->wide + d, c->wide + 3 * d, sc, ss, H, hd, in->new_latent_k[l]);
-        memcpy(in->new_latent_v[l], c->wide + 4 * d, d * sizeof(float));
+        rope(c->wide, sc, ss, H, hd, m->half, c->q);
+        rope(c->wide + d, sc, ss, H, hd, m->half, in->new_latent_k[l]);
+        memcpy(in->new_latent_v[l], c->wide + 2 * d, d * sizeof(float));
         const int i8 = in->latent_kind == CACHE_I8;
         Attention self = {H, hd, m->latent_slots, in->latent_used, c->q, in->new_latent_k[l], in->new_latent_v[l],
                           in->latent_kind, in->latent_k_t[l], in->latent_v[l], i8 ? in->latent_k_scale[l] : NULL,
@@ -1449,11 +1473,11 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
     }
     product_rows(c, &m->cross_q, a, R, wide, W, KEEP, NULL);
     for (int32_t r = 0; r < R; r++)
-        rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, q + r * W);
+        rope(wide + r * W, cc, cs, Hc, hdc, m->cross_half, q + r * W);
     product_rows(c, &m->cross_kv, b, R, wide, W, KEEP, NULL);
     for (int32_t r = 0; r < R; r++) {
-        rope(wide + r * W, wide + r * W + d, cc, cs, Hc, hdc, in->new_cross_k + r * d);
-        memcpy(in->new_cross_v + r * d, wide + r * W + 2 * d, d * sizeof(float));
+        rope(wide + r * W, cc, cs, Hc, hdc, m->cross_half, in->new_cross_k + r * d);
+        memcpy(in->new_cross_v + r * d, wide + r * W + d, d * sizeof(float));
     }
     const RowsAttention cross = {.rows = R, .heads = Hc, .head_dim = hdc, .q = q, .k_new = in->new_cross_k,
                                  .v_new = in->new_cross_v, .shared_slots = in->shared_slots, .shared_used = S1,
@@ -1474,9 +1498,9 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
         product_rows(c, &blk->qkv, a, R, wide, W, KEEP, NULL);
         for (int32_t r = 0; r < R; r++) {
             const float *x = wide + r * W;
-            rope(x, x + 2 * d, sc, ss, H, hd, q + r * W);
-            rope(x + d, x + 3 * d, sc, ss, H, hd, in->new_latent_k[l] + r * d);
-            memcpy(in->new_latent_v[l] + r * d, x + 4 * d, d * sizeof(float));
+            rope(x, sc, ss, H, hd, m->half, q + r * W);
+            rope(x + d, sc, ss, H, hd, m->half, in->new_latent_k[l] + r * d);
+            memcpy(in->new_latent_v[l] + r * d, x + 2 * d, d * sizeof(float));
         }
         const int i8 = in->latent_kind == CACHE_I8;
         const RowsAttention self = {.rows = R, .heads = H, .head_dim = hd, .q = q, .k_new = in->new_latent_k[l],
