@@ -199,6 +199,24 @@ def test_the_weights_hold_no_rotated_rows_and_a_model_laid_out_with_them_is_refu
     assert not lib.supported(ctypes.byref(m))
 
 
+@needs_native
+@pytest.mark.parametrize("rope_fraction", [0.25, 1.0])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_rope_over_any_part_of_a_head_gives_onnxruntimes_logits(rope_fraction, rows):
+    """rope() pairs a head's dims as the graph's rotated rows do, whatever part of the head RoPE
+    rotates (the default, half, is in every other test): a quarter, and the whole head."""
+    model = random_model(seed=2, rope_fraction=rope_fraction)
+    window = torch.tensor([ids_stream(40)] * rows)
+    mine = OnnxDecoder(model, rows, precision="float32", native_step=True)
+    theirs = OnnxDecoder(model, rows, precision="float32", native_step=False)
+    with torch.inference_mode():
+        mine.reset(window, 8)
+        theirs.reset(window, 8)
+        for token in (5, 77, 301):
+            t = torch.tensor([token] * rows)
+            torch.testing.assert_close(mine.step(t, window), theirs.step(t, window), atol=1e-4, rtol=1e-4)
+
+
 # ---- the shipped model, two threads ----
 
 
