@@ -556,11 +556,6 @@ typedef struct {
     float *k_scale, *v_scale;
 } Stored;
 
-static inline Stored stored(int32_t kind, int32_t slots, void *k_t, void *v, float *k_scale, float *v_scale) {
-    const Stored to = {kind, slots, k_t, v, k_scale, v_scale};
-    return to;
-}
-
 /* Stores the new K/V (hd values each) of head rh (row * H + head) into slot `slot` of `to`, as
    float16 (rounded to nearest, as numpy casts), int8 codes or float32. */
 static void store_head(const float *k, const float *v, int32_t hd, Stored to, int64_t rh, int32_t slot) {
@@ -921,8 +916,8 @@ static void attention_part(Context *c, const void *arg, int part) {
         for (int32_t i = 0; i < hd; i++)
             y[i] += w_own * inv * a->v_new[h * hd + i];
         if (a->write >= 0)  /* nothing reads this head's caches after this point of the step */
-            store_head(a->k_new + h * hd, a->v_new + h * hd, hd, stored(a->kind, a->slots, a->k_t, a->v, a->k_scale,
-                       a->v_scale), h, a->write);
+            store_head(a->k_new + h * hd, a->v_new + h * hd, hd,
+                       (Stored){a->kind, a->slots, a->k_t, a->v, a->k_scale, a->v_scale}, h, a->write);
     }
 }
 
@@ -1431,7 +1426,7 @@ static void attention_rows_part(Context *c, const void *arg, int part) {
             for (int32_t i = 0; i < hd; i++)
                 y[r][i] = (y[r][i] + own[r] * v_new[i]) * inv;
             if (a->write >= 0)  /* nothing reads the row's caches of this head after this point of the step */
-                store_head(a->k_new + rh * hd, v_new, hd, stored(a->kind, P2, a->k_t, a->v, a->k_scale, a->v_scale),
+                store_head(a->k_new + rh * hd, v_new, hd, (Stored){a->kind, P2, a->k_t, a->v, a->k_scale, a->v_scale},
                            rh, a->write);
         }
     }
