@@ -1,7 +1,8 @@
-"""bench/own_step.py and bench/native_step_parts.py, run as a person runs them: the native step
-computes onnxruntime's step (float32: the same logits and K/V; int8 near them) on the shipped
-model's real caches, and is timed beside it, in the step alone and in generate(); and its parts
-are timed at 1 row and 4 variations. (The native step's own tests: test_native_step.py.)"""
+"""bench/own_step.py, bench/native_step_parts.py and bench/native_step_ab.py, run as a person
+runs them: the native step computes onnxruntime's step (float32: the same logits and K/V; int8
+near them) on the shipped model's real caches, and is timed beside it, in the step alone and in
+generate(); its parts are timed at 1 row and 4 variations; and edited copies of its C are timed
+beside it, their logits compared with its. (The native step's own tests: test_native_step.py.)"""
 
 from __future__ import annotations
 
@@ -64,3 +65,35 @@ def test_native_step_parts_splits_the_step_at_1_row_and_4_variations():
     assert ("avx_vnni_byte_products" in report) == ("avx512_over_avx_vnni" in report) == laptop
     if laptop:
         assert set(report["avx_vnni_byte_products"]["ms_4_variations"]) == cases
+
+
+def test_native_step_ab_times_edited_copies_beside_the_shipped_step_and_compares_their_logits(tmp_path):
+    shipped = (REPO / "perceiver_music/native/decode_step.c").read_text()
+    same = tmp_path / "same.c"
+    same.write_text(shipped)
+    seven_bit = tmp_path / "seven_bit.c"  # the rows' bytes in 7 bits, not 8: other logits
+    marker = "range / 255.0f"
+    assert shipped.count(marker) == 1
+    seven_bit.write_text(shipped.replace(marker, "range / 127.0f"))
+    proc = subprocess.run([sys.executable, "bench/native_step_ab.py", str(same), str(seven_bit), "--context", "1024",
+                           "--rounds", "2", "--burst", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["cross_inputs_read"] == 1023 and report["latents_read"] == 448
+    assert set(report["ms_median"]) == {"shipped", "same", "seven_bit"}
+    assert all(ms > 0 for build in report["ms_median"].values() for ms in build.values())
+    assert set(report["over_shipped_by_round"]) == set(report["logits_max_abs_diff_from_shipped"]) == {
+        "same", "seven_bit"}
+    assert report["logits_max_abs_diff_from_shipped"]["same"] == {"1_rows": 0.0, "4_rows": 0.0}
+    assert min(report["logits_max_abs_diff_from_shipped"]["seven_bit"].values()) > 0
+    assert all(len(ratios) == 3 for ratios in report["4_variations_over_1_row_by_round"].values())
+
+
+def test_native_step_ab_refuses_two_copies_of_one_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "step.c").write_text("")
+    proc = subprocess.run([sys.executable, "bench/native_step_ab.py", str(tmp_path / "a/step.c"),
+                           str(tmp_path / "b/step.c")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "name of its own" in proc.stderr
