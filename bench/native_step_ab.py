@@ -81,9 +81,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--burst", type=int, default=40)
     args = parser.parse_args()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     names = [SHIPPED] + [path.stem for path in args.edited]
     if len(set(names)) != len(names):
         parser.error("every edited copy needs a file name of its own (they name the builds)")
+    missing = [str(path) for path in args.edited if not path.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
     torch.set_num_threads(args.threads)
     cfg = default_config()
     cfg.max_context = args.context
@@ -97,8 +101,11 @@ def main() -> None:
         for name, source in zip(names, [native_step.SOURCE, *args.edited]):
             with building_from(source.resolve(), Path(builds) / name):
                 for rows in ROWS:
-                    decoder = OnnxDecoder(model, rows, precision="int8", threads=args.threads, native_step=True,
-                                          cache_type=NATIVE_INT8_CACHES)
+                    try:
+                        decoder = OnnxDecoder(model, rows, precision="int8", threads=args.threads,
+                                              native_step=True, cache_type=NATIVE_INT8_CACHES)
+                    except native_step.Unavailable as error:  # an edit that does not compile, say
+                        parser.exit(2, f"{source}: {error}\n")
                     with torch.inference_mode():
                         decoder.reset(primer.expand(rows, -1), default_reset_latents(cfg.num_latents))
                     step(decoder, cross, args.latents)
@@ -120,7 +127,7 @@ def main() -> None:
     ms = {key: np.array(value) for key, value in times.items()}
     print(json.dumps({
         "command": "python bench/native_step_ab.py " + " ".join(sys.argv[1:]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": started,
         "machine": machine(),
         "context": args.context,
         "cross_inputs_read": decoders[SHIPPED, 1].cached if cross else 0,

@@ -89,11 +89,20 @@ def test_native_step_ab_times_edited_copies_beside_the_shipped_step_and_compares
     assert all(len(ratios) == 3 for ratios in report["4_variations_over_1_row_by_round"].values())
 
 
-def test_native_step_ab_refuses_two_copies_of_one_name(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+def test_native_step_ab_refuses_what_it_cannot_build_in_one_line(tmp_path):
+    def run(*edited):
+        return subprocess.run([sys.executable, "bench/native_step_ab.py", *map(str, edited), "--context", "1024",
+                               "--rounds", "1", "--burst", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+
     for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
         (tmp_path / folder / "step.c").write_text("")
-    proc = subprocess.run([sys.executable, "bench/native_step_ab.py", str(tmp_path / "a/step.c"),
-                           str(tmp_path / "b/step.c")], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "name of its own" in proc.stderr
+    same_name = run(tmp_path / "a/step.c", tmp_path / "b/step.c")
+    assert same_name.returncode == 2 and "name of its own" in same_name.stderr
+    missing = run(tmp_path / "absent.c")
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    broken = tmp_path / "broken.c"
+    broken.write_text((REPO / "perceiver_music/native/decode_step.c").read_text() + "\nthis is not C;\n")
+    refused = run(broken)
+    assert refused.returncode == 2 and "could not build" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
