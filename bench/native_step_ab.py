@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
+from native_step_parts import run_step  # noqa: E402
 
 from perceiver_music import native_step  # noqa: E402
 from perceiver_music.decode_onnx import NATIVE_INT8_CACHES, OnnxDecoder  # noqa: E402
@@ -59,11 +60,6 @@ def building_from(source: Path, folder: Path):
         yield
     finally:
         native_step.SOURCE, native_step.load_library = shipped, load
-
-
-def step(decoder: OnnxDecoder, cross: bool, latents: int) -> None:
-    rows, shared = (decoder.rows.used, decoder.shared.used) if cross else (0, 0)
-    decoder.native.run(int(decoder.pos[0]), 5, cross_used=rows, latent_used=latents, shared_used=shared)
 
 
 def quartiles(values) -> list[float]:
@@ -108,7 +104,7 @@ def main() -> None:
                         parser.exit(2, f"{source}: {error}\n")
                     with torch.inference_mode():
                         decoder.reset(primer.expand(rows, -1), default_reset_latents(cfg.num_latents))
-                    step(decoder, cross, args.latents)
+                    run_step(decoder, cross, args.latents)
                     logits[name, rows] = decoder.logits.copy()
                     decoder.native.rest()
                     decoders[name, rows] = decoder
@@ -118,10 +114,10 @@ def main() -> None:
             shift = round_ % len(keys)
             for key in keys[shift:] + keys[:shift]:
                 decoder = decoders[key]
-                step(decoder, cross, args.latents)  # once untimed: its worker wakes
+                run_step(decoder, cross, args.latents)  # once untimed: its worker wakes
                 start = time.perf_counter()
                 for _ in range(args.burst):
-                    step(decoder, cross, args.latents)
+                    run_step(decoder, cross, args.latents)
                 times[key].append((time.perf_counter() - start) / args.burst * 1e3)
                 decoder.native.rest()  # its worker must not spin beside the next decoder's steps
     ms = {key: np.array(value) for key, value in times.items()}

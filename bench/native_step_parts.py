@@ -48,17 +48,20 @@ from perceiver_music.model import default_config  # noqa: E402
 LATENTS_READ = (0, 256, 512)
 
 
-def step_ms(decoder: OnnxDecoder, cross: bool, latents: int, burst: int, repeats: int) -> float:
-    """The native step's median ms over `repeats` bursts, reading all cached inputs or none and
-    the first `latents` latent slots (it writes its outputs only, no cache slot: every run reads
-    the same caches)."""
-    pos = int(decoder.pos[0])
+def run_step(decoder: OnnxDecoder, cross: bool, latents: int) -> None:
+    """One native step reading all cached inputs or none and the first `latents` latent slots
+    (it writes its outputs only, no cache slot: every run reads the same caches)."""
     rows, shared = (decoder.rows.used, decoder.shared.used) if cross else (0, 0)
+    decoder.native.run(int(decoder.pos[0]), 5, cross_used=rows, latent_used=latents, shared_used=shared)
+
+
+def step_ms(decoder: OnnxDecoder, cross: bool, latents: int, burst: int, repeats: int) -> float:
+    """run_step's median ms over `repeats` bursts."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(burst):
-            decoder.native.run(pos, 5, cross_used=rows, latent_used=latents, shared_used=shared)
+            run_step(decoder, cross, latents)
         times.append((time.perf_counter() - start) / burst * 1e3)
         decoder.native.rest()  # its worker must not spin beside the next decoder's steps
     return round(float(np.median(times)), 3)
