@@ -736,6 +736,14 @@ class _Ring:
         self.mask[slots] = -np.inf
         self.cached -= count
 
+    def cached_span(self) -> tuple[int, int]:
+        """(first slot, count) of the cached inputs of a ring that never wrapped (the shared
+        one: filled once, then its inputs only slide out, oldest first)."""
+        first = self.slot - self.cached
+        if first < 0:
+            raise RuntimeError("the ring wrapped: its cached inputs are not one span")
+        return first, self.cached
+
     def cached_ids(self) -> np.ndarray:
         """The cached inputs' ids (rows, cached), oldest first."""
         return self.ids[:, (self.slot - self.cached + np.arange(self.cached)) % self.capacity]
@@ -775,24 +783,24 @@ class _Ring:
         self.mask[:T] = 0.0
         self.slot = self.cached = self.used = T
 
-    def keys_t(self, count: int, rows: int | None = None) -> np.ndarray:
-        """The first `rows` rows' (default all) keys of slots 0..count-1 as float32
-        (rows, H, hd, count): a view if they are stored so, else a copy."""
-        r = rows or self.rows
-        k = self.k[:r][self._keys(slice(count))]
+    def keys_t(self, count: int, rows: int | None = None, first: int = 0) -> np.ndarray:
+        """The first `rows` rows' (default all) keys of `count` slots from slot `first` on, as
+        float32 (rows, H, hd, count): a view if they are stored so, else a copy."""
+        r, slots = rows or self.rows, slice(first, first + count)
+        k = self.k[:r][self._keys(slots)]
         if k.dtype != np.float32:
-            scales = None if self.k_scale is None else self.k_scale[:r, :, :count]
+            scales = None if self.k_scale is None else self.k_scale[:r, :, slots]
             k = cache_codes.as_float32(k, scales, -2 if self.keys_transposed else -1)
         return k if self.keys_transposed else k.transpose(0, 1, 3, 2)
 
-    def values(self, count: int, rows: int | None = None) -> np.ndarray:
-        """The first `rows` rows' (default all) values of slots 0..count-1 as float32
-        (rows, H, count, hd): a view if they are stored so, else a copy."""
-        r = rows or self.rows
-        v = self.v[:r, :, :count]
+    def values(self, count: int, rows: int | None = None, first: int = 0) -> np.ndarray:
+        """The first `rows` rows' (default all) values of `count` slots from slot `first` on, as
+        float32 (rows, H, count, hd): a view if they are stored so, else a copy."""
+        r, slots = rows or self.rows, slice(first, first + count)
+        v = self.v[:r, :, slots]
         if v.dtype == np.float32:
             return v
-        return cache_codes.as_float32(v, None if self.v_scale is None else self.v_scale[:r, :, :count])
+        return cache_codes.as_float32(v, None if self.v_scale is None else self.v_scale[:r, :, slots])
 
     def attended(self, rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Keys (transposed), values and slot positions for the latents graph, of the first
@@ -813,8 +821,9 @@ class OnnxDecoder:
     The cross-attend's cache is two rings (_Ring): `rows`, each row's own inputs, and in a
     batch of several rows `shared`, one copy of the inputs that every row has (the primer,
     under its variations), which the `shared_step` graph reads once for all rows. The shared
-    inputs are the oldest (positions only grow), so they slide out first; once none is left,
-    or in a batch of one, the plain `step` graph runs.
+    inputs are the oldest (positions only grow), so they slide out first, from its first slot
+    on (the native step and the resets read only the slots still held); once none is left, or
+    in a batch of one, the plain `step` graph runs.
 
     A reset whose window is the cached inputs plus one new id (every reset of the generation
     loop after the first) computes that one id's K/V and keeps the rest; any other window
@@ -1056,17 +1065,18 @@ class OnnxDecoder:
     def _attended_inputs(self, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The cross K/V (1 or `rows` rows) and slot positions that the latents of the first
         `rows` rows attend to: one ring as it lies if the other is empty, else both rings side
-        by side (a copy)."""
+        by side (a copy; of the shared ring, only the inputs that have not slid out)."""
         if self.rows.cached == 0:
             return self.shared.attended()
         if self.shared.cached == 0:
             return self.rows.attended(rows)
-        S1, S2, H, hd = self.shared.used, self.rows.used, self.shared.heads, self.shared.head_dim
+        (first, S1), S2 = self.shared.cached_span(), self.rows.used
+        H, hd = self.shared.heads, self.shared.head_dim
         k_t = np.empty((rows, H, hd, S1 + S2), np.float32)
         v = np.empty((rows, H, S1 + S2, hd), np.float32)
-        k_t[..., :S1], v[:, :, :S1] = self.shared.keys_t(S1), self.shared.values(S1)
+        k_t[..., :S1], v[:, :, :S1] = self.shared.keys_t(S1, first=first), self.shared.values(S1, first=first)
         k_t[..., S1:], v[:, :, S1:] = self.rows.keys_t(S2, rows), self.rows.values(S2, rows)
-        return k_t, v, np.concatenate((self.shared.pos[:S1], self.rows.pos[:S2]))
+        return k_t, v, np.concatenate((self.shared.pos[first : first + S1], self.rows.pos[:S2]))
 
     def _latents(self, latent_ids: np.ndarray, q_pos: np.ndarray) -> Tensor:
         """The latents of latent_ids' rows: every row's, or one row's that all rows share (its
@@ -1100,8 +1110,9 @@ class OnnxDecoder:
             used, (slot, grown) = self.rows.used, self.rows.claim()
             if grown:
                 self._bind_ring("cross", self.rows)
+            shared_from, shared_used = self.shared.cached_span()  # the slots slid out are not read
             self.native.run(int(self.pos[0]), int(self.tokens[0]), cross_used=used, latent_used=s,
-                            shared_used=self.shared.used, cross_write=slot, latent_write=s)
+                            shared_used=shared_used, shared_from=shared_from, cross_write=slot, latent_write=s)
             self.rows.record(slot, self.tokens, int(self.pos[0]))
             self.pos[0] += 1
         else:

@@ -110,7 +110,7 @@ class RowsStep(ctypes.Structure):
                        "latent_used:i32 cross_write:i32 latent_write:i32 cross_k_t:ptr cross_v:ptr cross_k_scale:ptr "
                        "cross_v_scale:ptr cross_mask:ptr latent_mask:ptr latent_kind:i32 latent_k_t:ptrs latent_v:ptrs "
                        "latent_k_scale:ptrs latent_v_scale:ptrs logits:ptr new_cross_k:ptr new_cross_v:ptr new_latent_k:ptrs "
-                       "new_latent_v:ptrs")
+                       "new_latent_v:ptrs shared_from:i32")
 
 
 MAX_ROWS = 16  # decode_step.c's
@@ -503,10 +503,12 @@ class NativeStep:
         self.latent_slots = latent_mask.shape[-1]
 
     def run(self, pos: int, token: int = 0, *, cross_used: int | None = None, latent_used: int | None = None,
-            shared_used: int | None = None, cross_write: int = -1, latent_write: int = -1) -> None:
+            shared_used: int | None = None, shared_from: int = 0, cross_write: int = -1,
+            latent_write: int = -1) -> None:
         """One step at position `pos`: of `token` after point(), of the tokens array's after
-        point_rows(). `*_used`: how many of a ring's first slots may hold inputs (default all):
-        the rest, never written and masked, are not read. `cross_write`, `latent_write`: the slot
+        point_rows(). `*_used`: how many of a ring's slots may hold inputs (default all): its
+        first ones (the rest, never written and masked, are not read), and the shared ring's
+        from slot `shared_from` on (those before it slid out). `cross_write`, `latent_write`: the slot
         of the (rows') ring and of every latent cache that the new K/V are stored into once the
         step is done (-1: none; they are in the new_* outputs either way)."""
         step = self.step
@@ -515,7 +517,8 @@ class NativeStep:
         step.latent_used = self.latent_slots if latent_used is None else latent_used
         step.cross_write, step.latent_write = cross_write, latent_write
         if isinstance(step, RowsStep):
-            step.shared_used = step.shared_slots if shared_used is None else shared_used
+            step.shared_used = step.shared_slots - shared_from if shared_used is None else shared_used
+            step.shared_from = shared_from
             done = self.lib.step_rows(self.context, ctypes.byref(self.weights.struct), ctypes.byref(step))
         else:
             step.token = token

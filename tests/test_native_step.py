@@ -537,3 +537,56 @@ def test_the_step_stores_its_new_kv_as_the_python_side_quantises_them(rows):
                 assert np.array_equal(decoder.latent_v_scale[layer, ..., s], scale.numpy())
             checked += 1
     assert checked > 10 and np.abs(decoder.rows.k).max() == 127
+
+
+@needs_native
+@pytest.mark.parametrize("cache_type", ["float32", "int8"])
+def test_the_slots_the_primer_slid_out_of_are_not_read(cache_type):
+    """Variations keep their primer's K/V in one shared ring, whose inputs slide out oldest first
+    once the window is full. Neither the rows step nor a reset reads the slots they left: with
+    NaN there, the step's logits are what they were and the reset's are finite; a step told to
+    read every slot ever written does see the NaN. A span beyond the ring is refused."""
+    from perceiver_music.generate import TokenWindow, default_reset_latents
+    from test_generate import MAX_CONTEXT, N
+
+    rows = 4
+    model = random_model(seed=10, d_model=128, n_heads=2, cross_heads=2)
+    decoder = OnnxDecoder(model, rows, native_step=True, cache_type=cache_type)
+    g = torch.Generator().manual_seed(7)
+    window = TokenWindow(torch.randint(3, 300, (1, 40), generator=g).expand(rows, -1).contiguous(), rows,
+                         MAX_CONTEXT, torch.device("cpu"))
+    R = default_reset_latents(N)
+    with torch.inference_mode():
+        decoder.reset(window.view(), R)
+        for _ in range(MAX_CONTEXT - 40 + 10):  # the window fills, then 10 of the primer's inputs slide out
+            tokens = torch.randint(3, 300, (rows,), generator=g)
+            window.append(tokens)
+            if decoder.latent_slot >= N:
+                decoder.reset(window.view(), R)
+            else:
+                decoder.step(tokens, window.view())
+    shared = decoder.shared
+    first, count = shared.cached_span()
+    assert first >= 10 and first + count == shared.used == 40
+
+    def logits(**span) -> np.ndarray:
+        span = span or {"shared_from": first, "shared_used": count}
+        decoder.native.run(int(decoder.pos[0]), cross_used=decoder.rows.used, latent_used=decoder.latent_slot, **span)
+        return decoder.logits.copy()
+
+    before = logits()
+    for array in (shared.k_scale, shared.v_scale) if cache_type == "int8" else (shared.k.swapaxes(-1, -2), shared.v):
+        array[:, :, :first] = np.nan  # the slots slid out, (rows, H, slots[, hd])
+    assert np.array_equal(logits(), before)
+    assert np.isnan(logits(shared_from=0, shared_used=shared.used)).all()
+    with pytest.raises(ValueError, match="cannot run"):
+        logits(shared_from=first + 1, shared_used=count)
+    assert decoder.latent_slot < N  # so the loop's next id is a step, and the one after a reset
+    with torch.inference_mode():
+        tokens = torch.randint(3, 300, (rows,), generator=g)
+        window.append(tokens)
+        after_step = decoder.step(tokens, window.view())
+        window.append(torch.randint(3, 300, (rows,), generator=g))
+        after_reset = decoder.reset(window.view(), R)
+    assert torch.isfinite(after_step).all() and torch.isfinite(after_reset).all()
+    assert decoder.resets["continued"] >= 2

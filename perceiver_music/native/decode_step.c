@@ -93,7 +93,9 @@ typedef struct {
 
 /* A step of several rows (variations of one primer, or several prompts): each row its own token,
    all at one position. The cross-attend reads the inputs every row has once (`shared`: the
-   primer under its variations; shared_slots 0 if none) beside each row's own. */
+   primer under its variations; shared_slots 0 if none) beside each row's own: shared_used slots
+   from slot shared_from on (the primer slides out from its first slot, and the slots it left
+   are not read). */
 typedef struct {
     int32_t rows;
     const int64_t *tokens;             /* (rows) */
@@ -114,6 +116,7 @@ typedef struct {
     float *const *latent_k_scale, *const *latent_v_scale;  /* int8: per layer (rows, H, N) */
     float *logits, *new_cross_k, *new_cross_v;         /* (rows, vocab), (rows, Hc, hdc) x 2 */
     float *const *new_latent_k, *const *new_latent_v;  /* per layer (rows, H, hd) */
+    int32_t shared_from;
 } RowsStep;
 
 #define MAX_ROWS 16
@@ -1446,7 +1449,8 @@ static void mlp_rows(Context *c, const Weight *fc, const Weight *proj, Norm norm
 int step_rows(Context *c, const Model *m, const RowsStep *in) {
     const int32_t d = m->d, H = m->heads, hd = m->head_dim, Hc = m->cross_heads, hdc = m->cross_head_dim;
     const int32_t R = in->rows, S1 = in->shared_used, S2 = in->cross_used;
-    if (!supported(m) || R < 1 || R > MAX_ROWS || S1 < 0 || S2 < 0 || S1 > in->shared_slots || S2 > in->slots ||
+    if (!supported(m) || R < 1 || R > MAX_ROWS || S1 < 0 || S2 < 0 || in->shared_from < 0 ||
+        (int64_t)in->shared_from + S1 > in->shared_slots || S2 > in->slots ||
         S1 + S2 > MAX_SLOTS || in->latent_used < 0 || in->latent_used > m->latent_slots ||
         in->cross_write >= in->slots || in->latent_write >= m->latent_slots)
         return -1;
@@ -1474,11 +1478,17 @@ int step_rows(Context *c, const Model *m, const RowsStep *in) {
         rope(wide + r * W, cc, cs, Hc, hdc, m->cross_half, in->new_cross_k + r * d);
         memcpy(in->new_cross_v + r * d, wide + r * W + d, d * sizeof(float));
     }
+    /* the shared slots read start at slot F: keys are slot after slot within each dim's row, values
+       a slot's hd values after another's */
+    const int64_t F = in->shared_from, cross_size = cache_bytes(in->cross_kind);
+    const int cross_i8 = in->cross_kind == CACHE_I8;
     const RowsAttention cross = {.rows = R, .heads = Hc, .head_dim = hdc, .q = q, .k_new = in->new_cross_k,
                                  .v_new = in->new_cross_v, .shared_slots = in->shared_slots, .shared_used = S1,
-                                 .shared_k_t = in->shared_k_t, .shared_v = in->shared_v,
-                                 .shared_k_scale = in->shared_k_scale, .shared_v_scale = in->shared_v_scale,
-                                 .shared_mask = in->shared_mask, .slots = in->slots, .used = S2,
+                                 .shared_k_t = (const char *)in->shared_k_t + F * cross_size,
+                                 .shared_v = (const char *)in->shared_v + F * hdc * cross_size,
+                                 .shared_k_scale = cross_i8 ? in->shared_k_scale + F : NULL,
+                                 .shared_v_scale = cross_i8 ? in->shared_v_scale + F : NULL,
+                                 .shared_mask = in->shared_mask + F, .slots = in->slots, .used = S2,
                                  .kind = in->cross_kind, .k_t = in->cross_k_t, .v = in->cross_v,
                                  .k_scale = in->cross_k_scale, .v_scale = in->cross_v_scale,
                                  .mask = in->cross_mask, .y = y, .write = in->cross_write};
