@@ -6,15 +6,15 @@ its K/V once for all rows (the shared ring) and theirs per row. The step and the
 only the shared slots the primer still holds; up to commit 2f5093b they read every slot it ever
 held (masked once slid out), so their cross-attend grew with the ids generated.
 
-This bench decodes --ids ids after a random primer of --context - 1 ids (random weights of
-`default_config()`, bench/generate.py's bench_model; int8, the engine's default; the native
-step), at 1 row and with 4 variations, on the generation loop's schedule. At each checkpoint
-it times, round by round in rotated order:
-  step_ms      the native step alone (NativeStep.run over the decoders' caches as they are):
-               1 row; 4 variations reading the primer's slots it still holds (as now); and 4
-               variations reading every slot it held (what the step read before)
-  latents_ms   onnxruntime's latents graph of a continued reset over 4 variations' inputs as
-               now (the slots held) and as before (every slot held), and over 1 row's
+This bench decodes ids up to the last of --checkpoints after a random primer of --context - 1
+ids (random weights of `default_config()`, bench/generate.py's bench_model; int8, the engine's
+default; the native step), at 1 row and with 4 variations, on the generation loop's schedule.
+At each checkpoint it times, round by round in rotated order:
+  step_ms           the native step alone (NativeStep.run over the decoders' caches as they
+                    are): 1 row; 4 variations reading the primer's slots it still holds (as
+                    now); and 4 variations reading every slot it held (what the step read before)
+  latents_graph_ms  onnxruntime's latents graph of a continued reset over 4 variations' inputs as
+                    now (the slots held) and as before (every slot held), and over 1 row's
 and reports medians and each round's ratios: median (quartiles) over --rounds rounds.
 
     python bench/long_variations.py --threads 2
