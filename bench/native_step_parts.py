@@ -51,8 +51,9 @@ LATENTS_READ = (0, 256, 512)
 def run_step(decoder: OnnxDecoder, cross: bool, latents: int) -> None:
     """One native step reading all cached inputs or none and the first `latents` latent slots
     (it writes its outputs only, no cache slot: every run reads the same caches)."""
-    rows, shared = (decoder.rows.used, decoder.shared.used) if cross else (0, 0)
-    decoder.native.run(int(decoder.pos[0]), 5, cross_used=rows, latent_used=latents, shared_used=shared)
+    rows, (shared_from, shared) = (decoder.rows.used, decoder.shared.cached_span()) if cross else (0, (0, 0))
+    decoder.native.run(int(decoder.pos[0]), 5, cross_used=rows, latent_used=latents, shared_used=shared,
+                       shared_from=shared_from)
 
 
 def step_ms(decoder: OnnxDecoder, cross: bool, latents: int, burst: int, repeats: int) -> float:
