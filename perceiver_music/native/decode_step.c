@@ -1051,21 +1051,23 @@ typedef struct {
     float *to;       /* ADD_INTO's: rows x MAX_WIDTH */
 } RowsProduct;
 
-/* ROWS rows (a constant, so that the sums stay in registers) times outputs first..last, two
-   outputs at a time: each 32 codes loaded once for all rows. The next outputs' codes are
-   prefetched as these are read: at four rows the products take long enough per byte that the
-   hardware's prefetching alone leaves the loads waiting (BENCHMARKS.md, run 6). */
+/* ROWS rows (a constant) times outputs first..last, two outputs at a time: each 32 codes loaded
+   once for all rows. The next outputs' codes are prefetched as these are read: at four rows the
+   products take long enough per byte that the hardware's prefetching alone leaves the loads
+   waiting (BENCHMARKS.md, run 6). Each pass's int32 sums go into y as they are, and are scaled
+   into floats for all outputs at once after the last pass: eight scalar conversions per pass
+   cost a third of a pass at K = 384 (BENCHMARKS.md, run 11). */
 static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, const RowsProduct *p, int32_t r0,
                                                             const int ROWS, int32_t first, int32_t last) {
     const Weight *w = p->w;
     const int32_t K = w->K;
-    int32_t n = first;
-    for (; n < last; n += 2) {
+    const uint8_t *xq = ctx->row_xq + (int64_t)r0 * MAX_WIDTH;
+    for (int32_t n = first; n < last; n += 2) {
         const int two = n + 1 < last;
         const int8_t *c0 = w->codes + (int64_t)n * K, *c1 = two ? c0 + K : c0;
-        __m256i acc[4][2];
-        for (int r = 0; r < ROWS; r++)
-            acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+        /* row r's sums of outputs n and n + 1: named, not an array, so that they stay in registers */
+        __m256i s00 = _mm256_setzero_si256(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00,
+                s31 = s00;
         for (int32_t k = 0; k < K; k += 32) {
             if (!(k & 63)) {  /* one line of each of the next two outputs (a prefetch never faults) */
                 _mm_prefetch((const char *)(c0 + 2 * K + k), _MM_HINT_T0);
@@ -1073,24 +1075,42 @@ static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, 
             }
             const __m256i w0 = _mm256_loadu_si256((const __m256i *)(c0 + k));
             const __m256i w1 = _mm256_loadu_si256((const __m256i *)(c1 + k));
-            for (int r = 0; r < ROWS; r++) {
-                const __m256i x = _mm256_load_si256((const __m256i *)(ctx->row_xq + (int64_t)(r0 + r) * MAX_WIDTH + k));
-                acc[r][0] = dot_bytes(acc[r][0], x, w0);
-                acc[r][1] = dot_bytes(acc[r][1], x, w1);
+#define ROW_PRODUCTS(r, S0, S1)                                                                   \
+            if (ROWS > r) {                                                                       \
+                const __m256i x = _mm256_load_si256((const __m256i *)(xq + (int64_t)r * MAX_WIDTH + k)); \
+                S0 = dot_bytes(S0, x, w0);                                                        \
+                S1 = dot_bytes(S1, x, w1);                                                        \
             }
+            ROW_PRODUCTS(0, s00, s01)
+            ROW_PRODUCTS(1, s10, s11)
+            ROW_PRODUCTS(2, s20, s21)
+            ROW_PRODUCTS(3, s30, s31)
+#undef ROW_PRODUCTS
+            /* Keeps all eight sums in registers across passes: without it gcc 12 keeps one on the
+               stack, and its store and reload each pass hold the loop back (run 11). */
+            __asm__("" : "+x"(s00), "+x"(s01), "+x"(s10), "+x"(s11), "+x"(s20), "+x"(s21), "+x"(s30), "+x"(s31));
         }
-        for (int r = ROWS; r < 4; r++)
-            acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-        int32_t sums[8];  /* row r's two outputs at 2r, 2r + 1 */
-        _mm256_storeu_si256((__m256i *)sums, hsum8_epi32(acc[0][0], acc[0][1], acc[1][0], acc[1][1], acc[2][0],
-                                                         acc[2][1], acc[3][0], acc[3][1]));
-        for (int r = 0; r < ROWS; r++) {
-            const float xs = ctx->row_xscale[r0 + r];
-            const int32_t xz = ctx->row_xzero[r0 + r];
-            float *y = p->y + (int64_t)(r0 + r) * p->y_stride;
-            y[n] = xs * w->scale[n] * (float)(sums[2 * r] - xz * w->colsum[n]);
-            if (two)
-                y[n + 1] = xs * w->scale[n + 1] * (float)(sums[2 * r + 1] - xz * w->colsum[n + 1]);
+        int64_t pairs[4];  /* row r's two sums, side by side */
+        _mm256_storeu_si256((__m256i *)pairs, hsum8_epi32(s00, s01, s10, s11, s20, s21, s30, s31));
+        for (int r = 0; r < ROWS; r++)
+            memcpy(p->y + (int64_t)(r0 + r) * p->y_stride + n, &pairs[r], two ? 8 : 4);
+    }
+    for (int r = 0; r < ROWS; r++) {  /* y[n] = scale_x * scale[n] * (sum - zero_x * colsum[n]) */
+        float *y = p->y + (int64_t)(r0 + r) * p->y_stride;
+        const float xs = ctx->row_xscale[r0 + r];
+        const int32_t xz = ctx->row_xzero[r0 + r];
+        int32_t n = first;
+        for (; n + 8 <= last; n += 8) {
+            const __m256i sum = _mm256_sub_epi32(
+                _mm256_loadu_si256((const __m256i *)(y + n)),
+                _mm256_mullo_epi32(_mm256_set1_epi32(xz), _mm256_loadu_si256((const __m256i *)(w->colsum + n))));
+            _mm256_storeu_ps(y + n, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(xs), _mm256_loadu_ps(w->scale + n)),
+                                                  _mm256_cvtepi32_ps(sum)));
+        }
+        for (; n < last; n++) {
+            int32_t sum;
+            memcpy(&sum, y + n, 4);
+            y[n] = xs * w->scale[n] * (float)(sum - xz * w->colsum[n]);
         }
     }
 }
