@@ -1055,8 +1055,8 @@ typedef struct {
    once for all rows. The next outputs' codes are prefetched as these are read: at four rows the
    products take long enough per byte that the hardware's prefetching alone leaves the loads
    waiting (BENCHMARKS.md, run 6). Each pass's int32 sums go into y as they are, and are scaled
-   into floats for all outputs at once after the last pass: eight scalar conversions per pass
-   cost a third of a pass at K = 384 (BENCHMARKS.md, run 11). */
+   into floats eight outputs to a vector after the last pass, not one by one after each pass
+   (BENCHMARKS.md, run 11). */
 static inline __attribute__((always_inline)) void int8_rows(const Context *ctx, const RowsProduct *p, int32_t r0,
                                                             const int ROWS, int32_t first, int32_t last) {
     const Weight *w = p->w;
