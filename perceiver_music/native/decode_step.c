@@ -627,6 +627,12 @@ static float exp_minus(float *s, int32_t S, float top) {
    BENCHMARKS.md, run 12). The AVX-512 values kernels below do not: no AVX-512 CPU has measured it. */
 #define PAGE 4096
 
+/* Asks for the line a page past byte `at` of a stream of `bytes`, if it lies within it */
+static inline void prefetch_page_ahead(const void *stream, int64_t at, int64_t bytes) {
+    if (at + PAGE < bytes)
+        _mm_prefetch((const char *)stream + at + PAGE, _MM_HINT_T0);
+}
+
 /* y = inv * sum_j w[j] v[j, :] over S rows of `vectors` * 8 values */
 static inline __attribute__((always_inline)) void weighted_values(const float *w, const void *v, int32_t S,
                                                                   int32_t vectors, float inv, float *y,
@@ -638,8 +644,7 @@ static inline __attribute__((always_inline)) void weighted_values(const float *w
     for (int32_t j = 0; j < S; j++) {
         const __m256 wj = _mm256_set1_ps(w[j]);
         const int64_t row = (int64_t)j * vectors * 8;
-        if ((j + 1) * row_bytes + PAGE <= S * row_bytes)  /* see PAGE */
-            _mm_prefetch((const char *)v + j * row_bytes + PAGE, _MM_HINT_T0);
+        prefetch_page_ahead(v, j * row_bytes, S * row_bytes);
         for (int i = 0; i < vectors; i++)
             acc[i] = _mm256_fmadd_ps(wj, load8(v, row + 8 * i, KIND), acc[i]);
     }
@@ -1308,9 +1313,8 @@ static inline __attribute__((always_inline)) void shared_values(float *const *y,
         for (int r = 0; r < ROWS; r++)
             acc[r][0] = acc[r][1] = _mm256_setzero_ps();
         for (int32_t j = 0; j < S; j++) {
-            const int64_t at = (int64_t)j * hd * cache_bytes(KIND);
-            if (t == 0 && at + PAGE < (int64_t)S * hd * cache_bytes(KIND))  /* see PAGE */
-                _mm_prefetch((const char *)v + at + PAGE, _MM_HINT_T0);
+            if (t == 0)
+                prefetch_page_ahead(v, (int64_t)j * hd * cache_bytes(KIND), (int64_t)S * hd * cache_bytes(KIND));
             const __m256 a = load8(v, (int64_t)j * hd + t, KIND), b = load8(v, (int64_t)j * hd + t + 8, KIND);
             for (int r = 0; r < ROWS; r++) {
                 const __m256 wj = _mm256_set1_ps(w[r][j]);
