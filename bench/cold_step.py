@@ -4,10 +4,10 @@
 
 A step reads about 18 MB at 1 row and 24 MB at 4 variations (BENCHMARKS.md, run 11). A CPU
 whose last-level cache keeps most of that between steps (this EPYC VM's 32 MB L3) makes the 1-row
-step cheap, and so the 4-variation step dear beside it; a laptop's 8-16 MB L3 keeps less. This
-bench times the shipped native step (random weights of the default model, int8 weights and
-caches, a random primer of --context ids; bench/native_step_ab.py's set-up) three ways, the two
-decoders' order rotated round by round:
+step cheap, and so the 4-variation step dear beside it; a typical laptop's 8-16 MB L3 keeps
+less. This bench times the shipped native step (random weights of the default model, int8
+weights and caches, a random primer of --context ids; bench/native_step_ab.py's set-up) in the
+ways below, the two decoders' order alternated round by round:
 
 - "burst": steps back to back, as the other benches time them (the worker thread spinning);
 - "warm": one step at a time, its worker asleep before it (as after a pause), data as the

@@ -1,15 +1,15 @@
 /* What one more variation costs the rows step in arithmetic alone, with its data in cache
    (BENCHMARKS.md, run 13). On one thread, with every byte it reads hot in L1/L2:
    - the cross-attend's attention (attention_rows_part over one head of the primer's shared
-     int8 K/V, SHARED slots, plus a few own slots) at 1 and 4 rows;
-   - a latent layer's attention (one head over each row's own int8 K/V, LATENT slots) at 1 and 4
-     rows;
+     int8 K/V, the first argument's slots, default 2,048, plus 32 own slots) at 1 and 4 rows;
+   - a latent layer's attention (one head over each row's own int8 K/V, the second argument's
+     slots, default 448) at 1 and 4 rows;
    - the rows' int8 products (rows_product_part over one weight of N 1,024 x K 384, 384 KB) at 1
      and 4 rows.
    Each row adds (T4 - T1) / 3. Scaled to the default model's step (6 heads, 6 latent layers,
    4,095 shared slots, 12.54 M byte products a row: run 11) and halved for two threads, as if
-   they split it with no loss, this is the least each variation can add to a step on this CPU:
-   a floor, since a step's data is not all in cache. It prints JSON.
+   they split it with no loss, this is the least each variation can add to a step with these
+   kernels on this CPU: a floor, since a step's data is not all in cache. It prints JSON.
 
        gcc -O3 -mavx2 -mfma -mf16c -pthread -I. -DSRC='"perceiver_music/native/decode_step.c"' \
            -o /tmp/floor bench/experiments/variation_floor.c -lm && /tmp/floor */
