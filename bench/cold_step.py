@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from generate import bench_model, machine  # noqa: E402
+from native_step_ab import quartiles  # noqa: E402
 from native_step_parts import run_step  # noqa: E402
 
 from perceiver_music.decode_onnx import NATIVE_INT8_CACHES, OnnxDecoder  # noqa: E402
@@ -44,10 +45,6 @@ from perceiver_music.generate import default_reset_latents  # noqa: E402
 from perceiver_music.model import default_config  # noqa: E402
 
 ROWS = (1, 4)
-
-
-def quartiles(values) -> list[float]:
-    return [round(float(x), 3) for x in np.percentile(values, [25, 50, 75])]
 
 
 def single_steps_ms(decoder: OnnxDecoder, latents: int, count: int, evict: np.ndarray | None) -> float:
